@@ -1,0 +1,443 @@
+"""Typed, validated configuration for the ULMFiT recipe.
+
+Every value a run depends on lives here, in nested dataclasses that validate themselves when
+built (``__post_init__``) and raise :class:`ConfigError` naming the dotted key and the fix.
+The search layer turns a flat Tune dict into these with :func:`recipe_from_dict`; the CLI does
+the same from YAML plus ``--set key=value`` overrides.
+
+Defaults follow fastai v2's ``awd_lstm_lm_config`` / ``awd_lstm_clas_config`` and the ULMFiT
+paper (Howard & Ruder 2018); deviations are listed in docs/RECIPE.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the dotted key and how to fix it."""
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"{key}: {message}")
+
+
+def _check_prob(prefix: str, name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        _fail(f"{prefix}.{name}", f"must be a probability in [0, 1), got {value!r}")
+
+
+def _check_positive(prefix: str, name: str, value: float, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        _fail(f"{prefix}.{name}", f"must be {bound}, got {value!r}")
+
+
+# --- model ---------------------------------------------------------------------------------
+
+#: Encoder sizes by preset name: (emb_sz, n_hid, n_layers).
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "paper": (400, 1152, 3),  # Howard & Ruder 2018 / Merity et al. 2017
+    "small": (200, 512, 3),  # CPU-friendly, ~2.3x faster per token than paper on 2 cores
+    "tiny": (64, 128, 2),  # for tests; the size of the fastai compatibility fixture
+}
+
+
+@dataclass
+class ModelConfig:
+    """AWD-LSTM encoder sizes. ``preset`` fills sizes left as ``None``."""
+
+    preset: str = "small"
+    emb_sz: int | None = None
+    n_hid: int | None = None
+    n_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in MODEL_PRESETS:
+            _fail("model.preset", f"unknown preset {self.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+        emb, hid, layers = MODEL_PRESETS[self.preset]
+        self.emb_sz = emb if self.emb_sz is None else self.emb_sz
+        self.n_hid = hid if self.n_hid is None else self.n_hid
+        self.n_layers = layers if self.n_layers is None else self.n_layers
+        for name in ("emb_sz", "n_hid"):
+            _check_positive("model", name, getattr(self, name))
+        if self.n_layers < 1:
+            _fail("model.n_layers", f"must be >= 1, got {self.n_layers}")
+
+
+@dataclass
+class Dropouts:
+    """The five AWD-LSTM dropouts, named as in fastai, before scaling by ``drop_mult``.
+
+    embed_p: whole embedding rows (words) dropped; input_p: locked dropout on the embeddings;
+    weight_p: DropConnect on hidden-to-hidden matrices; hidden_p: locked dropout between LSTM
+    layers; output_p: locked dropout on the last layer's output (before the decoder, or the
+    first dropout of the classifier head).
+    """
+
+    embed_p: float
+    input_p: float
+    weight_p: float
+    hidden_p: float
+    output_p: float
+
+    def validate(self, prefix: str) -> None:
+        for f in fields(self):
+            _check_prob(prefix, f.name, getattr(self, f.name))
+
+    def scaled(self, drop_mult: float) -> "Dropouts":
+        """Each dropout times ``drop_mult`` (clipped below 1 so a large multiplier stays valid)."""
+        return Dropouts(**{f.name: min(getattr(self, f.name) * drop_mult, 0.95) for f in fields(self)})
+
+
+def _lm_dropouts() -> Dropouts:  # fastai v2 awd_lstm_lm_config
+    return Dropouts(embed_p=0.02, input_p=0.25, weight_p=0.2, hidden_p=0.15, output_p=0.1)
+
+
+def _clas_dropouts() -> Dropouts:  # fastai v2 awd_lstm_clas_config
+    return Dropouts(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3, output_p=0.4)
+
+
+# --- training stages -----------------------------------------------------------------------
+
+
+@dataclass
+class StageConfig:
+    """What both training stages share: optimiser, schedule, regularisation, batching."""
+
+    epochs: int = 1
+    lr: float = 1e-3
+    lrm: float = 2.6  # discriminative rates: layer group k below the top gets lr / lrm**k
+    use_clr: tuple[float, float] = (32.0, 10.0)  # STLR (ratio, cut): peak/min ratio, 1/cut of steps rising
+    bs: int = 64
+    bptt: int = 70
+    wd: float = 0.01  # decoupled (AdamW) weight decay
+    betas: tuple[float, float] = (0.8, 0.99)
+    clip: float | None = 0.4  # gradient norm clipping; None disables
+    alpha: float = 2.0  # activation regularisation (AR)
+    beta: float = 1.0  # temporal activation regularisation (TAR)
+    drop_mult: float = 1.0
+    dropouts: Dropouts = field(default_factory=_lm_dropouts)
+    backwards: bool = False
+
+    _prefix = "stage"
+
+    def __post_init__(self) -> None:
+        p = self._prefix
+        if isinstance(self.dropouts, Mapping):
+            self.dropouts = _build(Dropouts, self.dropouts, f"{p}.dropouts")
+        self.use_clr = tuple(float(v) for v in self.use_clr)  # type: ignore[assignment]
+        self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
+        if self.epochs < 1:
+            _fail(f"{p}.epochs", f"must be >= 1, got {self.epochs}")
+        _check_positive(p, "lr", self.lr)
+        if self.lrm < 1:
+            _fail(f"{p}.lrm", f"must be >= 1 (lower layers learn slower), got {self.lrm}")
+        if len(self.use_clr) != 2 or self.use_clr[0] < 1 or self.use_clr[1] <= 1:
+            _fail(f"{p}.use_clr", f"must be [ratio >= 1, cut > 1], e.g. [32, 10]; got {list(self.use_clr)}")
+        for name in ("bs", "bptt"):
+            if int(getattr(self, name)) < 1:
+                _fail(f"{p}.{name}", f"must be a positive integer, got {getattr(self, name)}")
+        if self.bptt < 8:
+            _fail(f"{p}.bptt", f"must be >= 8 (variable BPTT draws at least 5 tokens), got {self.bptt}")
+        _check_positive(p, "wd", self.wd, allow_zero=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            _fail(f"{p}.betas", f"must be two values in [0, 1), got {list(self.betas)}")
+        if self.clip is not None:
+            _check_positive(p, "clip", self.clip)
+        _check_positive(p, "alpha", self.alpha, allow_zero=True)
+        _check_positive(p, "beta", self.beta, allow_zero=True)
+        _check_positive(p, "drop_mult", self.drop_mult, allow_zero=True)
+        self.dropouts.validate(f"{p}.dropouts")
+
+    @property
+    def scaled_dropouts(self) -> Dropouts:
+        return self.dropouts.scaled(self.drop_mult)
+
+
+@dataclass
+class LMConfig(StageConfig):
+    """Language-model fine-tuning (or pretraining when ``pretrained`` is None)."""
+
+    pretrained: str | None = None  # a directory saved by this project, or a fastai .pth file
+    pretrained_vocab: str | None = None  # fastai's vocabulary pickle, when ``pretrained`` is a .pth
+    freeze_epochs: int = 1  # epochs training only the embeddings/decoder first (pretrained only)
+    valid_pct: float = 0.1  # share of the LM text held out for perplexity
+
+    _prefix = "lm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze_epochs < 0:
+            _fail("lm.freeze_epochs", f"must be >= 0, got {self.freeze_epochs}")
+        if not 0 < self.valid_pct < 0.5:
+            _fail("lm.valid_pct", f"must be in (0, 0.5), got {self.valid_pct}")
+        if self.pretrained and self.pretrained.endswith(".pth") and not self.pretrained_vocab:
+            _fail("lm.pretrained_vocab", "a fastai .pth model needs its vocabulary pickle; set lm.pretrained_vocab")
+
+
+@dataclass
+class ClassifierConfig(StageConfig):
+    """Classifier training with gradual unfreezing."""
+
+    epochs: int = 4
+    lr: float = 1e-2
+    use_clr: tuple[float, float] = (8.0, 3.0)
+    bs: int = 32
+    dropouts: Dropouts = field(default_factory=_clas_dropouts)
+    drop_mult: float = 0.5
+    #: Epochs of each gradual-unfreezing phase before everything is unfrozen: [1, 1] trains the
+    #: top group 1 epoch, then the top two groups 1 epoch, then all groups for the rest.
+    unfreeze: list[int] = field(default_factory=lambda: [1, 1, 1])
+    lin_ftrs: list[int] = field(default_factory=lambda: [50])
+    head_p: float = 0.1  # dropout before each hidden head layer after the first (fastai's ps)
+    max_seq: int = 1400  # gradients and pooling cover the last max_seq tokens (fastai max_len=72*20)
+    max_len: int = 3000  # longer documents are truncated to their first max_len tokens, with a warning
+    from_scratch: bool = False  # True: no language-model stage, random encoder (ablation)
+
+    _prefix = "classifier"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(int(e) < 0 for e in self.unfreeze):
+            _fail("classifier.unfreeze", f"epochs per phase must be >= 0, got {self.unfreeze}")
+        if any(int(n) < 1 for n in self.lin_ftrs):
+            _fail("classifier.lin_ftrs", f"head layer sizes must be >= 1, got {self.lin_ftrs}")
+        _check_prob("classifier", "head_p", self.head_p)
+        if self.max_seq < self.bptt:
+            _fail("classifier.max_seq", f"must be >= classifier.bptt ({self.bptt}), got {self.max_seq}")
+        if self.max_len < 1:
+            _fail("classifier.max_len", f"must be >= 1, got {self.max_len}")
+
+
+# --- data and text -------------------------------------------------------------------------
+
+
+@dataclass
+class TextConfig:
+    """Tokenization and vocabulary."""
+
+    max_vocab: int = 60000
+    min_freq: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_vocab < 16:
+            _fail("text.max_vocab", f"must be >= 16, got {self.max_vocab}")
+        if self.min_freq < 1:
+            _fail("text.min_freq", f"must be >= 1, got {self.min_freq}")
+
+
+@dataclass
+class DataConfig:
+    """Where the labeled (and optionally unlabeled) text comes from.
+
+    ``dataset`` names a folder under the data directory (``--data-dir`` / ``ULMFIT_DATA``) laid
+    out as ``NAME/train.csv[.gz]``, ``NAME/test.csv[.gz]`` and optionally ``NAME/unsup.csv[.gz]``;
+    or give ``train`` (and ``test``/``valid``/``unlabeled``) as paths. Paths may be CSV/TSV
+    (optionally gzipped) or a folder laid out as ``label/*.txt``.
+    """
+
+    dataset: str | None = None
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    unlabeled: str | None = None
+    text_cols: list[str] = field(default_factory=lambda: ["text"])
+    label_col: str = "label"
+    valid_pct: float = 0.1  # held out from train when no valid file is given
+    max_train_rows: int | None = None  # a reproducible random slice of train, for quick runs
+    max_unlabeled_rows: int | None = None
+    use_unlabeled: bool = True  # add the dataset's unlabeled text to the language-model stage
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_cols, str):
+            self.text_cols = [self.text_cols]
+        if not self.dataset and not self.train:
+            _fail("data", "give data.dataset (a name such as 'trec') or data.train (a CSV/TSV file or folder)")
+        if not self.text_cols:
+            _fail("data.text_cols", "needs at least one column name")
+        if not 0 < self.valid_pct < 0.5:
+            _fail("data.valid_pct", f"must be in (0, 0.5), got {self.valid_pct}")
+        for name in ("max_train_rows", "max_unlabeled_rows"):
+            v = getattr(self, name)
+            if v is not None and v < 2:
+                _fail(f"data.{name}", f"must be >= 2 or null, got {v}")
+
+
+@dataclass
+class RecipeConfig:
+    """The whole recipe: data -> LM fine-tune -> classifier."""
+
+    data: DataConfig
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            _fail("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:
+            _fail("classifier.backwards", "must equal lm.backwards: a backwards classifier needs a backwards "
+                  "language model (set both, e.g. --set lm.backwards=true --set classifier.backwards=true)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --- building from dicts, YAML and overrides -----------------------------------------------
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys with a suggestion."""
+    if not isinstance(values, Mapping):
+        _fail(prefix or "config", f"must be a mapping of keys to values, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls) if not f.name.startswith("_")}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {_join(prefix, close[0])}?" if close else f"; known keys: {', '.join(known)}"
+            _fail(_join(prefix, key), f"unknown key{hint}")
+        sub = _NESTED.get((cls, key))
+        kwargs[key] = _build(sub, value, _join(prefix, key)) if sub and value is not None else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # e.g. a required field missing
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+_NESTED: dict[tuple[type, str], type] = {
+    (RecipeConfig, "data"): DataConfig,
+    (RecipeConfig, "text"): TextConfig,
+    (RecipeConfig, "model"): ModelConfig,
+    (RecipeConfig, "lm"): LMConfig,
+    (RecipeConfig, "classifier"): ClassifierConfig,
+    (LMConfig, "dropouts"): Dropouts,
+    (ClassifierConfig, "dropouts"): Dropouts,
+}
+
+
+def recipe_from_dict(values: Mapping[str, Any]) -> RecipeConfig:
+    """Build and validate a :class:`RecipeConfig` from a nested dict (as read from YAML)."""
+    values = dict(values)
+    values.setdefault("data", {})
+    return _build(RecipeConfig, values, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (lists, not tuples) that YAML and JSON round-trip."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``values['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
+    parts = dotted.split(".")
+    node = values
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {part!r} holds a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (values parsed as YAML: ``lm.use_clr=[32,10]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set classifier.lr=0.01")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        set_dotted(values, key.strip(), value)
+    return values
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, lm, classifier, ...)")
+    return values
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: Mapping[str, Any] | None = None) -> RecipeConfig:
+    """YAML file (optional) + ``key=value`` overrides -> validated :class:`RecipeConfig`.
+
+    Errors from a file name the file (and the key); the key's line is added when it can be found.
+    """
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        values = _deep_merge(values, read_yaml(path))
+    apply_overrides(values, overrides or [])
+    try:
+        return recipe_from_dict(values)
+    except ConfigError as e:
+        if path is None:
+            raise
+        key = str(e).split(":", 1)[0]
+        line = _line_of_key(Path(path), key)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _line_of_key(path: Path, dotted: str) -> int | None:
+    """1-based line of a dotted key in a YAML file, or None."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in dotted.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == part:
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            break
+    return line

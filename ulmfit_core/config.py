@@ -308,11 +308,42 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             hint = f"; did you mean {_join(prefix, close[0])}?" if close else f"; known keys: {', '.join(known)}"
             _fail(_join(prefix, key), f"unknown key{hint}")
         sub = _NESTED.get((cls, key))
-        kwargs[key] = _build(sub, value, _join(prefix, key)) if sub and value is not None else value
+        if sub and value is not None:
+            kwargs[key] = _build(sub, value, _join(prefix, key))
+        else:
+            kwargs[key] = _coerce(value, str(known[key].type), _join(prefix, key))
     try:
         return cls(**kwargs)
     except TypeError as e:  # e.g. a required field missing
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _coerce(value: Any, type_name: str, key: str) -> Any:
+    """Check scalar types; accept numeric strings such as YAML 1.1's ``1e-3`` for floats."""
+    optional = type_name.endswith("| None")
+    base = type_name.removesuffix("| None").strip()
+    if value is None:
+        if optional:
+            return None
+        _fail(key, f"must not be null (expected {base})")
+    if base == "float":
+        if isinstance(value, bool):
+            _fail(key, f"must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            _fail(key, f"must be a number, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            _fail(key, f"must be an integer, got {value!r}")
+        return int(value)
+    if base == "bool" and not isinstance(value, bool):
+        _fail(key, f"must be true or false, got {value!r}")
+    if base == "str" and not isinstance(value, str):
+        _fail(key, f"must be a string, got {value!r}")
+    if base.startswith(("list", "tuple")) and not isinstance(value, (list, tuple)):
+        _fail(key, f"must be a list, got {value!r}")
+    return value
 
 
 def _join(prefix: str, key: str) -> str:

@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""Command-line interface: ``python launch.py COMMAND`` (installed as ``ulmfit COMMAND``).
+
+Training commands share one convention: ``--config FILE.yaml``, repeated ``--set key=value``
+overrides, ``--out DIR``; each writes ``DIR/metrics.json`` beside its model. The search commands
+(``search``, ``export``, ``retrain``) come from ``search/cli.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+EMBEDDED_DEFAULT_DATA = {"dataset": "trec"}
+
+
+def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
+    p.add_argument("--config", help="YAML recipe config (sections data, text, model, lm, classifier)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one value, e.g. --set classifier.lr=0.01 (repeatable; values parse as YAML)")
+    p.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
+    p.add_argument("--data-dir", help="directory of named datasets (default: $ULMFIT_DATA or ./data)")
+    p.add_argument("--cache-dir", help="token cache (default: $ULMFIT_CACHE or ./.cache/ulmfit)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _recipe(args: argparse.Namespace, extra: list[str] | None = None):
+    from ulmfit_core.config import load_recipe
+
+    overrides = (extra or []) + args.overrides
+    names_data = any(o.startswith(("data.train=", "data.dataset=")) for o in overrides)
+    base = None if args.config or names_data else {"data": dict(EMBEDDED_DEFAULT_DATA)}
+    return load_recipe(args.config, overrides, base=base)
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    print(f"\n{title}")
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"  {k:28s} {v:.4f}")
+        elif isinstance(v, (int, str)):
+            print(f"  {k:28s} {v}")
+
+
+def _epoch_printer(stage: str) -> Callable:
+    def report(metrics: dict[str, float], _checkpoint=None) -> None:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float))
+        print(f"[{stage}] epoch {int(metrics['epoch'])}: {shown}", flush=True)
+
+    return report
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from ulmfit_core import datasets
+
+    target = datasets.fetch(args.name, args.data_dir, mirror=args.mirror, progress=not args.no_progress)
+    print(f"{args.name}: ready in {target}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """A general-domain LM from unlabeled text: the LM stage with no pretrained start."""
+    return _lm_command(args, extra=["lm.pretrained=null"])
+
+
+def cmd_finetune_lm(args: argparse.Namespace) -> int:
+    return _lm_command(args, extra=[])
+
+
+def _lm_command(args: argparse.Namespace, extra: list[str]) -> int:
+    from ulmfit_core import pipeline
+
+    cfg = _recipe(args, extra)
+    corpus = pipeline.prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    res = pipeline.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress)
+    _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from ulmfit_core import pipeline
+
+    extra = [] if args.lm else ["classifier.from_scratch=true"]
+    cfg = _recipe(args, extra)
+    corpus = pipeline.prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    res = pipeline.train_classifier(cfg, corpus, args.lm, args.out, report=_epoch_printer("classifier"),
+                                    progress=not args.no_progress)
+    metrics = dict(res.metrics)
+    if corpus.test is not None:
+        test = pipeline.evaluate_split(res.out_dir, corpus, corpus.test, cfg.device)
+        metrics.update({f"test_{k}": v for k, v in test.items()})
+        _update_metrics_json(Path(args.out), metrics)
+    _print_metrics(f"classifier saved to {res.out_dir}", metrics)
+    return 0
+
+
+def _update_metrics_json(out: Path, final: dict[str, Any]) -> None:
+    path = out / "metrics.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload["final"] = final
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ulmfit_core import pipeline
+
+    cfg = _recipe(args)
+    result = pipeline.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
+                                 cache_dir=args.cache_dir, progress=not args.no_progress)
+    _print_metrics(f"recipe finished; model in {Path(args.out) / 'classifier'}, metrics in {Path(args.out) / 'metrics.json'}", result)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ulmfit_core import pipeline
+
+    dirs = [args.model] + (args.ensemble or [])
+    m = pipeline.evaluate(dirs, args.file, device=args.device)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    _print_metrics(f"{' + '.join(map(str, dirs))} on {args.file} ({m['n']} documents)", m)
+    labels = m["labels"]
+    width = max(8, *(len(lab) for lab in labels))
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print(" " * width + " ".join(f"{lab[:width]:>{width}}" for lab in labels))
+    for lab, row in zip(labels, m["confusion_matrix"]):
+        print(f"{lab:>{width}}" + " ".join(f"{c:>{width}}" for c in row))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ulmfit_core import pipeline
+
+    if args.texts:
+        texts = list(args.texts)
+    elif args.file:
+        texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    labels, probs = pipeline.predict_proba([args.model] + (args.ensemble or []), texts, device=args.device)
+    rows = [{"text": t, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p)))}
+            for t, p in zip(texts, probs)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['label']}\t{r['probabilities'][r['label']]:.3f}\t{r['text']}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ulmfit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="manage named datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_sub.add_parser("fetch", help="download a public dataset (trec, imdb) and convert it")
+    fetch.add_argument("name", choices=["trec", "imdb"])
+    fetch.add_argument("--data-dir", help="where datasets live (default: $ULMFIT_DATA or ./data)")
+    fetch.add_argument("--mirror", help="a local directory or base URL to take the files from instead")
+    fetch.add_argument("--no-progress", action="store_true")
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    p = sub.add_parser("pretrain", help="train a general-domain language model from unlabeled text")
+    _add_run_options(p, "runs/pretrain")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune-lm", help="fine-tune a language model (ours or fastai's) on the target text")
+    _add_run_options(p, "runs/lm")
+    p.set_defaults(func=cmd_finetune_lm)
+
+    p = sub.add_parser("train-classifier", help="train a classifier on a fine-tuned LM (or from scratch)")
+    _add_run_options(p, "runs/classifier")
+    p.add_argument("--lm", help="directory written by finetune-lm; omit to train from scratch")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("run", help="the whole recipe: fine-tune the LM, then the classifier, then test")
+    _add_run_options(p, "runs/recipe")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="metrics and confusion matrix on a labeled file")
+    p.add_argument("--model", required=True, help="classifier directory")
+    p.add_argument("--ensemble", nargs="+", metavar="DIR", help="more classifier directories (e.g. backwards) to average")
+    p.add_argument("--file", required=True, help="labeled CSV/TSV (same columns as training)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label texts from arguments, a file (one per line) or stdin")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--model", required=True, help="classifier directory")
+    p.add_argument("--ensemble", nargs="+", metavar="DIR")
+    p.add_argument("--file", help="a text file, one document per line")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON with all class probabilities")
+    p.set_defaults(func=cmd_predict)
+
+    try:
+        from search import cli as search_cli
+    except ImportError:  # the search extras are part of the install; keep the core usable regardless
+        search_cli = None
+    if search_cli is not None and hasattr(search_cli, "add_commands"):
+        search_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ulmfit_core.config import ConfigError
+    from ulmfit_core.data import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last epoch's checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -112,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _recipe(args)
     result = pipeline.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
-                                 cache_dir=args.cache_dir, progress=not args.no_progress)
+                                 cache_dir=args.cache_dir, progress=not args.no_progress,
+                                 lm_report=_epoch_printer("lm"))
     _print_metrics(f"recipe finished; model in {Path(args.out) / 'classifier'}, metrics in {Path(args.out) / 'metrics.json'}", result)
     return 0
 

@@ -446,8 +446,11 @@ def evaluate_split(result_dir: str | Path, corpus: Corpus, split: Split, device:
 
 def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None = None,
                data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-               progress: bool = False) -> dict[str, Any]:
-    """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``."""
+               progress: bool = False, lm_report: ReportFn | None = None) -> dict[str, Any]:
+    """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
+
+    ``report`` runs after each classifier epoch, ``lm_report`` after each language-model epoch.
+    """
     out = Path(out_dir)
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -457,7 +460,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     lm_metrics: dict[str, float] = {}
     if not cfg.classifier.from_scratch:
         t = time.perf_counter()
-        lm = finetune_lm(cfg, corpus, out / "lm", progress=progress)
+        lm = finetune_lm(cfg, corpus, out / "lm", report=lm_report, progress=progress)
         lm_dir, lm_metrics = lm.lm_dir, lm.metrics
         times["lm_seconds"] = time.perf_counter() - t
     t = time.perf_counter()

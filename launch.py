@@ -31,7 +31,7 @@ def _recipe(args: argparse.Namespace, extra: list[str] | None = None):
     from ulmfit_core.config import load_recipe
 
     overrides = (extra or []) + args.overrides
-    names_data = any(o.startswith(("data.train=", "data.dataset=")) for o in overrides)
+    names_data = any(o.startswith(("data.train=", "data.dataset=", "data.unlabeled=")) for o in overrides)
     base = None if args.config or names_data else {"data": dict(EMBEDDED_DEFAULT_DATA)}
     return load_recipe(args.config, overrides, base=base)
 
@@ -66,18 +66,19 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """A general-domain LM from unlabeled text: the LM stage with no pretrained start."""
-    return _lm_command(args, extra=["lm.pretrained=null"])
+    return _lm_command(args, extra=["lm.pretrained=null"], lm_only=True)
 
 
 def cmd_finetune_lm(args: argparse.Namespace) -> int:
-    return _lm_command(args, extra=[])
+    return _lm_command(args, extra=[], lm_only=False)
 
 
-def _lm_command(args: argparse.Namespace, extra: list[str]) -> int:
+def _lm_command(args: argparse.Namespace, extra: list[str], lm_only: bool) -> int:
     from ulmfit_core import pipeline
 
     cfg = _recipe(args, extra)
-    corpus = pipeline.prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    prepare = pipeline.prepare_lm_corpus if lm_only else pipeline.prepare_corpus
+    corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
     res = pipeline.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress)
     _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
     return 0

@@ -214,3 +214,28 @@ def test_finetune_from_fastai_model_maps_vocabulary(datasets_dir, fastai_fixture
     assert math.isfinite(res.metrics["valid_loss"])
     clf = pipeline.train_classifier(cfg, corpus, res.lm_dir, tmp_path / "clf")
     assert clf.metrics["epoch"] == 4
+
+
+def test_pretrain_from_unlabeled_text_then_finetune_onto_a_new_vocabulary(datasets_dir, tmp_path, capsys):
+    # A "general-domain" corpus: IMDb's unlabeled reviews (a slice), one document per line.
+    import gzip
+
+    with gzip.open(datasets_dir / "imdb" / "unsup.csv.gz", "rt", encoding="utf-8") as f:
+        reviews = [row["text"].replace("\n", " ") for _, row in zip(range(300), csv.DictReader(f))]
+    corpus_file = tmp_path / "general.txt"
+    corpus_file.write_text("\n".join(reviews), encoding="utf-8")
+    common = ["--set", "model.preset=tiny", "--set", "lm.bptt=30", "--set", "lm.bs=16", "--no-progress",
+              "--cache-dir", tmp_path / "cache"]
+    assert _cli("pretrain", "--set", f"data.unlabeled={corpus_file}", "--set", "lm.epochs=1", *common,
+                "--out", tmp_path / "general") == 0
+    general_vocab = json.loads((tmp_path / "general" / "vocab.json").read_text())["itos"]
+    assert "movie" in general_vocab
+    assert _cli("finetune-lm", "--set", "data.dataset=trec", "--set", "data.max_train_rows=300",
+                "--set", f"lm.pretrained={tmp_path / 'general'}", "--set", "lm.epochs=1", *common,
+                "--data-dir", datasets_dir, "--out", tmp_path / "lm") == 0
+    out = capsys.readouterr().out
+    assert "language model saved" in out
+    target_vocab = json.loads((tmp_path / "lm" / "vocab.json").read_text())["itos"]
+    assert target_vocab != general_vocab and "who" in target_vocab
+    history = json.loads((tmp_path / "lm" / "metrics.json").read_text())["history"]
+    assert len(history) == 2  # freeze epoch (embeddings/decoder) + 1 epoch unfrozen

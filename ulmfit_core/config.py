@@ -258,8 +258,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.text_cols, str):
             self.text_cols = [self.text_cols]
-        if not self.dataset and not self.train:
-            _fail("data", "give data.dataset (a name such as 'trec') or data.train (a CSV/TSV file or folder)")
+        if not self.dataset and not self.train and not self.unlabeled:
+            _fail("data", "give data.dataset (a name such as 'trec') or data.train (a CSV/TSV file or folder); "
+                  "pretraining alone may give only data.unlabeled")
         if not self.text_cols:
             _fail("data.text_cols", "needs at least one column name")
         if not 0 < self.valid_pct < 0.5:

@@ -102,6 +102,9 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
     """Read, split, tokenize (disk-cached, locked) and numericalize the data ``cfg.data`` names."""
     d = cfg.data
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not d.dataset and not d.train:
+        raise DataError("data: the classifier needs labeled text; set data.dataset or data.train "
+                        "(only `launch.py pretrain` works from data.unlabeled alone)")
     paths = datasets.resolve(d.dataset, d, data_dir)
     tok = Tokenizer()
 
@@ -158,6 +161,39 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
                "n_unlabeled": len(t_unlab), "vocab_size": len(vocab),
                "lm_tokens": int(sum(len(x) for x in lm_ids))},
     )
+
+
+def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                      progress: bool = False) -> Corpus:
+    """Text for language-model pretraining alone: ``data.unlabeled`` plus any labeled texts' text.
+
+    Labels are ignored; the returned corpus has empty classifier splits.
+    """
+    d = cfg.data
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    texts: list[str] = []
+    if d.dataset or d.train:
+        paths = datasets.resolve(d.dataset, d, data_dir)
+        texts += read_labeled(paths.train, d.text_cols, d.label_col).texts
+        unlabeled_path = paths.unlabeled
+    else:
+        unlabeled_path = Path(d.unlabeled) if d.unlabeled else None
+    if unlabeled_path is not None:
+        unlabeled = read_unlabeled(unlabeled_path)
+        texts += [unlabeled[i] for i in _subsample(len(unlabeled), d.max_unlabeled_rows, cfg.seed)]
+    if len(texts) < 2:
+        raise DataError("data: language-model pretraining needs text; set data.unlabeled to a corpus "
+                        "(a .txt file with one document per line, a folder of .txt files, or a CSV column)")
+    tokens = tokenize_cached(texts, Tokenizer(), cache, progress=progress)
+    tr_idx, va_idx = split_validation([0] * len(tokens), cfg.lm.valid_pct, cfg.seed)
+    vocab = Vocab.build([tokens[i] for i in tr_idx], max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
+    ids = [vocab.numericalize(t) for t in tokens]
+    empty = Split([], np.zeros(0, dtype=np.int64))
+    return Corpus(vocab=vocab, label_names=[], train=empty, valid=empty, test=None,
+                  lm_train=[ids[i] for i in tr_idx], lm_valid=[ids[i] for i in va_idx],
+                  fingerprint=_hash(texts, Tokenizer().settings_key(), to_dict(cfg.text)),
+                  stats={"n_documents": len(texts), "vocab_size": len(vocab),
+                         "lm_tokens": int(sum(len(x) for x in ids))})
 
 
 # --- language model --------------------------------------------------------------------------

@@ -187,7 +187,7 @@ class ClassifierConfig(StageConfig):
     """Classifier training with gradual unfreezing."""
 
     epochs: int = 4
-    lr: float = 1e-2
+    lr: float = 2e-2  # fastai's ULMFiT notebooks start the classifier at 2e-2
     use_clr: tuple[float, float] = (8.0, 3.0)
     bs: int = 32
     dropouts: Dropouts = field(default_factory=_clas_dropouts)

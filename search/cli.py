@@ -1,0 +1,129 @@
+"""Command-line entry points of the search: ``search``, ``export``, ``retrain``.
+
+``launch.py`` calls :func:`add_commands` on its subparsers; ``python -m search.cli`` runs them alone.
+Each command's handler is stored as ``func`` on the parsed arguments and returns an exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers) -> None:
+    """Register ``search``, ``export`` and ``retrain`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna + ASHA + MLflow)",
+                              description="Run a search from a search-config YAML (see configs/search_*.yaml), "
+                                          "or continue one with --resume.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="search-config YAML: recipe, space, search, mlflow sections")
+    src.add_argument("--resume", metavar="DIR", help="continue the search in DIR (its driver was stopped)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. search.num_samples=4 or recipe.classifier.epochs=2")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto, or HOST:6379) instead of a local Ray")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default from the config: sqlite:///mlflow.db)")
+    p.add_argument("--storage", help="folder for Ray results, checkpoints and the shared LM cache")
+    p.add_argument("--data-dir", help="where data.dataset names are looked up")
+    p.add_argument("--smoke-test", action="store_true", help="2 trials, tiny model, 300 rows, 2 epochs")
+    p.set_defaults(func=cmd_search)
+
+    p = subparsers.add_parser("export", help="write best.yaml: the complete config of a search's best trial")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--search", metavar="DIR", help="a search folder (runs/search/NAME-TIME)")
+    src.add_argument("--experiment", metavar="NAME", help="an MLflow experiment (its newest search)")
+    p.add_argument("--tracking-uri", default=None, help="with --experiment (default sqlite:///mlflow.db)")
+    p.add_argument("--out", help="where to write (default DIR/best.yaml or ./best-NAME.yaml)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("retrain", help="retrain a best.yaml, evaluate on test, log and register in MLflow")
+    p.add_argument("--config", required=True, help="a best.yaml written by `export` (or a plain recipe YAML)")
+    p.add_argument("--out", default=None, help="model folder (default runs/retrain/<config stem>)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the search's)")
+    p.add_argument("--model-name", default=None, help="registered model name (default ulmfit-<experiment>)")
+    p.add_argument("--data-dir", default=None, help="where data.dataset names are looked up")
+    p.set_defaults(func=cmd_retrain)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search import tracking, tuner
+    from search.settings import SearchConfigError, load_search_config
+    from ulmfit_core.config import ConfigError
+
+    try:
+        if args.resume:
+            outcome = tuner.resume_search(args.resume, address=args.address)
+        else:
+            overrides = list(args.set)
+            for flag, key in ((args.tracking_uri, "mlflow.tracking_uri"), (args.storage, "search.storage"),
+                              (args.data_dir, "search.data_dir")):
+                if flag:
+                    overrides.append(f"{key}={flag}")
+            cfg = load_search_config(args.config, overrides, smoke_test=args.smoke_test)
+            outcome = tuner.run_search(cfg, address=args.address)
+    except (SearchConfigError, ConfigError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg, _ = tuner.read_search_json(outcome.search_dir)
+    s = outcome.summary
+    print()
+    print(tuner.format_leaderboard(outcome.leaderboard, cfg.search.metric))
+    print()
+    print(f"trials: {s['trials']:.0f} (completed {s['trials_completed']:.0f}, stopped by ASHA "
+          f"{s['trials_stopped_by_asha']:.0f}, errored {s['trials_errored']:.0f})")
+    print(f"language models trained: {s['lm_trainings']:.0f} ({s['lm_seconds_trained']:.1f} s); "
+          f"reuse saved {s['lm_seconds_saved']:.1f} s of LM training")
+    print(f"search folder: {outcome.search_dir}")
+    if outcome.best_yaml:
+        print(f"best config:   {outcome.best_yaml}")
+        print(f"retrain it:    python launch.py retrain --config {outcome.best_yaml}")
+    else:
+        print("best config:   none (no trial completed all its epochs)")
+    print(f"compare runs:  {tuner.mlflow_ui_command(outcome.tracking_uri)}")
+    return 0 if s["trials_completed"] else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search import tracking
+    from search.export import export_best
+    from search.settings import SearchConfigError
+
+    try:
+        path = export_best(args.search, experiment=args.experiment, tracking_uri=args.tracking_uri, out=args.out)
+    except (SearchConfigError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from search import tracking
+    from search.export import retrain
+    from ulmfit_core.config import ConfigError
+
+    out = args.out or str(Path("runs") / "retrain" / Path(args.config).stem)
+    try:
+        res = retrain(args.config, out, tracking_uri=args.tracking_uri, model_name=args.model_name,
+                      data_dir=args.data_dir)
+    except (ConfigError, tracking.TrackingError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for k, v in sorted(res["metrics"].items()):
+        print(f"{k}: {v}")
+    if "recorded" in res:
+        print(f"search recorded {res['recorded']}; retrained differs by {res['difference']:.3g}")
+    print(f"model: {out}; MLflow run {res['run_id']}; registered {res['model_name']} version {res['version']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m search.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

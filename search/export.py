@@ -1,0 +1,168 @@
+"""Best-config export (``best.yaml``), its reader, and retraining it.
+
+``best.yaml`` has two sections::
+
+    recipe:   # the complete resolved RecipeConfig of the best trial: every value, the data paths
+      data: {...}
+      ...
+    result:   # where it came from and what it reached
+      metric: valid_accuracy
+      mode: max
+      value: 0.874          # the trial's final-epoch value: what `retrain` should reproduce
+      metrics: {...}        # all final-epoch metrics of that trial
+      trial_id: 3c9f1_00004
+      mlflow_run_id: ...
+      ...
+
+The best trial is the best *completed* one (trained all its epochs): a trial ASHA stopped after one
+epoch has no full-length result that a retrain (which trains every epoch) could reproduce.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from search import trainable as T
+from search import tracking
+from search.settings import SearchConfigError
+from search.space import build_recipe
+from ulmfit_core.config import ConfigError, RecipeConfig, read_yaml, recipe_from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+BEST_YAML = "best.yaml"
+
+
+def export_best(search: str | Path | None = None, *, experiment: str | None = None,
+                tracking_uri: str | None = None, out: str | Path | None = None) -> Path:
+    """Write ``best.yaml`` for a search folder (from Ray's records) or an MLflow experiment (its
+    newest search). Returns the path written: ``out``, else ``<search>/best.yaml``, else ``./best-<experiment>.yaml``."""
+    if (search is None) == (experiment is None):
+        raise ValueError("give exactly one of a search folder or an MLflow experiment name")
+    if search is not None:
+        doc = _best_from_search_dir(Path(search).expanduser().resolve())
+        path = Path(out) if out else Path(search) / BEST_YAML
+    else:
+        uri = tracking_uri or "sqlite:///mlflow.db"
+        tracking.check_reachable(uri)
+        doc = _best_from_mlflow(uri, experiment)
+        path = Path(out) if out else Path(f"best-{experiment}.yaml")
+    return write_best(doc, path)
+
+
+def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
+    from ray.tune import ExperimentAnalysis
+
+    from search.tuner import read_search_json
+
+    cfg, meta = read_search_json(search_dir)
+    s = cfg.search
+    analysis = ExperimentAnalysis(str(search_dir), default_metric=s.metric, default_mode=s.mode)
+    done = [t for t in analysis.trials
+            if t.status == "TERMINATED" and t.last_result and not T.stopped_early(t.last_result)
+            and isinstance(t.last_result.get(s.metric), (int, float))]
+    if not done:
+        raise SearchConfigError(f"{search_dir}: no trial completed all its epochs; nothing to export")
+    sign = 1 if s.mode == "max" else -1
+    best = max(done, key=lambda t: sign * t.last_result[s.metric])
+    sampled = T.sampled_values(best.config)
+    recipe = to_dict(build_recipe(best.config[T.RECIPE], sampled))
+    run_id = None
+    try:
+        run_id = tracking.run_id_of_trial(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
+                                          best.trial_id)
+    except Exception as e:  # noqa: BLE001 (the config is exported either way)
+        logger.warning("MLflow lookup of trial %s failed: %s", best.trial_id, e)
+    last = best.last_result
+    return {"recipe": recipe, "result": {
+        "metric": s.metric, "mode": s.mode, "value": float(last[s.metric]),
+        "metrics": {k: float(last[k]) for k in sorted(last) if k in _metric_names()},
+        "epochs": int(last.get(T.EPOCH, 0)), "trial_id": best.trial_id, "sampled": sampled,
+        "mlflow_run_id": run_id, "mlflow_parent_run_id": meta["parent_run_id"],
+        "mlflow_experiment": meta["experiment"], "tracking_uri": meta["tracking_uri"],
+        "search_dir": str(search_dir), "threads": best.config[T.RUN]["threads"],
+        "data_dir": best.config[T.RUN].get("data_dir"), "cache_dir": best.config[T.RUN].get("cache_dir")}}
+
+
+def _best_from_mlflow(uri: str, experiment: str) -> dict[str, Any]:
+    from search.tuner import read_search_json
+
+    found = tracking.best_trial_run(uri, experiment)
+    extra: dict[str, Any] = {}
+    search_dir = found.get("search_dir")
+    if search_dir and (Path(search_dir) / "search.json").exists():  # run settings a retrain reuses
+        cfg, _ = read_search_json(search_dir)
+        extra = {"threads": cfg.search.resources.threads, "data_dir": cfg.search.data_dir}
+    return {"recipe": found["recipe"], "result": {
+        "metric": found["metric"], "mode": found["mode"], "value": found["value"], "trial_id": found["trial_id"],
+        "mlflow_run_id": found["run_id"], "mlflow_parent_run_id": found["parent_run_id"],
+        "mlflow_experiment": experiment, "tracking_uri": uri, "search_dir": search_dir, **extra}}
+
+
+def _metric_names() -> tuple[str, ...]:
+    from ulmfit_core import pipeline
+
+    return tuple(pipeline.METRICS)
+
+
+def write_best(doc: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = doc["result"]
+    header = (f"# Best trial {r.get('trial_id')} of {r.get('search_dir') or r.get('mlflow_experiment')}: "
+              f"{r['metric']} = {r['value']}\n"
+              f"# MLflow run {r.get('mlflow_run_id')} at {r.get('tracking_uri')}\n"
+              f"# Retrain: python launch.py retrain --config {path}\n")
+    path.write_text(header + yaml.safe_dump(dict(doc), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def read_best(path: str | Path) -> tuple[RecipeConfig, dict[str, Any]]:
+    """``(recipe, result metadata)`` from a ``best.yaml``; a plain recipe YAML gives empty metadata."""
+    values = read_yaml(path)
+    if "recipe" in values:
+        recipe, meta = values["recipe"], values.get("result") or {}
+    else:
+        recipe, meta = values, {}
+    try:
+        return recipe_from_dict(recipe), meta
+    except ConfigError as e:
+        raise ConfigError(f"{path}: recipe.{e}") from None
+
+
+def retrain(best_yaml: str | Path, out_dir: str | Path, *, tracking_uri: str | None = None,
+            model_name: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Retrain a ``best.yaml`` with ``pipeline.run_recipe`` (LM, classifier, test evaluation), log the
+    run to MLflow and register the model. Returns the final metrics, the registered version, and how
+    far the retrained metric is from the one the search recorded.
+
+    The torch thread count is set to the trial's, because on CPU the reduction order (and so the
+    last bits of every sum) depends on it.
+    """
+    import torch
+
+    from ulmfit_core import pipeline
+
+    cfg, meta = read_best(best_yaml)
+    if meta.get("threads"):
+        torch.set_num_threads(int(meta["threads"]))
+    out_dir = Path(out_dir)
+    metrics = pipeline.run_recipe(cfg, out_dir, data_dir=data_dir or meta.get("data_dir"),
+                                  cache_dir=meta.get("cache_dir"))
+    uri = tracking_uri or meta.get("tracking_uri") or "sqlite:///mlflow.db"
+    tracking.check_reachable(uri)
+    experiment = meta.get("mlflow_experiment") or "ulmfit-retrain"
+    # The classifier folder is the self-contained model (weights, vocabulary, labels, config).
+    registered = tracking.log_retrain(
+        uri, experiment, "mlartifacts", to_dict(cfg), metrics, out_dir / "classifier",
+        model_name or f"ulmfit-{experiment}",
+        {"trial_id": meta.get("trial_id"), "run_id": meta.get("mlflow_run_id"), "config": str(best_yaml)})
+    out: dict[str, Any] = {"metrics": dict(metrics), **registered, "tracking_uri": uri}
+    metric = meta.get("metric")
+    if metric and meta.get("value") is not None and metric in metrics:
+        out["recorded"] = float(meta["value"])
+        out["difference"] = abs(float(metrics[metric]) - float(meta["value"]))
+    return out

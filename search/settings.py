@@ -1,0 +1,275 @@
+"""The search-config file: base recipe + search space + search settings + MLflow settings.
+
+::
+
+    recipe:                  # the base recipe (same keys as a training config); or a path to one
+      data: {dataset: trec, max_train_rows: 1500}
+      model: {preset: tiny}
+      classifier: {epochs: 4}
+    space:                   # search/space.py; omit for space.DEFAULT_SPACE
+      classifier.lr: {type: loguniform, low: 1.0e-3, high: 5.0e-2}
+    search:
+      name: trec_demo        # Ray experiment folder <storage>/<name>-<time>; default MLflow experiment
+      num_samples: 12
+      max_concurrent: 2
+      resources: {cpu: 1, gpu: 0}   # per trial; gpu may be fractional (0.5: two trials per GPU)
+      metric: valid_accuracy        # one of pipeline.METRICS; default pipeline.PRIMARY_METRIC
+      mode: max                     # default: min for *loss, else max
+      seed: 0                       # TPE's seed
+      search_lm: false              # searching lm.*/model.*/text.*/data.*/seed gives each trial its own LM
+      scheduler: {grace_period: 1, reduction_factor: 2}   # ASHA; time unit = classifier epoch
+      max_failures: 2               # retries of a failed trial, each from its last checkpoint
+      storage: runs/search          # Ray results, checkpoints, shared LM and corpus caches
+    mlflow:
+      tracking_uri: sqlite:///mlflow.db   # or http://HOST:5000 for a tracking server
+      artifact_location: mlartifacts      # for a local store; a server keeps its own
+      experiment: trec_demo               # default: search.name
+
+Each section validates itself when built and raises :class:`SearchConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ulmfit_core.config import ConfigError, apply_overrides, read_yaml, recipe_from_dict, to_dict
+
+from search.space import SearchSpace, SpaceError
+
+#: Metric names and the primary metric come from the pipeline; these mirror them for validation
+#: before the (torch-importing) pipeline is loaded, and are checked against it in tests.
+KNOWN_METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss")
+
+#: Recipe keys holding file paths: made absolute on the driver, because each trial runs in its own
+#: working directory (and, on a cluster, on another machine that must see the same path).
+PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("data", "unlabeled"),
+             ("lm", "pretrained"), ("lm", "pretrained_vocab"))
+
+
+class SearchConfigError(ValueError):
+    """The search config is invalid; the message names the key and the fix."""
+
+
+def _fail(key: str, message: str) -> None:
+    raise SearchConfigError(f"{key}: {message}")
+
+
+@dataclass
+class Resources:
+    """Per-trial resources. Torch threads in a trial = ``cpu`` (so trials never oversubscribe cores)."""
+
+    cpu: float = 1
+    gpu: float = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cpu, (int, float)) or self.cpu < 1:
+            _fail("search.resources.cpu", f"must be >= 1 (a trial's torch threads = its CPUs); got {self.cpu!r}")
+        if not isinstance(self.gpu, (int, float)) or self.gpu < 0:
+            _fail("search.resources.gpu", f"must be >= 0 (fractions share a GPU); got {self.gpu!r}")
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            _fail("search.resources.gpu", f"more than one GPU must be a whole number; got {self.gpu}")
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpu))
+
+
+@dataclass
+class AshaSettings:
+    """ASHA (async successive halving). ``max_t`` defaults to the recipe's ``classifier.epochs``."""
+
+    grace_period: int = 1
+    reduction_factor: float = 2
+    brackets: int = 1
+    max_t: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.grace_period < 1:
+            _fail("search.scheduler.grace_period", f"must be >= 1 epoch; got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            _fail("search.scheduler.reduction_factor", f"must be > 1; got {self.reduction_factor}")
+        if self.brackets < 1:
+            _fail("search.scheduler.brackets", f"must be >= 1; got {self.brackets}")
+        if self.max_t is not None and self.max_t < self.grace_period:
+            _fail("search.scheduler.max_t", f"must be >= grace_period ({self.grace_period}); got {self.max_t}")
+
+
+@dataclass
+class SearchSettings:
+    name: str = "search"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    resources: Resources = field(default_factory=Resources)
+    metric: str = "valid_accuracy"
+    mode: str | None = None
+    seed: int = 0
+    search_lm: bool = False
+    scheduler: AshaSettings = field(default_factory=AshaSettings)
+    max_failures: int = 2
+    storage: str = "runs/search"
+    num_cpus: int | None = None  # a local Ray instance's CPUs (default: all cores); ignored with --address
+    reuse_actors: bool = True  # a trial process (torch, spaCy loaded) serves the next trial: ~3 s saved each
+    lm_root: str | None = None  # default <storage>/_lm_cache: LMs shared by every search in this storage
+    cache_dir: str | None = None  # default <storage>/_corpus_cache
+    data_dir: str | None = None  # where data.dataset names are looked up (default: the pipeline's)
+    object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
+    verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            _fail("search.name", f"must be a plain folder name; got {self.name!r}")
+        if self.num_samples < 1:
+            _fail("search.num_samples", f"must be >= 1; got {self.num_samples}")
+        if self.max_concurrent < 1:
+            _fail("search.max_concurrent", f"must be >= 1; got {self.max_concurrent}")
+        if self.metric not in KNOWN_METRICS:
+            _fail("search.metric", f"must be one of {list(KNOWN_METRICS)}; got {self.metric!r}")
+        if self.mode is None:
+            self.mode = "min" if self.metric.endswith("loss") else "max"
+        if self.mode not in ("min", "max"):
+            _fail("search.mode", f"must be min or max; got {self.mode!r}")
+        if self.max_failures < -1:
+            _fail("search.max_failures", f"must be >= 0 (or -1: retry forever); got {self.max_failures}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            _fail("search.num_cpus", f"must be >= 1; got {self.num_cpus}")
+
+
+@dataclass
+class TrackingSettings:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str | None = "mlartifacts"
+    experiment: str | None = None  # default: search.name
+    log_checkpoints: bool = True  # each trial's best checkpoint (+ vocab) as run artifacts
+
+    def __post_init__(self) -> None:
+        # Absolute, so a resume (or export) from another directory finds the same store.
+        if self.tracking_uri.startswith("sqlite:///") and not self.tracking_uri.startswith("sqlite:////"):
+            self.tracking_uri = "sqlite:///" + str(Path(self.tracking_uri[len("sqlite:///"):]).resolve())
+        if self.artifact_location and "://" not in self.artifact_location:
+            self.artifact_location = str(Path(self.artifact_location).expanduser().resolve())
+
+    @property
+    def is_remote(self) -> bool:
+        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
+@dataclass
+class SearchConfig:
+    """Everything one search needs; :meth:`to_dict` round-trips through :func:`search_config_from_dict`."""
+
+    recipe: dict[str, Any]  # nested base recipe as written (paths made absolute)
+    space: SearchSpace
+    search: SearchSettings
+    mlflow: TrackingSettings
+
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.search.name
+
+    @property
+    def epochs(self) -> int:
+        return recipe_from_dict(self.recipe).classifier.epochs
+
+    @property
+    def max_t(self) -> int:
+        return self.search.scheduler.max_t or self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": copy.deepcopy(self.recipe), "space": self.space.to_dict(),
+                "search": to_dict(self.search), "mlflow": to_dict(self.mlflow)}
+
+    def validate(self) -> None:
+        """Everything checkable before Ray starts: the recipe, the space against it."""
+        try:
+            recipe_from_dict(self.recipe)
+        except ConfigError as e:
+            raise SearchConfigError(f"recipe.{e}") from None
+        self.space.validate(self.recipe, self.search.search_lm)
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, Mapping):
+        _fail(prefix, f"must be a mapping; got {values!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        import difflib
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {prefix}.{close[0]}?" if close else f"; known: {', '.join(sorted(known))}"
+        _fail(f"{prefix}.{key}", f"unknown key{hint}")
+    kwargs = dict(values)
+    for f in fields(cls):
+        sub = {"resources": Resources, "scheduler": AshaSettings}.get(f.name)
+        if sub and f.name in kwargs and not dataclasses.is_dataclass(kwargs[f.name]):
+            kwargs[f.name] = _build(sub, kwargs[f.name], f"{prefix}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SearchConfigError(f"{prefix}: {e}") from None
+
+
+def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = None) -> SearchConfig:
+    """Build and validate a :class:`SearchConfig` from a mapping (as read from YAML)."""
+    unknown = set(values) - {"recipe", "space", "search", "mlflow"}
+    if unknown:
+        _fail(sorted(unknown)[0], "unknown section; a search config has recipe, space, search and mlflow")
+    recipe = values.get("recipe")
+    if isinstance(recipe, str):  # a path to a training config, relative to the search config
+        path = Path(recipe)
+        recipe = read_yaml(path if path.is_absolute() or base_dir is None else base_dir / path)
+    if not isinstance(recipe, Mapping):
+        _fail("recipe", "give the base recipe as a mapping (data, model, lm, classifier, ...) or a path to one")
+    recipe = absolute_paths(copy.deepcopy(dict(recipe)))
+    try:
+        space = SearchSpace.from_dict(values.get("space"))
+    except SpaceError as e:
+        raise SearchConfigError(str(e)) from None
+    cfg = SearchConfig(recipe=recipe, space=space,
+                       search=_build(SearchSettings, values.get("search"), "search"),
+                       mlflow=_build(TrackingSettings, values.get("mlflow"), "mlflow"))
+    try:
+        cfg.validate()
+    except SpaceError as e:
+        raise SearchConfigError(str(e)) from None
+    return cfg
+
+
+def absolute_paths(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Make the recipe's file paths absolute (relative to the current directory). Mutates and returns."""
+    for section, key in PATH_KEYS:
+        node = recipe.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            p = Path(node[key]).expanduser()
+            node[key] = str(p if p.is_absolute() else p.resolve())
+    return recipe
+
+
+#: ``--smoke-test``: the whole machinery in about a minute: 2 trials, tiny model, 300 rows, 2 epochs.
+SMOKE_OVERRIDES = [
+    "search.num_samples=2", "search.max_concurrent=1", "recipe.model.preset=tiny",
+    "recipe.data.max_train_rows=300", "recipe.lm.epochs=1", "recipe.classifier.epochs=2",
+    "recipe.classifier.unfreeze=[1]", "recipe.text.max_vocab=2000",
+]
+
+
+def load_search_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                       smoke_test: bool = False) -> SearchConfig:
+    """Read a search-config YAML, apply ``--set`` overrides (``search.num_samples=4``,
+    ``recipe.classifier.epochs=2``, ...) and validate. ``path=None`` starts from an empty config."""
+    values = read_yaml(path) if path is not None else {}
+    try:
+        apply_overrides(values, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []))
+    except ConfigError as e:
+        raise SearchConfigError(str(e)) from None
+    base_dir = Path(path).resolve().parent if path is not None else None
+    try:
+        return search_config_from_dict(values, base_dir)
+    except SearchConfigError as e:
+        raise SearchConfigError(f"{path}: {e}" if path is not None else str(e)) from None

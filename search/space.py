@@ -1,0 +1,349 @@
+"""The search space, declared in YAML: parsed, validated, and applied to a base recipe. Computes nothing.
+
+A space maps a recipe key to a distribution::
+
+    classifier.drop_mult: {type: loguniform, low: 0.2, high: 2.0}
+    classifier.lrm:       {type: uniform, low: 1.5, high: 4.0}
+    classifier.use_clr[0]: {type: choice, values: [8, 16, 32, 64]}   # element 0 of a list value
+    classifier.unfreeze[0]: {type: int, low: 0, high: 2}
+    lm.lr: {type: loguniform, low: 1e-4, high: 1e-2, when: {classifier.from_scratch: false}}
+
+Keys are the dotted keys of :class:`ulmfit_core.config.RecipeConfig` (the same as ``--set``); a
+``[i]`` suffix addresses one element of a list value (STLR's ``use_clr: [ratio, cut]``, ``betas``,
+``unfreeze``, ``lin_ftrs``). Types:
+
+======================  ==========================================================
+``loguniform``          float, ``low`` > 0, sampled uniformly in log space
+``uniform``             float in [``low``, ``high``]; optional ``step``
+``int``                 integer in [``low``, ``high``]; optional ``step``, ``log``
+``choice``              one of ``values`` (alias ``categorical``; a bare list is shorthand);
+                        values are scalars: null, bool, int, float or str
+======================  ==========================================================
+
+``when: {KEY: VALUE}`` (or ``{KEY: [V1, V2]}``, any of) makes a parameter conditional: it is sampled
+only when ``KEY`` -- a parameter declared *earlier* in the space, or else the base recipe's value --
+equals one of the values; otherwise the base recipe's value stays. Sampling is Optuna's
+define-by-run (:meth:`SearchSpace.sample`), so TPE sees the conditional structure.
+
+:meth:`SearchSpace.validate` checks everything before any trial runs: structure, bounds, and that a
+recipe built with every parameter at each of its extremes (each choice) is a valid ``RecipeConfig``
+-- which catches unknown keys (with ``did you mean``) and values the recipe refuses.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from ulmfit_core.config import ConfigError, recipe_from_dict, set_dotted, to_dict
+
+#: The space searched when a search config declares none (issue 4): dropout multiplier, discriminative
+#: rate factor, STLR (ratio, cut), classifier learning rate and weight decay.
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "classifier.drop_mult": {"type": "loguniform", "low": 0.2, "high": 2.0},
+    "classifier.lrm": {"type": "uniform", "low": 1.5, "high": 4.0},
+    "classifier.use_clr[0]": {"type": "choice", "values": [8, 16, 32, 64]},  # STLR ratio
+    "classifier.use_clr[1]": {"type": "choice", "values": [3, 5, 10, 20]},  # STLR cut
+    "classifier.lr": {"type": "loguniform", "low": 1e-3, "high": 5e-2},
+    "classifier.wd": {"type": "loguniform", "low": 1e-4, "high": 0.3},
+}
+
+#: Recipe sections the language-model stage depends on (what ``pipeline.lm_key`` hashes). Searching
+#: them gives each trial its own LM, so it needs ``search.search_lm: true``.
+LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed")
+
+_TYPES = {"loguniform", "uniform", "int", "choice", "categorical"}
+_FIELDS = {
+    "loguniform": {"type", "low", "high", "when"},
+    "uniform": {"type", "low", "high", "step", "when"},
+    "int": {"type", "low", "high", "step", "log", "when"},
+    "choice": {"type", "values", "when"},
+}
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\[\d+\])?$")
+_INDEX = re.compile(r"^(?P<path>.+)\[(?P<i>\d+)\]$")
+
+
+class SpaceError(ValueError):
+    """The search space is invalid; the message names ``space.KEY`` and the fix."""
+
+
+def _fail(key: str, message: str) -> None:
+    raise SpaceError(f"space.{key}: {message}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched recipe value."""
+
+    key: str
+    type: str  # loguniform | uniform | int | choice
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    values: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # ((key, allowed values), ...): all must hold
+
+    @classmethod
+    def parse(cls, key: Any, spec: Any) -> "Param":
+        if not isinstance(key, str) or not _KEY.match(key):
+            _fail(str(key), "keys are dotted recipe keys such as classifier.lr, optionally with [i] "
+                            "for a list element (classifier.use_clr[0])")
+        if isinstance(spec, list):  # shorthand for a choice
+            spec = {"type": "choice", "values": spec}
+        if not isinstance(spec, Mapping):
+            _fail(key, f"must be a mapping such as {{type: loguniform, low: 1e-3, high: 1e-1}} or a list of "
+                       f"choices; got {spec!r} (fixed values belong in the recipe: section)")
+        kind = spec.get("type")
+        if kind not in _TYPES:
+            _fail(key, f"type must be one of {sorted(_TYPES)}; got {kind!r}")
+        kind = "choice" if kind == "categorical" else kind
+        unknown = set(spec) - _FIELDS[kind]
+        if unknown:
+            _fail(key, f"unknown field(s) {sorted(unknown)} for type {kind}; allowed: {sorted(_FIELDS[kind])}")
+        when = _parse_when(key, spec.get("when"))
+        if kind == "choice":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                _fail(key, "a choice needs a non-empty list: values: [a, b, ...]")
+            for v in values:
+                if v is not None and not isinstance(v, (bool, int, float, str)):
+                    _fail(key, f"choice values must be null, bool, int, float or str (Optuna's categorical); "
+                               f"got {v!r}. For a list value search its elements: {key}[0], {key}[1]")
+            if len(set(map(repr, values))) != len(values):
+                _fail(key, f"duplicate choice values in {values}")
+            return cls(key, "choice", values=tuple(values), when=when)
+        for bound in ("low", "high"):
+            v = spec.get(bound)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                _fail(key, f"{bound} must be a finite number; got {v!r}")
+        low, high = spec["low"], spec["high"]
+        if low >= high:
+            _fail(key, f"low must be < high; got low={low!r}, high={high!r}")
+        log = kind == "loguniform" or bool(spec.get("log", False))
+        if log and low <= 0:
+            _fail(key, f"a log-scaled range needs low > 0; got low={low!r}")
+        step = spec.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+            _fail(key, f"step must be a positive number; got {step!r}")
+        if kind == "int":
+            if int(low) != low or int(high) != high or (step is not None and int(step) != step):
+                _fail(key, f"an int range needs integer low/high/step; got low={low!r}, high={high!r}, step={step!r}")
+            if log and step not in (None, 1):
+                _fail(key, "Optuna cannot combine log: true with a step other than 1")
+            return cls(key, "int", low=int(low), high=int(high), step=int(step) if step else None, log=log, when=when)
+        return cls(key, kind, low=float(low), high=float(high), step=float(step) if step else None,
+                   log=log, when=when)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "choice":
+            out["values"] = list(self.values)
+        else:
+            out.update(low=self.low, high=self.high)
+            if self.step is not None:
+                out["step"] = self.step
+            if self.type == "int" and self.log:
+                out["log"] = True
+        if self.when:
+            out["when"] = {k: list(v) if len(v) > 1 else v[0] for k, v in self.when}
+        return out
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw a value from an Optuna trial (define-by-run)."""
+        if self.type == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.type == "int":
+            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[Any]:
+        """The values validation builds a recipe with: both bounds, or every choice."""
+        return list(self.values) if self.type == "choice" else [self.low, self.high]
+
+    def active(self, values: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+        """Whether this parameter is sampled, given the values drawn so far and the base recipe."""
+        for key, allowed in self.when:
+            current = values[key] if key in values else get_value(base, key)
+            if not any(_same(current, a) for a in allowed):
+                return False
+        return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _parse_when(key: str, when: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if when is None:
+        return ()
+    if not isinstance(when, Mapping) or not when:
+        _fail(key, f"when must be a mapping {{KEY: VALUE or [VALUES]}}; got {when!r}")
+    out = []
+    for k, v in when.items():
+        if not isinstance(k, str) or not _KEY.match(k):
+            _fail(key, f"when: {k!r} is not a dotted recipe key")
+        allowed = tuple(v) if isinstance(v, list) else (v,)
+        if not allowed:
+            _fail(key, f"when: {k} lists no values")
+        out.append((k, allowed))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered set of :class:`Param`; the order is the sampling order (conditions look back)."""
+
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None) -> "SearchSpace":
+        """Parse a ``space:`` mapping; ``None`` gives :data:`DEFAULT_SPACE`."""
+        if spec is None:
+            spec = DEFAULT_SPACE
+        if not isinstance(spec, Mapping) or not spec:
+            raise SpaceError("space: must be a non-empty mapping of recipe keys to distributions "
+                             "(omit it for the default space)")
+        params = tuple(Param.parse(k, v) for k, v in spec.items())
+        seen: set[str] = set()
+        for p in params:
+            for k, _ in p.when:
+                if k == p.key:
+                    _fail(p.key, "a parameter cannot be conditional on itself")
+                if k not in seen and any(q.key == k for q in params):
+                    _fail(p.key, f"when: {k} is searched too but declared later; declare {k} first")
+            seen.add(p.key)
+        return cls(params)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {p.key: p.to_dict() for p in self.params}
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def touches_lm_stage(self) -> list[str]:
+        """Searched keys that change the language-model stage (and so its sharing key)."""
+        return [k for k in self.keys if k.startswith(LM_STAGE_PREFIXES)]
+
+    def sample(self, trial: Any, base: Mapping[str, Any]) -> dict[str, Any]:
+        """Optuna define-by-run: draw the active parameters in order; returns ``{key: value}``."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(values, base):
+                values[p.key] = p.suggest(trial)
+        return values
+
+    def validate(self, base: Mapping[str, Any], search_lm: bool) -> None:
+        """Raise :class:`SpaceError` unless every parameter at each extreme builds a valid recipe.
+
+        ``base`` is the nested base recipe. With ``search_lm`` false, parameters of the LM stage are
+        refused: every trial would train its own LM and the sharing the config asked for would not happen.
+        """
+        base_cfg = build_recipe(base, {}, where="recipe")
+        base_values = to_dict(base_cfg)
+        if not search_lm and self.touches_lm_stage():
+            raise SpaceError(
+                f"space: {', '.join(self.touches_lm_stage())} change the language-model stage, but "
+                f"search.search_lm is false (all trials share one fine-tuned LM). Set search.search_lm: true "
+                f"to search them, or fix their values in the recipe: section")
+        for p in self.params:
+            for k, _ in p.when:
+                if k not in self.keys:
+                    try:
+                        get_value(base_values, k)
+                    except KeyError:
+                        _fail(p.key, f"when: {k} is neither a searched key nor a recipe key")
+        for p in self.params:  # each parameter alone at each extreme: errors name the parameter
+            for v in p.extremes():
+                try:
+                    recipe_from_dict(apply(base, {p.key: v}, base_values))
+                except (ConfigError, KeyError, IndexError, TypeError) as e:
+                    msg = str(e).strip("'\"")
+                    _fail(p.key, f"value {v!r} does not make a valid recipe: {msg}")
+        for corner in (0, -1):  # all together at their low / high ends: combinations the recipe refuses
+            values = {p.key: p.extremes()[corner] for p in self.params}
+            try:
+                recipe_from_dict(apply(base, values, base_values))
+            except (ConfigError, KeyError, IndexError, TypeError) as e:
+                raise SpaceError(f"space: the values {values} together do not make a valid recipe: "
+                                 f"{str(e).strip(chr(39))}") from None
+
+
+def get_value(values: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted (optionally indexed) key of a nested recipe dict; KeyError if absent."""
+    m = _INDEX.match(key)
+    path, index = (m["path"], int(m["i"])) if m else (key, None)
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"{key}: no such recipe key")
+        node = node[part]
+    if index is None:
+        return node
+    if not isinstance(node, (list, tuple)) or index >= len(node):
+        raise KeyError(f"{key}: {path} is not a list with an element {index} (it is {node!r})")
+    return node[index]
+
+
+def apply(base: Mapping[str, Any], sampled: Mapping[str, Any],
+          defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of the nested ``base`` recipe with each sampled ``{key: value}`` set. Pure.
+
+    ``defaults`` (the resolved recipe) supplies what ``base`` leaves out but a key needs: the list an
+    indexed key changes one element of, and a ``dropouts`` section (whose five values are all required).
+    Nothing else is copied, so e.g. a sampled ``model.preset`` still sets the sizes the base leaves unset.
+    """
+    values = copy.deepcopy(dict(base))
+    defaults = defaults or {}
+    for key, value in sampled.items():
+        m = _INDEX.match(key)
+        path = m["path"] if m else key
+        parts = path.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part == "dropouts":
+                prefix = ".".join(parts[: i + 1])
+                try:
+                    get_value(values, prefix)
+                except KeyError:
+                    try:
+                        set_dotted(values, prefix, copy.deepcopy(get_value(defaults, prefix)))
+                    except KeyError:
+                        pass
+        if m is None:
+            set_dotted(values, key, value)
+            continue
+        index = int(m["i"])
+        try:
+            current = get_value(values, path)
+        except KeyError:
+            current = get_value(defaults, path)
+        if not isinstance(current, (list, tuple)) or index >= len(current):
+            raise KeyError(f"{key}: {path} is not a list with an element {index} (it is {current!r})")
+        items = list(current)
+        items[index] = value
+        set_dotted(values, path, items)
+    return values
+
+
+def build_recipe(base: Mapping[str, Any], sampled: Mapping[str, Any], where: str = "trial"):
+    """The validated ``RecipeConfig`` for a base recipe plus sampled values.
+
+    The base is resolved first (defaults filled) so an indexed key finds its list even when the base
+    leaves it at the default.
+    """
+    try:
+        resolved = to_dict(recipe_from_dict(base))
+        return recipe_from_dict(apply(base, sampled, resolved))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def flat_params(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The sampled subset of a flat Tune config (what MLflow logs as a trial's params)."""
+    keys = set(keys)
+    return {k: v for k, v in values.items() if k in keys}

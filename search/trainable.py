@@ -1,0 +1,113 @@
+"""The Ray Tune function trainable: a few lines around ``ulmfit_core.pipeline``.
+
+This is the only module that calls Ray's reporting API (``tune.report`` / ``tune.get_checkpoint``),
+which has changed four times across Ray releases: keep it here.
+
+A trial's config (built by ``tuner.py``) holds the base recipe under :data:`RECIPE`, run settings
+(shared LM and corpus caches, data dir) under :data:`RUN`, and the sampled values as flat dotted keys
+(``"classifier.lr": 0.01``).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray import tune
+
+from search.space import build_recipe
+
+RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
+RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "threads"}
+
+#: Keys every report carries besides ``epoch`` and ``pipeline.METRICS``.
+EPOCH = "epoch"
+EPOCHS_TOTAL = "epochs_total"  # the trial's classifier.epochs: a trial that ended before it was stopped early
+LM_TRAINED = "lm_trained"  # 1.0: this trial trained its LM; 0.0: reused one (or none: from_scratch)
+LM_SECONDS = "lm_seconds"  # seconds this trial spent in ensure_lm (training, or waiting for and loading one)
+LM_SAVED = "lm_seconds_saved"  # when the LM was reused: the seconds its training took (compute saved)
+LM_KEY = "lm_key"
+NODE_ID = "node_id"
+RESUMED_FROM = "resumed_from_epoch"  # epoch of the checkpoint this run of the trial started from (0: fresh)
+
+
+def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The searched values of a trial config (everything but the base recipe and run settings)."""
+    return {k: v for k, v in config.items() if k not in (RECIPE, RUN)}
+
+
+def stopped_early(result: Mapping[str, Any]) -> bool:
+    """True when a trial's last result is before its final epoch (the scheduler stopped it)."""
+    epoch, total = result.get(EPOCH), result.get(EPOCHS_TOTAL)
+    return epoch is not None and total is not None and epoch < total
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """One trial: recipe -> corpus -> shared LM -> classifier, reporting every classifier epoch."""
+    import ray
+    import torch
+
+    from ulmfit_core import pipeline
+
+    run = config[RUN]
+    # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch may have read it before a reused actor
+    # switched trials, so set the thread count explicitly: trials x threads never exceed the cores.
+    torch.set_num_threads(int(run["threads"]))
+    cfg = build_recipe(config[RECIPE], sampled_values(config))
+    corpus = pipeline.prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
+    extra: dict[str, Any] = {EPOCHS_TOTAL: cfg.classifier.epochs, LM_TRAINED: 0.0, LM_SECONDS: 0.0,
+                             LM_SAVED: 0.0, NODE_ID: ray.get_runtime_context().get_node_id()}
+    lm_dir = None
+    if not cfg.classifier.from_scratch:
+        t0 = time.perf_counter()
+        lm = pipeline.ensure_lm(cfg, corpus, Path(run["lm_root"]))
+        lm_dir = lm.lm_dir
+        extra.update({LM_KEY: lm_dir.name, LM_TRAINED: float(lm.trained), LM_SECONDS: time.perf_counter() - t0,
+                      LM_SAVED: 0.0 if lm.trained else pipeline.lm_training_seconds(lm_dir)})
+
+    with tempfile.TemporaryDirectory(prefix="ulmfit-trial-") as tmp:
+        resume_from, meta = _restore(Path(tmp) / "resume")
+        extra[RESUMED_FROM] = int(meta.get(EPOCH) or 0)
+        if meta.get(LM_TRAINED):  # an earlier attempt of this trial trained the LM it now reuses
+            extra.update({LM_TRAINED: 1.0, LM_SECONDS: meta.get(LM_SECONDS, 0.0), LM_SAVED: 0.0})
+        lm_facts = {k: extra[k] for k in (LM_TRAINED, LM_SECONDS)}
+        if resume_from is not None and extra[RESUMED_FROM] >= cfg.classifier.epochs:
+            # Finished before the driver died, but the experiment state saved before that did not
+            # know: report the final result again (no training happens), so Tune sees it complete.
+            _report({**meta["metrics"], **extra}, None, {})
+            return
+
+        def report(metrics: Mapping[str, Any], checkpoint_dir: Path | None) -> None:
+            metrics = {**metrics, **extra}
+            _report(metrics, checkpoint_dir, {EPOCH: metrics.get(EPOCH), "metrics": _plain(metrics), **lm_facts})
+
+        pipeline.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "model", report=report, resume_from=resume_from)
+
+
+def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-safe part of a report (checkpoint metadata is JSON)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, meta: dict[str, Any]) -> None:
+    """Ray's reporting call; ``meta`` travels with the checkpoint. The checkpoint is copied to the
+    run's storage before this returns, so the pipeline may overwrite ``checkpoint_dir`` next epoch."""
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
+        checkpoint.set_metadata(meta)
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _restore(into: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The trial's last checkpoint (after a failure or ``Tuner.restore``) copied to ``into``, and the
+    metadata saved with it; ``(None, {})`` for a fresh start."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, {}
+    meta = checkpoint.get_metadata()
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, into)
+    return into, meta

@@ -1,0 +1,385 @@
+"""Build and run the search: OptunaSearch (TPE, seeded) behind a ConcurrencyLimiter, ASHA, resources,
+storage, FailureConfig, checkpoints, MLflow tracking; resume a search whose driver died.
+
+One search lives in one folder, ``<search.storage>/<search.name>-<YYYYmmdd-HHMMSS>``: Ray's experiment
+state and trial checkpoints, plus ``search.json`` (the resolved search config and its MLflow ids, all a
+resume needs), ``leaderboard.csv`` and ``best.yaml`` at the end. Language models and the tokenized
+corpus are cached beside it (``<storage>/_lm_cache``, ``<storage>/_corpus_cache``) so trials -- and
+later searches in the same storage -- share them. On a cluster ``storage`` must be a path every node
+sees (NFS/EFS); LM sharing relies on its file locks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from search import trainable as T
+from search import tracking
+from search.settings import SearchConfig, search_config_from_dict
+from search.space import SearchSpace
+from ulmfit_core.config import recipe_from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+SEARCH_JSON = "search.json"
+LEADERBOARD_CSV = "leaderboard.csv"
+
+
+# -- the searcher ------------------------------------------------------------------------------------
+
+
+class _DefineByRun:
+    """Optuna define-by-run space (picklable: Ray saves the searcher with the experiment)."""
+
+    def __init__(self, space: SearchSpace, base: dict[str, Any]):
+        self.space, self.base = space, base
+
+    def __call__(self, trial) -> None:
+        self.space.sample(trial, self.base)  # values are captured by Ray's wrapper around `trial`
+        return None
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna about trials the scheduler stopped as PRUNED.
+
+    Ray 2.60's ``OptunaSearch.on_trial_complete`` tells every trial that has a final metric as
+    COMPLETE, including those ASHA stopped after one epoch: TPE then ranks a 1-epoch accuracy
+    against 4-epoch ones. And Tune skips ``on_trial_result`` for the result that triggered a stop, so
+    that last value never became an intermediate value either. Here: the final value is reported at
+    its step, and a trial whose last epoch is before its ``epochs_total`` is told as PRUNED (Optuna
+    then records its last intermediate value as its value, which TPE uses for pruned trials).
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if value is not None and step is not None:
+            ot_trial.report(value, step)  # Optuna ignores (with a warning) a step reported already
+        if not T.stopped_early(result):
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        from optuna.trial import TrialState
+
+        try:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        except Exception as e:  # noqa: BLE001  (as the base class: e.g. a NaN metric)
+            logger.warning("Optuna: cannot tell trial %s as pruned: %s", trial_id, e)
+        self._completed_trials.add(trial_id)
+
+
+def load_study(search_dir: str | Path):
+    """The Optuna study of a search (from Ray's saved searcher state), e.g. for optuna.visualization."""
+    searcher = PruningAwareOptunaSearch()
+    searcher.restore_from_dir(str(search_dir))
+    return searcher._ot_study
+
+
+# -- Ray -------------------------------------------------------------------------------------------
+
+
+def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
+    """Connect to ``address`` or start a local Ray (``num_cpus`` <= cores); returns cluster resources.
+
+    Refuses a trial larger than the cluster; warns when ``max_concurrent`` x CPUs exceeds it (Ray then
+    runs fewer trials at once -- never more threads than cores, since a trial's threads = its CPUs).
+    """
+    s = cfg.search
+    if not ray.is_initialized():
+        if address:
+            _check_ray_address(address)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            cores = os.cpu_count() or 1
+            num_cpus = s.num_cpus or cores
+            if num_cpus > cores:
+                warnings.warn(f"search.num_cpus={num_cpus} > {cores} cores: trials would oversubscribe "
+                              f"the CPU; using {cores}")
+                num_cpus = cores
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=s.object_store_mb * 1024 * 1024)
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    autoscaling = bool(address)
+    if s.resources.cpu > cpus and not autoscaling:
+        raise ValueError(f"search.resources.cpu={s.resources.cpu} but the Ray cluster has {cpus:g} CPUs")
+    if s.resources.gpu > gpus and not autoscaling:
+        raise ValueError(f"search.resources.gpu={s.resources.gpu} but the Ray cluster has {gpus:g} GPUs "
+                         f"(set search.resources.gpu: 0 on a CPU-only machine)")
+    if s.max_concurrent * s.resources.cpu > cpus and not autoscaling:
+        logger.warning("max_concurrent=%d trials x %g CPUs > %g CPUs: at most %d trials run at once",
+                       s.max_concurrent, s.resources.cpu, cpus, int(cpus // s.resources.cpu))
+    return resources
+
+
+def _check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when a ``HOST:PORT`` Ray address does not answer (``ray.init`` would retry
+    for many minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
+                         f"`ray start --head` or `ray up cluster.yaml`, or omit --address for a local Ray") from None
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(cfg: SearchConfig):
+    """The trainable with its per-trial resources; the same object must be given to a restore."""
+    res = {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu}
+    return tune.with_resources(T.train_trial, res)
+
+
+def param_space(cfg: SearchConfig) -> dict[str, Any]:
+    storage = Path(cfg.search.storage).expanduser().resolve()
+    return {
+        T.RECIPE: cfg.recipe,
+        T.RUN: {
+            "lm_root": str(Path(cfg.search.lm_root).expanduser().resolve() if cfg.search.lm_root
+                           else storage / "_lm_cache"),
+            "cache_dir": str(Path(cfg.search.cache_dir).expanduser().resolve() if cfg.search.cache_dir
+                             else storage / "_corpus_cache"),
+            # Resolved here: a trial runs in its own working directory (on a cluster, on another node).
+            "data_dir": str(Path(cfg.search.data_dir or os.environ.get("ULMFIT_DATA") or "data")
+                            .expanduser().resolve()),
+            "threads": cfg.search.resources.threads,
+        },
+    }
+
+
+def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
+    s = cfg.search
+    base = to_dict(recipe_from_dict(cfg.recipe))
+    searcher = PruningAwareOptunaSearch(space=_DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
+                                        seed=s.seed)
+    scheduler = ASHAScheduler(time_attr=T.EPOCH, metric=s.metric, mode=s.mode, max_t=cfg.max_t,
+                              grace_period=s.scheduler.grace_period,
+                              reduction_factor=s.scheduler.reduction_factor, brackets=s.scheduler.brackets)
+    return tune.Tuner(
+        make_trainable(cfg),
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            scheduler=scheduler, num_samples=s.num_samples, reuse_actors=s.reuse_actors,
+            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=search_dir.name, storage_path=str(search_dir.parent), callbacks=list(callbacks),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
+                                                    checkpoint_score_order=s.mode),
+            verbose=s.verbose),
+    )
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    search_dir: Path
+    leaderboard: list[dict[str, Any]]
+    best_yaml: Path | None
+    summary: dict[str, float]
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    errors: list[str] = field(default_factory=list)
+
+
+def new_search_dir(cfg: SearchConfig) -> Path:
+    storage = Path(cfg.search.storage).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = storage / f"{cfg.search.name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = storage / f"{cfg.search.name}-{stamp}-{n}"
+    return path
+
+
+def run_search(cfg: SearchConfig, *, address: str | None = None,
+               callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
+    """Validate, check MLflow, start Ray, run every trial, export the best config. Blocks."""
+    cfg.validate()  # an invalid space fails here, before Ray or MLflow start
+    tracking.check_reachable(cfg.mlflow.tracking_uri)
+    init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
+    search_dir = new_search_dir(cfg)
+    search_dir.mkdir(parents=True)
+    experiment_id = tracking.ensure_experiment(cfg.mlflow.tracking_uri, cfg.experiment,
+                                               cfg.mlflow.artifact_location)
+    parent = tracking.start_parent(cfg.mlflow.tracking_uri, experiment_id, search_dir.name, search_dir,
+                                   cfg.to_dict(), cfg.space.to_dict())
+    meta = {"config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri, "experiment": cfg.experiment,
+            "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time()}
+    (search_dir / SEARCH_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent, _metrics(),
+                                             cfg.space.keys, cfg.mlflow.log_checkpoints)
+    # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
+    # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
+    loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
+    tuner = build_tuner(cfg, search_dir, [mlflow_cb, *loggers, *callbacks])
+    return _fit_and_finish(tuner, cfg, search_dir, meta)
+
+
+def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, Any]]:
+    path = Path(search_dir) / SEARCH_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{search_dir} is not a search folder (no {SEARCH_JSON}); give the folder "
+                                f"`search` printed, e.g. runs/search/NAME-YYYYmmdd-HHMMSS")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    return search_config_from_dict(meta["config"]), meta
+
+
+def resume_search(search_dir: str | Path, *, address: str | None = None,
+                  callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
+    """Continue a search whose driver stopped: finished trials stay, unfinished and errored ones
+    resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
+    search_dir = Path(search_dir).expanduser().resolve()
+    cfg, meta = read_search_json(search_dir)
+    tracking.check_reachable(meta["tracking_uri"])
+    init_ray(cfg, address)
+    if callbacks:
+        logger.warning("extra callbacks are not re-attached on resume (Ray restores the original ones)")
+    tuner = tune.Tuner.restore(str(search_dir), trainable=make_trainable(cfg), resume_unfinished=True,
+                               resume_errored=True)
+    return _fit_and_finish(tuner, cfg, search_dir, meta)
+
+
+def _metrics() -> tuple[str, ...]:
+    from ulmfit_core import pipeline
+
+    return tuple(pipeline.METRICS)
+
+
+def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
+    uri, parent = meta["tracking_uri"], meta["parent_run_id"]
+    status = "failed"
+    try:
+        results = tuner.fit()
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if status != "finished":
+            try:
+                tracking.finish_parent(uri, parent, status, [], {}, None)
+            except Exception as e:  # noqa: BLE001
+                logger.warning("MLflow: could not mark the search %s: %s", status, e)
+    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in
+            tracking.child_runs(uri, meta["experiment_id"], parent)}
+    board = leaderboard(results, cfg, runs)
+    _write_leaderboard(board, search_dir / LEADERBOARD_CSV)
+    summary = summarize(board, cfg)
+    best_yaml = None
+    errors = [str(r.error) for r in results if r.error]
+    if any(row["status"] == tracking.COMPLETED for row in board):
+        from search.export import export_best
+
+        best_yaml = export_best(search_dir)
+    tracking.finish_parent(uri, parent, "finished", board, summary, best_yaml)
+    return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors)
+
+
+def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per trial, best first: completed trials by their final metric, then stopped, then errored."""
+    s, runs = cfg.search, runs or {}
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        tid = m.get("trial_id") or (r.path and Path(r.path).name.removeprefix("trial_"))
+        status = tracking.ERRORED if r.error else (
+            tracking.STOPPED if T.stopped_early(m) else tracking.COMPLETED)
+        run = runs.get(tid)
+        row = {"trial_id": tid, "status": status, "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
+        for k in _metrics():
+            row.setdefault(k, m.get(k))
+        row.update({k: v for k, v in T.sampled_values(r.config or {}).items()})
+        row.update({"lm_trained": m.get(T.LM_TRAINED), "lm_seconds": m.get(T.LM_SECONDS),
+                    T.LM_SAVED: m.get(T.LM_SAVED), "lm_key": m.get(T.LM_KEY), "node_ip": m.get("node_ip"),
+                    "mlflow_run_id": run.info.run_id if run else None})
+        if run is not None and run.data.tags.get("lm_trained") == "true":
+            row["lm_trained"] = 1.0  # trained in an earlier attempt of this trial (before a restore)
+        rows.append(row)
+    rank = {tracking.COMPLETED: 0, tracking.STOPPED: 1, tracking.ERRORED: 2}
+    sign = -1 if s.mode == "max" else 1
+
+    def key(row):
+        v = row.get(s.metric)
+        return (rank[row["status"]], sign * v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf)
+
+    return sorted(rows, key=key)
+
+
+def summarize(board: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, float]:
+    """Counts, the best value, and the LM compute that sharing saved: for each trial that reused an
+    LM, the seconds that LM's training took (``pipeline.lm_training_seconds``)."""
+    trained = {row["lm_key"]: float(row.get("lm_seconds") or 0.0) for row in board
+               if row.get("lm_trained") and row.get("lm_key")}
+    completed = [r for r in board if r["status"] == tracking.COMPLETED]
+    out = {"trials": len(board), "trials_completed": len(completed),
+           "trials_stopped_by_asha": sum(r["status"] == tracking.STOPPED for r in board),
+           "trials_errored": sum(r["status"] == tracking.ERRORED for r in board),
+           "lm_trainings": len(trained), "lm_seconds_trained": sum(trained.values()),
+           "lm_seconds_saved": sum(float(r.get(T.LM_SAVED) or 0.0) for r in board)}
+    if completed and isinstance(completed[0].get(cfg.search.metric), (int, float)):
+        out[f"best_{cfg.search.metric}"] = completed[0][cfg.search.metric]
+    return out
+
+
+def _write_leaderboard(board: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    if not board:
+        return
+    columns = list(dict.fromkeys(k for row in board for k in row))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(board)
+
+
+def format_leaderboard(board: list[dict[str, Any]], metric: str, limit: int = 20) -> str:
+    """A plain-text table of the leaderboard (best first)."""
+    shown = [r for r in board[:limit]]
+    if not shown:
+        return "(no trials)"
+    params = [k for k in shown[0] if "." in k]
+    cols = ["trial_id", "status", "epochs", metric, *params]
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+    table = [cols] + [[fmt(r.get(c)) for c in cols] for r in shown]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} (the tracking server's UI)"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"

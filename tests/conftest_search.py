@@ -1,0 +1,139 @@
+"""Helpers and fixtures for the search tests (imported by tests/test_search_*.py).
+
+Everything runs on loopback and is started and stopped by the tests: Ray nodes (local or
+``ray.cluster_utils.Cluster``), an ``mlflow server``, driver subprocesses. Only processes started
+here are stopped, by their own ids; never ``ray stop``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+SMOKE = ROOT / "configs" / "search_smoke.yaml"
+PYTHON = sys.executable
+
+import search  # noqa: E402,F401  (sets Ray's environment defaults before ray is imported)
+
+
+def base_overrides(tmp: Path, tracking_uri: str | None = None) -> list[str]:
+    """Overrides that put every output of a search under ``tmp`` and keep it small."""
+    return [
+        f"search.storage={tmp / 'runs'}",
+        f"search.data_dir={SHARED_DATASETS}",
+        f"mlflow.tracking_uri={tracking_uri or 'sqlite:///' + str(tmp / 'mlflow.db')}",
+        f"mlflow.artifact_location={tmp / 'mlartifacts'}",
+        "search.num_cpus=2", "search.object_store_mb=200", "search.verbose=0",
+    ]
+
+
+def smoke_config(tmp: Path, overrides: list[str] = (), tracking_uri: str | None = None):
+    from search.settings import load_search_config
+
+    return load_search_config(SMOKE, base_overrides(tmp, tracking_uri) + list(overrides))
+
+
+@contextlib.contextmanager
+def ray_environment():
+    """Worker processes find this checkout; Ray's files go to a short private folder; Ray is shut
+    down afterwards (only the instance started inside)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+        mp.setenv("RAY_TMPDIR", tmp)
+        try:
+            yield tmp
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_env():
+    with ray_environment() as tmp:
+        yield tmp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts), stopped afterwards."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_bin = str(Path(PYTHON).parent / "mlflow")
+    log = open(tmp_path / "mlflow_server.log", "wb")
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'mlflow_server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (then SIGKILL) the process group this test started with ``start_new_session=True``."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group (e.g. Ray processes of a killed driver)
+    except ProcessLookupError:
+        pass
+
+
+def child_runs(uri: str, experiment: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.search_role = 'trial'", max_results=1000)
+
+
+def parent_runs(uri: str, experiment: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.search_role = 'parent'", max_results=100)

@@ -1,0 +1,165 @@
+"""A real search on a local Ray (2 CPUs, 2 trials at a time) with the real pipeline on TREC-6, tracked
+in a local SQLite MLflow store; some configurations are clearly worse (learning rates down to 1e-6).
+
+One search (module fixture) is checked from several sides: ASHA stopped trials, Optuna saw them as
+pruned, the trials shared one language model, MLflow holds the structure, and the exported best
+config retrains to the value the search recorded for it.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest_search import child_runs, parent_runs, ray_environment, smoke_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+EPOCHS = 4
+N_TRIALS = 6
+OVERRIDES = [
+    f"search.num_samples={N_TRIALS}", "search.max_concurrent=2", "search.name=local",
+    # valid_loss separates a 1e-6 learning rate from a useful one after one epoch; accuracy on ~80
+    # validation questions is too coarse that early.
+    "search.metric=valid_loss", "search.mode=min",
+    "search.scheduler={grace_period: 1, reduction_factor: 2}",
+    "recipe.data.max_train_rows=800", f"recipe.classifier.epochs={EPOCHS}", "recipe.classifier.unfreeze=[]",
+    "space={classifier.lr: {type: loguniform, low: 1.0e-6, high: 5.0e-2},"
+    " classifier.drop_mult: {type: loguniform, low: 0.2, high: 2.0}}",
+]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    from search import tuner
+
+    tmp = tmp_path_factory.mktemp("local")
+    if not (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "trec").exists():
+        pytest.skip("TREC not found")
+    with ray_environment():
+        cfg = smoke_config(tmp, OVERRIDES)
+        t0 = time.perf_counter()
+        outcome = tuner.run_search(cfg)
+        seconds = time.perf_counter() - t0
+    print(f"local search: {seconds:.1f} s, summary {outcome.summary}")
+    return cfg, outcome, tmp
+
+
+def test_asha_stops_the_clearly_worse_trials(searched):
+    cfg, outcome, _ = searched
+    board = outcome.leaderboard
+    assert len(board) == N_TRIALS
+    status = [r["status"] for r in board]
+    assert status.count("stopped_by_asha") >= 1 and status.count("completed") >= 1
+    assert "errored" not in status
+    for r in board:
+        assert r["epochs"] == EPOCHS if r["status"] == "completed" else r["epochs"] < EPOCHS
+    # Stopped trials are the worse ones: the best stopped trial's lr is below the best completed trial's.
+    best = board[0]
+    assert best["status"] == "completed" and best["classifier.lr"] > 1e-4
+    assert outcome.summary["trials_stopped_by_asha"] == status.count("stopped_by_asha")
+
+
+def test_optuna_sees_asha_stopped_trials_as_pruned_with_intermediate_values(searched):
+    from optuna.trial import TrialState
+
+    from search.tuner import load_study
+
+    cfg, outcome, _ = searched
+    study = load_study(outcome.search_dir)
+    by_lr = {round(t.params["classifier.lr"], 12): t for t in study.trials}
+    assert len(by_lr) == N_TRIALS
+    for row in outcome.leaderboard:
+        t = by_lr[round(row["classifier.lr"], 12)]
+        if row["status"] == "stopped_by_asha":
+            assert t.state == TrialState.PRUNED
+            assert sorted(t.intermediate_values) == list(range(1, row["epochs"] + 1))
+            assert t.value == pytest.approx(row["valid_loss"])  # Optuna's value of a pruned trial: its last
+        else:
+            assert t.state == TrialState.COMPLETE
+            assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
+            assert t.value == pytest.approx(row["valid_loss"])
+
+
+def test_trials_share_one_language_model(searched):
+    cfg, outcome, tmp = searched
+    runs = child_runs(cfg.mlflow.tracking_uri, cfg.experiment)
+    assert len(runs) == N_TRIALS
+    keys = {r.data.tags["lm_key"] for r in runs}
+    assert len(keys) == 1  # one LM key for the whole search (search_lm: false)
+    trained = [r for r in runs if r.data.tags["lm_trained"] == "true"]
+    assert len(trained) == 1  # trained once; the other trials reused it
+    lm_dirs = [p for p in (tmp / "runs" / "_lm_cache").iterdir() if p.is_dir()]
+    assert [p.name for p in lm_dirs] == list(keys)
+    trained_s = trained[0].data.metrics["lm_seconds"]
+    saved = [r.data.metrics["lm_seconds_saved"] for r in runs if r.data.tags["lm_trained"] == "false"]
+    assert len(saved) == N_TRIALS - 1 and all(s == pytest.approx(saved[0]) for s in saved)
+    assert outcome.summary["lm_trainings"] == 1
+    assert outcome.summary["lm_seconds_saved"] == pytest.approx(sum(saved))
+    assert 0 < saved[0] <= trained_s + 1e-6  # the LM's own training time, as measured by the trainer
+
+
+def test_mlflow_holds_parent_child_metrics_and_artifacts(searched):
+    from mlflow.tracking import MlflowClient
+
+    cfg, outcome, _ = searched
+    uri = cfg.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    (parent,) = parent_runs(uri, cfg.experiment)
+    assert parent.info.status == "FINISHED" and parent.data.tags["search_status"] == "finished"
+    assert parent.data.params["search.num_samples"] == str(N_TRIALS)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "search_config.yaml", "search_space.yaml", "leaderboard.csv", "leaderboard.json", "best.yaml"}
+    exp = client.get_experiment_by_name(cfg.experiment)
+    assert exp.artifact_location == (Path(cfg.mlflow.artifact_location)).as_uri()
+    board = {r["trial_id"]: r for r in outcome.leaderboard}
+    for run in child_runs(uri, cfg.experiment):
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        row = board[tags["ray_trial_id"]]
+        assert tags["trial_status"] == row["status"] and run.info.status == "FINISHED"
+        assert float(run.data.params["classifier.lr"]) == pytest.approx(row["classifier.lr"])
+        history = client.get_metric_history(run.info.run_id, "valid_loss")
+        assert [m.step for m in history] == list(range(1, row["epochs"] + 1))  # one value per epoch
+        assert history[-1].value == pytest.approx(row["valid_loss"])
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert {"checkpoint/checkpoint.pt", "checkpoint/vocab.json"} <= files
+        recipe = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "recipe.yaml")).read_text())
+        assert recipe["classifier"]["lr"] == pytest.approx(row["classifier.lr"])
+    rows = list(csv.DictReader((outcome.search_dir / "leaderboard.csv").open()))
+    assert [r["trial_id"] for r in rows] == [r["trial_id"] for r in outcome.leaderboard]
+
+
+def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from search.cli import main
+    from search.export import read_best, retrain
+
+    cfg, outcome, tmp = searched
+    best_cfg, meta = read_best(outcome.best_yaml)
+    best = outcome.leaderboard[0]
+    assert meta["trial_id"] == best["trial_id"] and meta["value"] == pytest.approx(best["valid_loss"])
+    assert meta["mlflow_run_id"] == best["mlflow_run_id"]
+    assert best_cfg.classifier.lr == pytest.approx(best["classifier.lr"])
+    assert best_cfg.data.max_train_rows == 800 and best_cfg.model.emb_sz == 64  # complete, resolved
+
+    # The same best trial found from MLflow alone.
+    out = tmp_path / "best-from-mlflow.yaml"
+    assert main(["export", "--experiment", cfg.experiment, "--tracking-uri", cfg.mlflow.tracking_uri,
+                 "--out", str(out)]) == 0
+    cfg2, meta2 = read_best(out)
+    assert meta2["trial_id"] == meta["trial_id"] and cfg2 == best_cfg
+
+    res = retrain(outcome.best_yaml, tmp_path / "model", model_name="ulmfit-local-test")
+    # Same data, seed and thread count on CPU: the run is bitwise repeatable.
+    assert res["difference"] <= 1e-6, res
+    assert 0.0 <= res["metrics"]["test_accuracy"] <= 1.0
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    (version,) = client.search_model_versions("name = 'ulmfit-local-test'")
+    assert version.run_id == res["run_id"]
+    assert {"model/model.pt", "model/vocab.json", "model/labels.json"} <= {
+        a.path for a in client.list_artifacts(res["run_id"], "model")}

@@ -1,0 +1,102 @@
+"""The MLflow callback's bookkeeping, driven directly (no Ray trials) against a real SQLite store:
+one run per trial across driver restarts, no epoch logged twice, the three final statuses, sticky
+``lm_trained``, and runs of trials a resumed search never knew are retired."""
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import pytest
+
+import search  # noqa: F401
+from search import tracking
+from search import trainable as T
+
+BASE = {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}, "classifier": {"epochs": 3}}
+METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss")
+
+
+def trial(tid: str, lr: float, status: str = "RUNNING", last: dict | None = None, error: str | None = None):
+    return SimpleNamespace(trial_id=tid, config={T.RECIPE: BASE, T.RUN: {}, "classifier.lr": lr,
+                                                 "classifier.use_clr[0]": 16},
+                           status=status, last_result=last or {}, error_msg=error, run_metadata=None,
+                           checkpoint=None)
+
+
+def result(epoch: int, acc: float, lm_trained: float = 0.0) -> dict:
+    return {T.EPOCH: epoch, T.EPOCHS_TOTAL: 3, "valid_accuracy": acc, "valid_loss": 1.0 / epoch,
+            "valid_macro_f1": acc / 2, "train_loss": 2.0 / epoch, T.LM_KEY: "k1", T.LM_TRAINED: lm_trained,
+            T.LM_SECONDS: 1.5, T.NODE_ID: f"node{epoch % 2}", "node_ip": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracking")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"  # creating a store takes seconds: one for the module
+    tracking.check_reachable(uri)
+    exp = tracking.ensure_experiment(uri, "cb", str(tmp / "art"))
+    parent = tracking.start_parent(uri, exp, "search-1", tmp, {"search": {"num_samples": 4}}, {})
+    return uri, exp, parent
+
+
+def test_callback_keeps_one_run_per_trial_across_restarts(store):
+    from mlflow.tracking import MlflowClient
+
+    uri, exp, parent = store
+    cb = tracking.MLflowTrialCallback(uri, exp, parent, METRICS, ["classifier.lr", "classifier.use_clr[0]"])
+    a, b, c, d = trial("a", 0.01), trial("b", 1e-5), trial("c", 0.5), trial("d", 0.02)
+    cb.on_trial_start(0, [], a)
+    cb.on_trial_result(0, [], a, result(1, 0.5, lm_trained=1.0))
+    cb.on_trial_result(0, [], a, result(2, 0.6, lm_trained=1.0))
+    cb.on_trial_start(0, [], d)  # started, but the driver dies before Ray saves it
+
+    # The driver dies; Ray brings the callback back from tuner.pkl in a new process.
+    cb = pickle.loads(pickle.dumps(cb))
+    cb.on_trial_start(0, [], a)
+    cb.on_trial_result(0, [], a, result(2, 0.6))  # replayed from the epoch-1 checkpoint: logged already
+    cb.on_trial_result(0, [], a, result(3, 0.7))
+    a.last_result, a.status = result(3, 0.7), "TERMINATED"
+    cb.on_trial_complete(0, [], a)
+
+    cb.on_trial_start(0, [], b)
+    cb.on_trial_result(0, [], b, result(1, 0.2))
+    b.last_result, b.status = result(1, 0.2), "TERMINATED"
+    cb.on_trial_complete(0, [], b)  # ended before epochs_total: ASHA stopped it
+
+    cb.on_trial_start(0, [], c)
+    c.status, c.error_msg = "ERROR", "RuntimeError: loss became nan"
+    cb.on_trial_error(0, [], c)
+    cb.on_experiment_end([a, b, c])
+
+    client = MlflowClient(uri)
+    runs = {r.data.tags["ray_trial_id"]: r for r in client.search_runs([exp], "tags.search_role = 'trial'")}
+    assert sorted(runs) == ["a", "b", "c"]  # d retired; no duplicates for a
+    assert runs["a"].data.tags["trial_status"] == "completed" and runs["a"].info.status == "FINISHED"
+    assert runs["b"].data.tags["trial_status"] == "stopped_by_asha"
+    assert runs["c"].data.tags["trial_status"] == "errored" and runs["c"].info.status == "FAILED"
+    assert "loss became nan" in runs["c"].data.tags["error"]
+    history = client.get_metric_history(runs["a"].info.run_id, "valid_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.6), (3, 0.7)]
+    assert runs["a"].data.tags["lm_trained"] == "true"  # a later attempt's reuse does not undo it
+    assert runs["a"].data.tags["nodes"] == "node0,node1"
+    assert runs["a"].data.params == {"classifier.lr": "0.01", "classifier.use_clr.0": "16"}
+    from mlflow.entities import ViewType
+
+    (gone,) = client.search_runs([exp], "tags.ray_trial_id = 'd'", run_view_type=ViewType.DELETED_ONLY)
+    assert gone.data.tags["trial_status"] == "abandoned"
+
+
+def test_finish_parent_records_the_leaderboard_and_status(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, exp, parent = store
+    best = tmp_path / "best.yaml"
+    best.write_text("recipe: {}\n")
+    board = [{"trial_id": "a", "status": "completed", "valid_accuracy": 0.7},
+             {"trial_id": "b", "status": "stopped_by_asha", "valid_accuracy": 0.2}]
+    tracking.finish_parent(uri, parent, "finished", board, {"trials": 2, "lm_seconds_saved": 3.0}, best)
+    client = MlflowClient(uri)
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["search_status"] == "finished"
+    assert run.data.metrics == {"trials": 2.0, "lm_seconds_saved": 3.0}
+    assert {a.path for a in client.list_artifacts(parent)} >= {"best.yaml", "leaderboard.csv", "leaderboard.json"}

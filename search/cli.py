@@ -70,7 +70,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(tuner.format_leaderboard(outcome.leaderboard, cfg.search.metric))
     print()
     print(f"trials: {s['trials']:.0f} (completed {s['trials_completed']:.0f}, stopped by ASHA "
-          f"{s['trials_stopped_by_asha']:.0f}, errored {s['trials_errored']:.0f})")
+          f"{s['trials_stopped_by_asha']:.0f}, errored {s['trials_errored']:.0f}"
+          + (f", interrupted {s['trials_interrupted']:.0f})" if s["trials_interrupted"] else ")"))
     print(f"language models trained: {s['lm_trainings']:.0f} ({s['lm_seconds_trained']:.1f} s); "
           f"reuse saved {s['lm_seconds_saved']:.1f} s of LM training")
     print(f"search folder: {outcome.search_dir}")
@@ -80,6 +81,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print("best config:   none (no trial completed all its epochs)")
     print(f"compare runs:  {tuner.mlflow_ui_command(outcome.tracking_uri)}")
+    if outcome.status != "finished":
+        print(f"interrupted:   continue with `python launch.py search --resume {outcome.search_dir}`")
+        return 130
     return 0 if s["trials_completed"] else 1
 
 

@@ -188,6 +188,10 @@ class SearchConfig:
             recipe_from_dict(self.recipe)
         except ConfigError as e:
             raise SearchConfigError(f"recipe.{e}") from None
+        if self.search.scheduler.grace_period > self.max_t:
+            raise SearchConfigError(
+                f"search.scheduler.grace_period: {self.search.scheduler.grace_period} epochs is more than the "
+                f"{self.max_t} a trial runs (recipe.classifier.epochs); lower it")
         self.space.validate(self.recipe, self.search.search_lm)
 
 
@@ -255,7 +259,7 @@ def absolute_paths(recipe: dict[str, Any]) -> dict[str, Any]:
 SMOKE_OVERRIDES = [
     "search.num_samples=2", "search.max_concurrent=1", "recipe.model.preset=tiny",
     "recipe.data.max_train_rows=300", "recipe.lm.epochs=1", "recipe.classifier.epochs=2",
-    "recipe.classifier.unfreeze=[1]", "recipe.text.max_vocab=2000",
+    "recipe.classifier.unfreeze=[1]", "recipe.text.max_vocab=2000", "search.scheduler.grace_period=1",
 ]
 
 

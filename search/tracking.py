@@ -12,7 +12,7 @@ Layout of one search in MLflow:
   ``ray_trial_id`` -- so a retried or resumed trial reopens its run instead of creating another:
   sampled values as params (``[i]`` written ``.i``), the resolved ``recipe.yaml``, per-epoch metrics
   (``step`` = epoch) sent in one ``log_batch`` per report, tags ``trial_status`` (running | completed |
-  stopped_by_asha | errored; abandoned for the rare run retired after a resume, see
+  stopped_by_asha | errored | interrupted; abandoned for the rare run retired after a resume, see
   :meth:`MLflowTrialCallback.on_experiment_end`), ``lm_key``, ``lm_trained``, ``nodes``; the best
   checkpoint (``checkpoint.pt``, ``vocab.json``, labels, config) under ``checkpoint/``.
 
@@ -46,7 +46,19 @@ ROLE_TAG = "search_role"  # parent | trial | retrain
 STATUS_TAG = "trial_status"
 SEARCH_STATUS_TAG = "search_status"
 COMPLETED, STOPPED, ERRORED, RUNNING = "completed", "stopped_by_asha", "errored", "running"
+INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C) before the trial ended; a resume continues it
 ABANDONED = "abandoned"  # see MLflowTrialCallback.on_experiment_end
+
+
+def outcome(result: Mapping[str, Any] | None, errored: bool = False) -> str:
+    """How a trial ended, from its last result: errored, interrupted (no final ``done`` result: the
+    driver stopped first), stopped_by_asha (done before its last epoch) or completed."""
+    if errored:
+        return ERRORED
+    result = result or {}
+    if not result.get("done"):
+        return INTERRUPTED
+    return STOPPED if T.stopped_early(result) else COMPLETED
 
 
 class TrackingError(RuntimeError):
@@ -189,7 +201,14 @@ def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[d
                          "leaderboard.json")
     if best_yaml is not None and Path(best_yaml).exists():
         client.log_artifact(parent_run_id, str(best_yaml))
-    client.set_terminated(parent_run_id, "FINISHED" if status == "finished" else "FAILED")
+    client.set_terminated(parent_run_id, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+
+
+def reopen_parent(uri: str, parent_run_id: str) -> None:
+    """A resumed search's parent run is running again."""
+    client = _client(uri)
+    client.update_run(parent_run_id, status="RUNNING")
+    client.set_tag(parent_run_id, SEARCH_STATUS_TAG, "running")
 
 
 def _number(v: Any) -> bool:
@@ -350,9 +369,13 @@ class MLflowTrialCallback(tune.Callback):
             if run_id is None or trial.status not in ("TERMINATED", "ERROR"):
                 continue
             try:
-                if self._client.get_run(run_id).info.status == "RUNNING":
-                    status = ERRORED if trial.status == "ERROR" else (
-                        STOPPED if T.stopped_early(trial.last_result or {}) else COMPLETED)
+                if self._client.get_run(run_id).info.status != "RUNNING":
+                    continue
+                status = outcome(trial.last_result, trial.status == "ERROR")
+                if status == INTERRUPTED:  # Ctrl-C: Tune saved the trial as running; a resume reopens the run
+                    self._client.set_tag(run_id, STATUS_TAG, INTERRUPTED)
+                    self._client.set_terminated(run_id, "KILLED")
+                else:
                     self._finish(trial, status)
             except Exception as e:  # noqa: BLE001
                 logger.warning("MLflow: could not finish the run of trial %s: %s", trial.trial_id, e)

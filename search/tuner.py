@@ -84,6 +84,59 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+class CheckpointPruner(tune.Callback):
+    """Keep every checkpoint of a running trial; once it has ended, only its best and its latest.
+
+    Ray's ``num_to_keep`` deletes an older checkpoint as soon as a newer one is registered, but the
+    experiment state on disk is saved every ``TUNE_GLOBAL_CHECKPOINT_S`` seconds, so after the driver
+    dies the resumed search can point a trial at a checkpoint that is gone (seen here: "Could not
+    recover from checkpoint as it does not exist on storage anymore"). So nothing is deleted while a
+    trial runs, and an ended trial's extra checkpoints go only after the state has been saved since
+    (``delay_s``) or at the end of the experiment (Tune saves its state before ending callbacks).
+    Ray's bookkeeping keeps listing the deleted ones in ``Result.best_checkpoints``; ``Result.checkpoint``
+    (latest) and the best stay.
+    """
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+        self._pending: list[tuple[float, list]] = []  # (due time, checkpoints to delete)
+
+    def __getstate__(self) -> dict:
+        return {"delay_s": self.delay_s, "_pending": []}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+        if manager is None:
+            return
+        keep = {id(r) for r in (manager.best_checkpoint_result, manager.latest_checkpoint_result) if r is not None}
+        extra = [r.checkpoint for r in manager.best_checkpoint_results if id(r) not in keep]
+        if extra:
+            self._pending.append((time.monotonic() + self.delay_s, extra))
+
+    def on_step_end(self, iteration, trials, **info):
+        self._delete(time.monotonic())
+
+    def on_experiment_end(self, trials, **info):
+        self._delete(math.inf)
+
+    def _delete(self, now: float) -> None:
+        due = [c for t, cs in self._pending if t <= now for c in cs]
+        self._pending = [(t, cs) for t, cs in self._pending if t > now]
+        for checkpoint in due:
+            try:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+            except Exception as e:  # noqa: BLE001 (already gone, or storage hiccup: only disk is lost)
+                logger.debug("could not delete checkpoint %s: %s", checkpoint.path, e)
+
+
+def _state_save_period() -> float:
+    value = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+    try:
+        return float(value)
+    except ValueError:  # "auto": Tune adapts it from 10 s upwards
+        return 120.0
+
+
 def load_study(search_dir: str | Path):
     """The Optuna study of a search (from Ray's saved searcher state), e.g. for optuna.visualization."""
     searcher = PruningAwareOptunaSearch()
@@ -187,7 +240,8 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
         run_config=tune.RunConfig(
             name=search_dir.name, storage_path=str(search_dir.parent), callbacks=list(callbacks),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
+            # num_to_keep=None: CheckpointPruner deletes safely (see there); scores pick the best one.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=s.metric,
                                                     checkpoint_score_order=s.mode),
             verbose=s.verbose),
     )
@@ -206,6 +260,7 @@ class SearchOutcome:
     experiment: str
     parent_run_id: str
     errors: list[str] = field(default_factory=list)
+    status: str = "finished"  # or "interrupted": continue with resume_search(search_dir)
 
 
 def new_search_dir(cfg: SearchConfig) -> Path:
@@ -239,7 +294,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
     # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
     loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
-    tuner = build_tuner(cfg, search_dir, [mlflow_cb, *loggers, *callbacks])
+    pruner = CheckpointPruner(delay_s=_state_save_period() + 2.0)
+    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, *loggers, *callbacks])
     return _fit_and_finish(tuner, cfg, search_dir, meta)
 
 
@@ -260,6 +316,7 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     cfg, meta = read_search_json(search_dir)
     tracking.check_reachable(meta["tracking_uri"])
     init_ray(cfg, address)
+    tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
     if callbacks:
         logger.warning("extra callbacks are not re-attached on resume (Ray restores the original ones)")
     tuner = tune.Tuner.restore(str(search_dir), trainable=make_trainable(cfg), resume_unfinished=True,
@@ -291,6 +348,9 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in
             tracking.child_runs(uri, meta["experiment_id"], parent)}
     board = leaderboard(results, cfg, runs)
+    # Ctrl-C makes Tune save its state and return normally, with trials left unfinished.
+    unfinished = any(row["status"] == tracking.INTERRUPTED for row in board)
+    status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
     _write_leaderboard(board, search_dir / LEADERBOARD_CSV)
     summary = summarize(board, cfg)
     best_yaml = None
@@ -299,8 +359,8 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
         from search.export import export_best
 
         best_yaml = export_best(search_dir)
-    tracking.finish_parent(uri, parent, "finished", board, summary, best_yaml)
-    return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors)
+    tracking.finish_parent(uri, parent, status, board, summary, best_yaml)
+    return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors, status)
 
 
 def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -310,8 +370,7 @@ def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) 
     for r in results:
         m = r.metrics or {}
         tid = m.get("trial_id") or (r.path and Path(r.path).name.removeprefix("trial_"))
-        status = tracking.ERRORED if r.error else (
-            tracking.STOPPED if T.stopped_early(m) else tracking.COMPLETED)
+        status = tracking.outcome(m, errored=r.error is not None)
         run = runs.get(tid)
         row = {"trial_id": tid, "status": status, "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
         for k in _metrics():
@@ -323,7 +382,7 @@ def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) 
         if run is not None and run.data.tags.get("lm_trained") == "true":
             row["lm_trained"] = 1.0  # trained in an earlier attempt of this trial (before a restore)
         rows.append(row)
-    rank = {tracking.COMPLETED: 0, tracking.STOPPED: 1, tracking.ERRORED: 2}
+    rank = {tracking.COMPLETED: 0, tracking.STOPPED: 1, tracking.INTERRUPTED: 2, tracking.ERRORED: 3}
     sign = -1 if s.mode == "max" else 1
 
     def key(row):
@@ -342,6 +401,7 @@ def summarize(board: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, float
     out = {"trials": len(board), "trials_completed": len(completed),
            "trials_stopped_by_asha": sum(r["status"] == tracking.STOPPED for r in board),
            "trials_errored": sum(r["status"] == tracking.ERRORED for r in board),
+           "trials_interrupted": sum(r["status"] == tracking.INTERRUPTED for r in board),
            "lm_trainings": len(trained), "lm_seconds_trained": sum(trained.values()),
            "lm_seconds_saved": sum(float(r.get(T.LM_SAVED) or 0.0) for r in board)}
     if completed and isinstance(completed[0].get(cfg.search.metric), (int, float)):

@@ -114,6 +114,8 @@ def test_search_config_errors_name_the_key(tmp_path):
     with pytest.raises(SearchConfigError, match="search.metric"):
         config(metric="accuracy")
     assert config(metric="valid_loss").search.mode == "min"
+    with pytest.raises(SearchConfigError, match="grace_period: 9 epochs is more than the 4"):
+        config(scheduler={"grace_period": 9})
 
 
 def test_metric_names_mirror_the_pipeline():

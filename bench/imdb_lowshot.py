@@ -1,0 +1,206 @@
+"""Low-resource ULMFiT on IMDb, on CPU: one language model, then classifiers from 100, 1,000 and "all"
+labeled reviews, against classifiers trained from scratch on the same reviews (the paper's Figure 3).
+
+The run, all through ``ulmfit_core.pipeline``:
+
+1. Fixed, seeded draws from the public files (``--data-dir``, default ../shared/datasets/imdb):
+   a labeled pool of ``--all`` training reviews (the "all" budget; capped so that it fits a CPU run,
+   not the full 25,000), ``--valid`` further training reviews for per-epoch validation only (nothing
+   is chosen on them), and ``--test`` reviews of the 25,000-review test set. They are written to a
+   temporary folder as CSV and given to the recipe as ``data.train/valid/test``.
+2. ``prepare_corpus`` once: the vocabulary comes from the language model's text, ``--unlabeled``
+   reviews of ``unsup.csv.gz`` plus the labeled pool's texts (training text only: never validation or
+   test text).
+3. ``finetune_lm`` once on that text (no general-domain model: none exists offline).
+4. For each budget and seed, ``train_classifier`` on the first (seed 0) or a seeded random subset of
+   ``budget`` reviews of the pool, on top of that one language model, and ``classifier.from_scratch``
+   on the same reviews; ``evaluate_split`` on the fixed test draw.
+
+    python bench/imdb_lowshot.py                  # tiny model; LM ~15 min, classifiers ~15 min on 2 cores
+    python bench/imdb_lowshot.py --smoke          # seconds: tiny slices, checks the script runs
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import SHARED_DATASETS, write_result  # noqa: E402
+
+#: Classifier epochs by budget: a tiny labeled set gets more passes (3 batches of 32 per epoch at 100).
+DEFAULT_EPOCHS = {100: 20, 1000: 6}
+DEFAULT_EPOCHS_ALL = 4
+
+
+def draw_subsets(data_dir: Path, n_all: int, n_valid: int, n_test: int, seed: int = 0) -> dict[str, Any]:
+    """Seeded draws: the labeled pool (first ``n_all`` of a permutation), validation (the next
+    ``n_valid``) and a test subset. Returns texts and labels."""
+    import numpy as np
+
+    from ulmfit_core.data import read_labeled
+
+    train = read_labeled(data_dir / "imdb" / "train.csv.gz", ["text"], "label")
+    test = read_labeled(data_dir / "imdb" / "test.csv.gz", ["text"], "label")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(train.texts))
+    if n_all + n_valid > len(perm):
+        raise SystemExit(f"--all {n_all} + --valid {n_valid} exceed the {len(perm)} training reviews")
+    test_idx = np.sort(rng.permutation(len(test.texts))[:n_test])
+
+    def take(src, idx):
+        return {"texts": [src.texts[i] for i in idx], "labels": [src.labels[i] for i in idx]}
+
+    return {"pool": take(train, perm[:n_all]), "valid": take(train, perm[n_all:n_all + n_valid]),
+            "test": take(test, test_idx), "test_indices": test_idx.tolist()}
+
+
+def _write_csv(path: Path, part: dict[str, list[str]]) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        w.writerows(zip(part["labels"], part["texts"]))
+    return str(path)
+
+
+def budget_indices(n_pool: int, budget: int, seed: int) -> list[int]:
+    """Which pool reviews a classifier sees: the first ``budget`` for seed 0, else a seeded draw."""
+    import numpy as np
+
+    if budget >= n_pool:
+        return list(range(n_pool))
+    if seed == 0:
+        return list(range(budget))
+    return sorted(np.random.default_rng(1000 + seed).permutation(n_pool)[:budget].tolist())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=SHARED_DATASETS)
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
+    ap.add_argument("--unlabeled", type=int, default=3000, help="unlabeled reviews for the language model")
+    ap.add_argument("--all", type=int, default=5000, help='the "all" budget: labeled reviews in the pool (cap)')
+    ap.add_argument("--budgets", type=int, nargs="+", default=[100, 1000], help="budgets below --all")
+    ap.add_argument("--valid", type=int, default=250, help="training reviews outside the pool, for per-epoch validation")
+    ap.add_argument("--test", type=int, default=4000, help="reviews drawn (seeded) from the 25,000 test reviews")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="classifier seeds for budgets below --all")
+    ap.add_argument("--lm-epochs", type=int, default=2)
+    ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch classifiers")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe key=value overrides")
+    ap.add_argument("--smoke", action="store_true", help="tiny slices: checks the script runs")
+    ap.add_argument("--out", help="result JSON (default bench/results/imdb_lowshot.json; smoke writes only with --out)")
+    args = ap.parse_args(argv)
+    epochs = dict(DEFAULT_EPOCHS)
+    extra: list[str] = []
+    if args.smoke:
+        args.unlabeled, args.all, args.budgets, args.valid, args.test = 100, 60, [20], 20, 40
+        args.seeds, args.lm_epochs = [0], 1
+        epochs = {20: 2, 60: 2}
+        extra = ["lm.bptt=20", "classifier.bptt=20", "classifier.unfreeze=[1]", "classifier.max_len=200",
+                 "text.max_vocab=2000"]
+
+    import torch
+
+    from ulmfit_core import pipeline
+    from ulmfit_core.config import load_recipe
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    load_start = list(os.getloadavg())
+    base = {
+        "data": {"dataset": "imdb", "max_unlabeled_rows": args.unlabeled},
+        "text": {"max_vocab": 15000, "min_freq": 2},  # the softmax dominates a tiny model's cost on CPU
+        "model": {"preset": args.preset},
+        "lm": {"epochs": args.lm_epochs, "lr": 0.01, "bs": 64, "bptt": 70, "drop_mult": 0.3},
+        "classifier": {"lr": 0.02, "bs": 32, "bptt": 70, "drop_mult": 0.5, "max_len": 1500},
+        "device": "cpu",
+    }
+    overrides = extra + list(args.overrides)
+    result: dict[str, Any] = {"smoke": args.smoke, "preset": args.preset, "threads": args.threads,
+                              "sizes": {"unlabeled": args.unlabeled, "all": args.all, "valid": args.valid,
+                                        "test": args.test, "test_of": 25000},
+                              "budgets": sorted(set(args.budgets + [args.all])), "seeds": args.seeds,
+                              "load_average_start": load_start}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        t0 = time.perf_counter()
+        sub = draw_subsets(args.data_dir, args.all, args.valid, args.test)
+        paths = {k: _write_csv(tmp / f"{k}.csv", sub[k]) for k in ("pool", "valid", "test")}
+        base["data"].update(train=paths["pool"], valid=paths["valid"], test=paths["test"])
+        cfg = load_recipe(None, overrides + ["seed=0"], base=base)
+        corpus = pipeline.prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=tmp / "cache")
+        result["data_seconds"] = time.perf_counter() - t0
+        result["corpus"] = corpus.stats
+        result["config"] = cfg.to_dict()
+        print(f"corpus: {corpus.stats}  ({result['data_seconds']:.0f} s)", flush=True)
+
+        t0 = time.perf_counter()
+        lm = pipeline.finetune_lm(cfg, corpus, tmp / "lm",
+                                  report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
+                                                            f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
+                                                            flush=True))
+        result["lm"] = {"seconds": time.perf_counter() - t0, "metrics": lm.metrics,
+                        "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
+                        "load_average": list(os.getloadavg())}
+        print(f"LM: {result['lm']['seconds']:.0f} s, valid perplexity {lm.metrics.get('valid_perplexity', 0):.1f}", flush=True)
+
+        runs = []
+        methods = ["ulmfit"] + ([] if args.no_scratch else ["scratch"])
+        for budget in result["budgets"]:
+            n_ep = epochs.get(budget, DEFAULT_EPOCHS_ALL)
+            for seed in (args.seeds if budget < args.all else args.seeds[:1]):
+                idx = budget_indices(len(corpus.train.ids), budget, seed)
+                c_b = dataclasses.replace(corpus, train=pipeline.Split([corpus.train.ids[i] for i in idx],
+                                                                       corpus.train.labels[idx]))
+                for method in methods:
+                    ov = overrides + [f"seed={seed}", f"classifier.epochs={n_ep}"]
+                    if method == "scratch":
+                        ov.append("classifier.from_scratch=true")
+                    ccfg = load_recipe(None, ov, base=base)
+                    out = tmp / f"{method}_{budget}_{seed}"
+                    t0 = time.perf_counter()
+                    clf = pipeline.train_classifier(ccfg, c_b, lm.lm_dir if method == "ulmfit" else None, out)
+                    train_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    test = pipeline.evaluate_split(out, c_b, corpus.test, device="cpu")
+                    run = {"method": method, "budget": budget, "seed": seed, "epochs": n_ep,
+                           "n_pos": int(sum(1 for i in idx if corpus.label_names[corpus.train.labels[i]] == "pos")),
+                           "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                           "valid_accuracy": clf.metrics["valid_accuracy"], "train_seconds": train_s,
+                           "test_seconds": time.perf_counter() - t0, "load_average": list(os.getloadavg())}
+                    runs.append(run)
+                    print(f"{method:7s} budget {budget:>5} seed {seed}: test accuracy {run['test_accuracy']:.4f}  "
+                          f"valid {run['valid_accuracy']:.4f}  train {train_s:.0f} s  test {run['test_seconds']:.0f} s",
+                          flush=True)
+    result["runs"] = runs
+    summary = []
+    for budget in result["budgets"]:
+        for method in methods:
+            acc = [r["test_accuracy"] for r in runs if r["budget"] == budget and r["method"] == method]
+            secs = [r["train_seconds"] for r in runs if r["budget"] == budget and r["method"] == method]
+            summary.append({"method": method, "budget": budget, "n_seeds": len(acc),
+                            "test_accuracy_mean": statistics.mean(acc),
+                            "test_accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                            "train_seconds_mean": statistics.mean(secs)})
+            s = summary[-1]
+            print(f"{method:7s} {budget:>5}: {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_sd']:.4f} ({len(acc)} seed(s))")
+    result["summary"] = summary
+    result["total_seconds"] = time.perf_counter() - t_start
+    result["load_average_end"] = list(os.getloadavg())
+    print(f"total {result['total_seconds']:.0f} s")
+    if not args.smoke or args.out:
+        write_result("imdb_lowshot", result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

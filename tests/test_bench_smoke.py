@@ -1,0 +1,162 @@
+"""Smoke runs of the comparison benchmarks (bench/), so they don't rot: seconds each, real data.
+
+The benchmarks themselves take long and are not tests. Their peers (fastai, the MiniLM package) live
+in a separate virtual environment that CI does not have: here each script runs its own side and its
+plumbing, and reports the peer as skipped. Where bench/.peers-venv exists, the peer side's smoke
+runs too, in that environment.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield lambda name: importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _peer_python(bench) -> Path:
+    py = bench("peers").peer_python()
+    if py is None:
+        pytest.skip("bench/.peers-venv not set up (python bench/peers.py); CI runs without it")
+    return py
+
+
+def _check_provenance(path: Path, name: str) -> dict:
+    r = json.loads(path.read_text())
+    assert r["benchmark"] == name
+    assert {"date", "torch", "cores"} <= set(r["machine"])
+    assert r["command"]
+    return r
+
+
+def test_speed_vs_fastai_smoke_ours(bench, tmp_path):
+    out = tmp_path / "speed.json"
+    payload = bench("speed_vs_fastai").main(["--smoke", "--ours-only", "--threads", "1", "--out", str(out)])
+    (p,) = payload["presets"]
+    assert not payload["with_fastai"]
+    for key in ("lm_train_tokens", "classifier_train_docs", "classifier_infer_docs"):
+        assert p[key]["ours_per_s_median"] > 0 and p[key]["ours_per_cpu_s_median"] > 0
+        assert "ratio_median" not in p[key]
+    r = _check_provenance(out, "speed_vs_fastai")
+    assert bench("report").speed_vs_fastai(r)  # the section renders a result without fastai
+
+
+def test_baselines_smoke(bench, tmp_path, datasets_dir):
+    """TF-IDF runs wherever scikit-learn is installed; a missing package is reported as skipped."""
+    out = tmp_path / "baselines.json"
+    peers = bench("peers")
+    payload = bench("baselines").main(["--smoke", "--only", "tfidf", "--data-dir", str(datasets_dir), "--out", str(out)])
+    if peers.importable("sklearn"):
+        tfidf = payload["results"]["tfidf"]
+        assert tfidf["test_accuracy_mean"] > 0.5  # 6 classes; the majority class is ~23 %
+        assert tfidf["runs"][0]["n_train"] < 600  # the validation 10 % is held out
+    else:
+        assert "tfidf" in payload["skipped"]
+    r = _check_provenance(out, "baselines")
+    assert bench("report").baselines(r)
+
+
+def test_accuracy_vs_fastai_smoke_ours(bench, tmp_path, datasets_dir):
+    """Our side of the TREC-6 comparison (tiny model on a slice), built from the same recipe config."""
+    out = tmp_path / "acc.json"
+    payload = bench("accuracy_vs_fastai").main(["--smoke", "--ours-only", "--threads", "1", "--data-dir",
+                                                str(datasets_dir), "--out", str(out)])
+    assert payload["fastai"] is None and payload["fastai_skipped"]
+    (run,) = payload["ours"]["runs"]
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["classifier_seconds"] > 0
+    r = _check_provenance(out, "accuracy_vs_fastai")
+    assert bench("report").accuracy_vs_fastai(r)
+
+
+def test_accuracy_vs_fastai_splits_match_ours(bench, tmp_path, datasets_dir):
+    """fastai's data are the pipeline's: same classifier split, LM text = training questions only."""
+    pytest.importorskip("pandas")
+    from ulmfit_core.pipeline import prepare_corpus
+
+    acc = bench("accuracy_vs_fastai")
+    cfg = acc.load_cfg(str(ROOT / "configs" / "trec_small.yaml"), ["data.max_train_rows=400"], seed=3)
+    clas, lm, test = acc.trec_frames(cfg, datasets_dir)
+    corpus = prepare_corpus(cfg, data_dir=datasets_dir, cache_dir=tmp_path / "cache")
+    assert (~clas.is_valid).sum() == corpus.stats["n_train"] and clas.is_valid.sum() == corpus.stats["n_valid"]
+    assert len(lm) == corpus.stats["n_train"] and len(test) == corpus.stats["n_test"]
+    assert not set(lm.text) & set(clas.text[clas.is_valid]) and not set(lm.text) & set(test.text)
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than.*tokens")  # the smoke cuts reviews short on purpose
+def test_imdb_lowshot_smoke(bench, tmp_path, datasets_dir):
+    if not (datasets_dir / "imdb" / "train.csv.gz").exists():
+        pytest.skip("IMDb not in the shared datasets")
+    out = tmp_path / "imdb.json"
+    payload = bench("imdb_lowshot").main(["--smoke", "--threads", "1", "--data-dir", str(datasets_dir), "--out", str(out)])
+    methods = {(r["method"], r["budget"]) for r in payload["runs"]}
+    assert methods == {(m, b) for m in ("ulmfit", "scratch") for b in payload["budgets"]}
+    assert payload["corpus"]["n_test"] == payload["sizes"]["test"]
+    r = _check_provenance(out, "imdb_lowshot")
+    assert bench("report").imdb_lowshot(r)
+
+
+def test_imdb_lowshot_budgets_are_nested(bench):
+    m = bench("imdb_lowshot")
+    assert m.budget_indices(500, 100, 0) == list(range(100))
+    other = m.budget_indices(500, 100, 1)
+    assert len(set(other)) == 100 and max(other) < 500 and other != list(range(100))
+    assert m.budget_indices(500, 500, 2) == list(range(500))
+
+
+# --- the peers' side, only where bench/.peers-venv exists (never on CI) -----------------------
+
+
+def _run_peer(py: Path, script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(py), str(BENCH / script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_speed_vs_fastai_smoke_with_fastai(bench, tmp_path):
+    py = _peer_python(bench)
+    out = tmp_path / "speed.json"
+    _run_peer(py, "speed_vs_fastai.py", "--smoke", "--threads", "1", "--out", str(out))
+    r = json.loads(out.read_text())
+    (p,) = r["presets"]
+    assert r["with_fastai"] and r["versions"]["fastai"]
+    assert p["params_lm"]["ours"] == p["params_lm"]["fastai"]  # same model sizes on both sides
+    assert p["params_classifier"]["ours"] == p["params_classifier"]["fastai"]
+    assert p["lm_train_tokens"]["ratio_median"] > 0
+
+
+@pytest.mark.slow
+def test_accuracy_vs_fastai_smoke_with_fastai(bench, tmp_path, datasets_dir):
+    py = _peer_python(bench)
+    out = tmp_path / "acc.json"
+    _run_peer(py, "accuracy_vs_fastai.py", "--smoke", "--threads", "1", "--data-dir", str(datasets_dir), "--out", str(out))
+    r = json.loads(out.read_text())
+    (run,) = r["fastai"]["runs"]
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["lm_docs"] < run["n_train"] + 1
+
+
+@pytest.mark.slow
+def test_baselines_smoke_with_minilm(bench, tmp_path, datasets_dir):
+    py = _peer_python(bench)
+    out = tmp_path / "baselines.json"
+    _run_peer(py, "baselines.py", "--smoke", "--data-dir", str(datasets_dir), "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["results"]["minilm"]["embedding_dim"] == 384
+    assert r["results"]["minilm"]["test_accuracy_mean"] > 0.5

@@ -16,8 +16,8 @@ annealing with momentum cycling 0.8–0.7–0.8) where our recipe uses slanted t
 fixed β₁ = 0.8; fastai's tokenizer rules (ours re-implements them); its Adam (eps 1e-5) and data loaders
 (run in-process, ``num_workers=0``, as ours). Both sides use 2 torch threads.
 
-Our side is read from ``bench/results/trec_recipe.json`` (``bench/trec_recipe.py``, same config and
-seeds) when present; ``--run-ours`` recomputes it here instead.
+Our side is ``bench/results/trec_recipe.json`` (``bench/trec_recipe.py``, same config and seeds), which
+``bench/report.py`` reads when it renders the comparison; ``--run-ours`` trains ours here instead.
 
     bench/.peers-venv/bin/python bench/accuracy_vs_fastai.py --seeds 0 1 2     # ~20+ minutes a seed on 2 cores
     python bench/accuracy_vs_fastai.py --smoke      # seconds: tiny model on a slice; fastai's side only if importable
@@ -172,20 +172,6 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "total_seconds_mean": statistics.mean(r["total_seconds"] for r in runs), "n_seeds": len(runs)}
 
 
-def ours_from_trec_recipe(config: str, seeds: list[int]) -> dict[str, Any] | None:
-    """Our runs from bench/results/trec_recipe.json when it was made with the same config and no overrides."""
-    path = RESULTS / "trec_recipe.json"
-    if not path.exists():
-        return None
-    r = json.loads(path.read_text())
-    if Path(r["config"]).resolve() != Path(config).resolve() or r.get("overrides"):
-        print(f"{path}: made with {r['config']} {r.get('overrides')}, not {config}: not reused")
-        return None
-    runs = [x for x in r["runs"] if x["seed"] in seeds] or r["runs"]
-    return {"source": "bench/results/trec_recipe.json", "source_command": r["command"],
-            "source_date": r["machine"]["date"], "runs": runs, "summary": _summary(runs)}
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "trec_small.yaml"))
@@ -251,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         payload["fastai"] = None
         payload["fastai_skipped"] = "fastai not importable here (it lives in bench/.peers-venv)" if not args.ours_only else "--ours-only"
-    payload["ours"] = ({"source": "this run", "runs": our_runs, "summary": _summary(our_runs)} if our_runs
-                       else ours_from_trec_recipe(args.config, payload["seeds"]))
+    # Without --run-ours, our side is bench/results/trec_recipe.json, read when the report is rendered.
+    payload["ours"] = {"source": "this run", "runs": our_runs, "summary": _summary(our_runs)} if our_runs else None
     payload["load_average_end"] = list(os.getloadavg())
     for name in ("ours", "fastai"):
         if payload.get(name):

@@ -27,16 +27,24 @@ def _provenance(r: dict[str, Any], name: str) -> str:
 
 
 def lm_throughput(r: dict[str, Any]) -> list[str]:
-    rows = ["| preset | emb/hid/layers | vocab | bs × bptt | tokens/s |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| preset | emb/hid/layers | vocab | bs × bptt | loss | tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
     for p in r["presets"]:
         rows.append(f"| {p['preset']} | {p['emb_sz']}/{p['n_hid']}/{p['n_layers']} | {p['vocab']:,} | "
-                    f"{p['bs']} × {p['bptt']} | {p['tokens_per_s']:,.0f} |")
+                    f"{p['bs']} × {p['bptt']} | {p.get('loss', '')} | {p['tokens_per_s']:,.0f} |")
+    load = r.get("loadavg_1min_before_after") or r["machine"].get("loadavg_1_5_15min")
+    if load:
+        rows += ["", f"1-minute load average around the run: {load} on {r['machine']['cores']} cores "
+                 "(above ~2, other work shared the cores and these figures are low; the alternating "
+                 "comparison with fastai below is robust to that)."]
     return rows
 
 
 def trec_recipe(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
-    rows = ["| seed | test accuracy | valid accuracy | LM stage (s) | classifier stage (s) | total (s) |",
+    rows = [f"Config: `{Path(r['config']).relative_to(ROOT) if Path(r['config']).is_absolute() else r['config']}`"
+            f"{' with ' + ', '.join(r['overrides']) if r['overrides'] else ''}; {r['threads']} torch threads; "
+            f"load average at the end {r['machine'].get('loadavg_1_5_15min', 'n/a')}.", "",
+            "| seed | test accuracy | valid accuracy | LM stage (s) | classifier stage (s) | total (s) |",
             "| --- | --- | --- | --- | --- | --- |"]
     for run in r["runs"]:
         rows.append(f"| {run['seed']} | {run['test_accuracy']:.4f} | {run['valid_accuracy']:.4f} | "
@@ -103,7 +111,7 @@ def _acc(s: dict[str, Any]) -> str:
 def accuracy_vs_fastai(r: dict[str, Any]) -> list[str]:
     rows = ["| method | test accuracy % (mean ± sd) | seeds | LM stage (s) | classifier stage (s) | total per seed (s) |",
             "| --- | --- | --- | --- | --- | --- |"]
-    ours = r.get("ours")
+    ours = r.get("ours") or _ours_from_trec_recipe(r["config"])
     if ours:
         s = ours["summary"]
         rows.append(f"| ULMFiT, ours (`ulmfit_core`) | **{_acc(s)}** | {s['n_seeds']} | {s['lm_seconds_mean']:.0f} | "
@@ -120,14 +128,39 @@ def accuracy_vs_fastai(r: dict[str, Any]) -> list[str]:
         if b and key in b["results"]:
             s = b["results"][key]
             setup = f" (+ {s['embed_seconds']:.0f} s embedding all texts once)" if key == "minilm" else ""
-            rows.append(f"| {label} | {_acc(s)} | {len(s['runs'])} | – | {s['fit_seconds_mean']:.1f}{setup} | |")
+            rows.append(f"| {label} | {_acc(s)} | {len(s['runs'])} | – | {s['fit_seconds_mean']:.0f} "
+                        f"({len(b['C_grid'])} fits: C chosen on validation){setup} | |")
     notes = [""]
+    if ours and r.get("fastai"):
+        fa = {x["seed"]: x for x in r["fastai"]["runs"]}
+        both = [(x["seed"], x["test_accuracy"], fa[x["seed"]]["test_accuracy"]) for x in ours["runs"] if x["seed"] in fa]
+        if both:
+            notes.append("Same seed, same split, ours / fastai test accuracy: " + "; ".join(
+                f"seed {sd}: {100 * a:.1f} % / {100 * b:.1f} %" for sd, a, b in both) + ".")
+    if r.get("fastai"):
+        loads = [x["load_average"][0] for x in r["fastai"]["runs"]]
+        notes.append(f"fastai's runs ended with a 1-minute load average of {', '.join(f'{v:.1f}' for v in loads)} on "
+                     f"{r['machine']['cores']} cores (other work shared the machine, so its times are upper bounds).")
     if ours and ours.get("source") != "this run":
         notes.append(f"Our row is read from `{ours['source']}` (`{ours['source_command']}`, {ours['source_date']}).")
     if b:
         notes.append(f"Baselines: `{b['command']}` · {b['machine']['date']} · raw: "
                      "[`bench/results/baselines.json`](../bench/results/baselines.json).")
     return rows + notes
+
+
+def _ours_from_trec_recipe(config: str) -> dict[str, Any] | None:
+    """Our side of the TREC-6 comparison from bench/results/trec_recipe.json, when made with the same config."""
+    t = _load("trec_recipe")
+    if not t or Path(t["config"]).name != Path(config).name or t.get("overrides"):
+        return None
+    s = t["summary"]
+    return {"source": "bench/results/trec_recipe.json", "source_command": t["command"],
+            "source_date": t["machine"]["date"], "runs": t["runs"],
+            "summary": {"test_accuracy_mean": s["test_accuracy_mean"], "test_accuracy_sd": s["test_accuracy_sd"],
+                        "n_seeds": len(t["runs"]), "lm_seconds_mean": s["lm_seconds_mean"],
+                        "classifier_seconds_mean": s["classifier_seconds_mean"],
+                        "total_seconds_mean": s["total_seconds_mean"]}}
 
 
 def baselines(r: dict[str, Any]) -> list[str]:

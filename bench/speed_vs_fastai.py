@@ -11,14 +11,17 @@ Three measurements per model preset, each on identical random batches, sizes, dr
 fastai's side is ``fastai.text.all``: ``get_language_model(AWD_LSTM, ...)`` and
 ``get_text_classifier(AWD_LSTM, ...)`` with the same sizes and (already ``drop_mult``-scaled) dropouts.
 Both models run through the same step function, so the ratio is the models' speed, not a training
-loop's. Each round times ``--steps`` steps of one side, then of the other (the order alternates from
-round to round, so background load on a shared machine hits both sides alike); the ratio of each round
-is ours/fastai, and the summary gives the median and the min–max over rounds. Load average is recorded.
+loop's. Each round times a few steps (``DEFAULT_PLAN``) of one side, then of the other (the order
+alternates from round to round, so background load on a shared machine hits both sides alike); the
+ratio of each round is ours/fastai, and the summary gives the median and the min–max over rounds, in
+wall time and in process CPU time (steadier when other processes compete for the cores). Load average
+is recorded with every round.
 
 fastai lives in the peer virtual environment (``python bench/peers.py``); run this with its python,
 which imports ``ulmfit_core`` from the repository:
 
-    bench/.peers-venv/bin/python bench/speed_vs_fastai.py            # small and paper, CPU, ~10 minutes
+    bench/.peers-venv/bin/python bench/speed_vs_fastai.py            # small and paper, CPU: 10-15 minutes on 2 cores
+    python bench/speed_vs_fastai.py --device cuda --amp --name speed_vs_fastai_gpu_bf16   # on a GPU, ~1 minute
     python bench/speed_vs_fastai.py --smoke                          # seconds; fastai's side only if importable
 
 Run with another python, the script re-runs itself with the peer venv's python when that exists.
@@ -41,14 +44,7 @@ import peers  # noqa: E402
 
 
 def _fastai_available() -> bool:
-    try:
-        import fastai.text.all  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# --- the two implementations behind one interface --------------------------------------------
+    return peers.importable("fastai.text.all")
 
 
 def _sync(device: Any) -> None:

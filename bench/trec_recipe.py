@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
                       "lm.bptt=20", "classifier.bptt=20"]
-    runs = []
+    runs: list[dict] = []
+    payload: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             cfg = load_recipe(args.config, overrides + [f"seed={seed}", "device=cpu"])
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(res)
             print(f"seed {seed}: test accuracy {res['test_accuracy']:.4f}  valid {res['valid_accuracy']:.4f}  "
                   f"LM {res.get('lm_seconds', 0):.0f} s  classifier {res['classifier_seconds']:.0f} s", flush=True)
+            # Written after every seed, so a run cut short still leaves the seeds it finished.
+            payload = _payload(args, overrides, runs)
+            if not args.smoke or args.out:
+                write_result("trec_recipe", payload, args.out)
+    return payload
+
+
+def _payload(args: argparse.Namespace, overrides: list[str], runs: list[dict]) -> dict:
     acc = [r["test_accuracy"] for r in runs]
     summary = {
         "test_accuracy_mean": statistics.mean(acc),
@@ -59,11 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         "classifier_seconds_mean": statistics.mean(r["classifier_seconds"] for r in runs),
         "total_seconds_mean": statistics.mean(r["total_seconds"] for r in runs),
     }
-    print(f"test accuracy {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_sd']:.4f} over seeds {args.seeds}")
-    payload = {"config": args.config, "overrides": overrides, "threads": args.threads, "runs": runs, "summary": summary}
-    if not args.smoke or args.out:
-        write_result("trec_recipe", payload, args.out)
-    return payload
+    print(f"test accuracy {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_sd']:.4f} over seeds "
+          f"{[r['seed'] for r in runs]}")
+    return {"config": args.config, "overrides": overrides, "threads": args.threads, "runs": runs, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .awd_lstm import lm_cross_entropy
 from .config import ClassifierConfig, LMConfig
 from .data import ClassifierBatches, LMStream
 from .metrics import accuracy, confusion_matrix, macro_f1
@@ -47,7 +48,7 @@ class LanguageModelTask:
         x, y = batch  # (B, T) each
         logits, raw, dropped, hidden = model(x, self.hidden)
         self.hidden = _detach(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        loss = lm_cross_entropy(logits, y)  # F.cross_entropy's value, without its (N, V) temporaries on CPU
         return StepOutput(loss=loss, raw_out=raw, dropped_out=dropped, n_items=y.numel())
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -15,9 +15,11 @@
       resources: {cpu: 1, gpu: 0}   # per trial; gpu may be fractional (0.5: two trials per GPU)
       metric: valid_accuracy        # one of pipeline.METRICS; default pipeline.PRIMARY_METRIC
       mode: max                     # default: min for *loss, else max
-      seed: 0                       # TPE's seed
+      seed: 0                       # the sampler's seed
+      algorithm: tpe                # Optuna sampler: tpe, or random
       search_lm: false              # searching lm.*/model.*/text.*/data.*/seed gives each trial its own LM
       scheduler: {grace_period: 1, reduction_factor: 2}   # ASHA; time unit = classifier epoch
+                                    # {type: fifo}: no early stopping
       max_failures: 2               # retries of a failed trial, each from its last checkpoint
       storage: runs/search          # Ray results, checkpoints, shared LM and corpus caches
     mlflow:
@@ -78,16 +80,26 @@ class Resources:
         return max(1, int(self.cpu))
 
 
+#: ``search.algorithm``: how Optuna samples values. ``random`` (with ``scheduler.type: fifo``) is the
+#: plain random search that the benchmarks compare TPE + ASHA against.
+ALGORITHMS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
+
+
 @dataclass
 class AshaSettings:
-    """ASHA (async successive halving). ``max_t`` defaults to the recipe's ``classifier.epochs``."""
+    """The trial scheduler: ASHA (async successive halving; the default) or ``fifo`` (no early stopping,
+    every trial runs all its epochs). ``max_t`` defaults to the recipe's ``classifier.epochs``."""
 
+    type: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 2
     brackets: int = 1
     max_t: int | None = None
 
     def __post_init__(self) -> None:
+        if self.type not in SCHEDULERS:
+            _fail("search.scheduler.type", f"must be one of {list(SCHEDULERS)}; got {self.type!r}")
         if self.grace_period < 1:
             _fail("search.scheduler.grace_period", f"must be >= 1 epoch; got {self.grace_period}")
         if self.reduction_factor <= 1:
@@ -107,6 +119,7 @@ class SearchSettings:
     metric: str = "valid_accuracy"
     mode: str | None = None
     seed: int = 0
+    algorithm: str = "tpe"  # Optuna's sampler: tpe (TPESampler) or random (RandomSampler), seeded by `seed`
     search_lm: bool = False
     scheduler: AshaSettings = field(default_factory=AshaSettings)
     max_failures: int = 2
@@ -126,6 +139,8 @@ class SearchSettings:
             _fail("search.num_samples", f"must be >= 1; got {self.num_samples}")
         if self.max_concurrent < 1:
             _fail("search.max_concurrent", f"must be >= 1; got {self.max_concurrent}")
+        if self.algorithm not in ALGORITHMS:
+            _fail("search.algorithm", f"must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
         if self.metric not in KNOWN_METRICS:
             _fail("search.metric", f"must be one of {list(KNOWN_METRICS)}; got {self.metric!r}")
         if self.mode is None:

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -222,14 +222,31 @@ def param_space(cfg: SearchConfig) -> dict[str, Any]:
     }
 
 
+def make_scheduler(cfg: SearchConfig):
+    """ASHA with the classifier epoch as its time unit, or FIFO (no early stopping)."""
+    s = cfg.search
+    if s.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr=T.EPOCH, metric=s.metric, mode=s.mode, max_t=cfg.max_t,
+                         grace_period=s.scheduler.grace_period,
+                         reduction_factor=s.scheduler.reduction_factor, brackets=s.scheduler.brackets)
+
+
+def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
+    """OptunaSearch's sampler arguments: TPE (Ray builds ``TPESampler(seed=seed)``) or seeded random."""
+    if algorithm == "random":
+        import optuna
+
+        return {"sampler": optuna.samplers.RandomSampler(seed=seed)}
+    return {"seed": seed}
+
+
 def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
     s = cfg.search
     base = to_dict(recipe_from_dict(cfg.recipe))
     searcher = PruningAwareOptunaSearch(space=_DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                        seed=s.seed)
-    scheduler = ASHAScheduler(time_attr=T.EPOCH, metric=s.metric, mode=s.mode, max_t=cfg.max_t,
-                              grace_period=s.scheduler.grace_period,
-                              reduction_factor=s.scheduler.reduction_factor, brackets=s.scheduler.brackets)
+                                        **_sampler(s.algorithm, s.seed))
+    scheduler = make_scheduler(cfg)
     return tune.Tuner(
         make_trainable(cfg),
         param_space=param_space(cfg),

@@ -118,6 +118,31 @@ def test_search_config_errors_name_the_key(tmp_path):
         config(scheduler={"grace_period": 9})
 
 
+def test_searcher_and_scheduler_choices():
+    """``algorithm: random`` + ``scheduler.type: fifo`` is a plain random search; both are seeded."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from search.tuner import _sampler, make_scheduler
+
+    assert isinstance(make_scheduler(config()), ASHAScheduler)
+    assert isinstance(make_scheduler(config(scheduler={"type": "fifo"})), FIFOScheduler)
+    with pytest.raises(SearchConfigError, match=r"search.scheduler.type: must be one of \['asha', 'fifo'\]"):
+        config(scheduler={"type": "hyperband"})
+    with pytest.raises(SearchConfigError, match=r"search.algorithm: must be one of \['tpe', 'random'\]"):
+        config(algorithm="grid")
+    assert _sampler("tpe", 3) == {"seed": 3}
+
+    def draws(seed):
+        cfg = config(algorithm="random", seed=seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(**_sampler(cfg.search.algorithm, cfg.search.seed))
+        base = to_dict(recipe_from_dict(BASE))
+        return [cfg.space.sample(study.ask(), base) for _ in range(3)]
+
+    assert isinstance(optuna.create_study(**_sampler("random", 0)).sampler, optuna.samplers.RandomSampler)
+    assert draws(0) == draws(0) and draws(0) != draws(1)
+
+
 def test_metric_names_mirror_the_pipeline():
     from ulmfit_core import pipeline
 

@@ -50,3 +50,16 @@ def write_result(name: str, payload: dict[str, Any], out: str | Path | None = No
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"wrote {path}")
     return path
+
+
+def demo_search_config(work: Path, name: str, overrides: list[str], smoke: bool = False,
+                       data_dir: str | Path = SHARED_DATASETS):
+    """configs/search_trec_demo.yaml with its storage and MLflow store under ``work`` (a scratch folder),
+    quiet console output, and ``overrides`` on top. ``smoke`` applies the search's ``--smoke-test`` settings."""
+    from search.settings import load_search_config
+
+    work = Path(work)
+    base = [f"search.name={name}", f"search.storage={work / 'storage'}", f"search.data_dir={data_dir}",
+            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", f"mlflow.artifact_location={work / 'mlartifacts'}",
+            "search.verbose=0"]
+    return load_search_config(ROOT / "configs" / "search_trec_demo.yaml", base + list(overrides), smoke_test=smoke)

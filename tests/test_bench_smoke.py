@@ -118,6 +118,37 @@ def test_imdb_lowshot_budgets_are_nested(bench):
     assert m.budget_indices(500, 500, 2) == list(range(500))
 
 
+def test_search_efficiency_smoke(bench, tmp_path, datasets_dir, monkeypatch):
+    """Both searches run on a real local Ray and MLflow store; the best config is retrained on test."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eff.json"
+    payload = bench("search_efficiency").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
+    runs = {r["variant"]: r for r in payload["runs"]}
+    assert set(runs) == {"tpe_asha", "random_fifo"}
+    fifo = runs["random_fifo"]
+    assert fifo["trials_stopped_by_asha"] == 0 and fifo["trial_epochs"] == fifo["trial_epochs_if_all_ran"]
+    for r in runs.values():
+        assert r["trials"] == 2 and r["lm_trainings"] == 1  # the second trial reused the first one's LM
+        assert 0.0 < r["best_test_accuracy"] <= 1.0 and r["wall_seconds"] > 0
+    r = _check_provenance(out, "search_efficiency")
+    assert bench("report").search_efficiency(r)
+
+
+def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
+    """The same trials directly, with 1 and with 2 workers; overhead is the difference to direct."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "scaling.json"
+    payload = bench("search_scaling").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
+    direct, w1, w2 = payload["modes"]
+    assert [m["mode"] for m in payload["modes"]] == ["direct", "workers_1", "workers_2"]
+    assert direct["trials"] == w1["trials"] == w2["trials"] == 2
+    assert payload["summary"]["same_configs_both_modes"]
+    assert w1["lm_trainings"] == w2["lm_trainings"] == 0  # the LM was trained once, before the modes
+    assert len(w1["trial_time_total_s"]) == 2 and all(t > 0 for t in w1["trial_time_total_s"])
+    r = _check_provenance(out, "search_scaling")
+    assert bench("report").search_scaling(r)
+
+
 # --- the peers' side, only where bench/.peers-venv exists (never on CI) -----------------------
 
 

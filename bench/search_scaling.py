@@ -1,0 +1,155 @@
+"""Search scaling and overhead on this machine: trials per hour with 1 and 2 workers, and the service's
+own cost per trial (Ray scheduling, MLflow logging, checkpoints) as a share of trial time.
+
+One fixed set of trials -- the demo recipe (tiny AWD-LSTM on TREC-6), ``--trials`` configurations drawn
+by the seeded random sampler, no early stopping (``scheduler.type=fifo``) -- runs three ways:
+
+- ``direct``: the same configurations one after another in this process through ``ulmfit_core.pipeline``
+  (corpus, shared LM, classifier), 2 threads, no Ray, no MLflow, no checkpoints: the work itself;
+- ``workers_1``: ``run_search`` with one trial at a time using both cores (``resources.cpu=2``);
+- ``workers_2``: two trials at a time, one core each (``resources.cpu=1``, ``max_concurrent=2``).
+
+The shared language model is trained once before any of them (its time is reported apart), so every
+mode measures classifier trials. Overhead per trial = (``workers_1`` wall time - ``direct`` wall
+time) / trials, both with 2 threads per trial; Ray's start is timed apart. Each trial's ``time_total_s``
+(inside the trial: training, evaluation, checkpoint reports) is kept too.
+
+    python bench/search_scaling.py                 # 10 trials x 3 modes: ~15 minutes on 2 cores
+    python bench/search_scaling.py --smoke         # about a minute: 2 trials on 300 rows
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import SHARED_DATASETS, demo_search_config, write_result
+
+MODES = {
+    "workers_1": ["search.max_concurrent=1", "search.resources.cpu=2"],
+    "workers_2": ["search.max_concurrent=2", "search.resources.cpu=1"],
+}
+
+
+def _trial_seconds(search_dir: Path) -> list[float]:
+    """Ray's ``time_total_s`` of every trial, from its last line in result.json."""
+    out = []
+    for path in sorted(search_dir.glob("trial_*/result.json")):
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if lines:
+            out.append(float(json.loads(lines[-1])["time_total_s"]))
+    return out
+
+
+def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, data_dir: str) -> dict[str, Any]:
+    import ray
+
+    from search import tuner
+
+    ray.shutdown()  # a fresh local Ray per search (a no-op when none runs)
+    cfg = demo_search_config(work, name, overrides, smoke=smoke, data_dir=data_dir)
+    t0 = time.perf_counter()
+    tuner.init_ray(cfg)
+    ray_start = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    outcome = tuner.run_search(cfg)
+    wall = time.perf_counter() - t1
+    ray.shutdown()
+    in_trial = _trial_seconds(outcome.search_dir)
+    n = len(outcome.leaderboard)
+    row = {"mode": name, "overrides": overrides, "trials": n, "wall_seconds": wall, "ray_start_seconds": ray_start,
+           "trials_per_hour": 3600 * n / wall, "trial_time_total_s": in_trial,
+           "trials_completed": outcome.summary["trials_completed"], "lm_trainings": outcome.summary["lm_trainings"],
+           "sampled": [{k: v for k, v in r.items() if "." in k} for r in outcome.leaderboard],
+           "valid_accuracy": [r.get("valid_accuracy") for r in outcome.leaderboard]}
+    print(f"{name}: {n} trials in {wall:.0f} s ({row['trials_per_hour']:.0f} trials/hour); Ray start "
+          f"{ray_start:.1f} s", flush=True)
+    return row
+
+
+def run_direct(sampled: list[dict[str, Any]], work: Path, smoke: bool, data_dir: str, threads: int) -> dict[str, Any]:
+    """The same trials without the service: pipeline calls in a loop, same caches and thread count."""
+    import torch
+
+    from search.space import build_recipe
+    from ulmfit_core import pipeline
+
+    cfg = demo_search_config(work, "direct", [], smoke=smoke, data_dir=data_dir)
+    storage = Path(cfg.search.storage)
+    torch.set_num_threads(threads)
+    seconds = []
+    t0 = time.perf_counter()
+    for values in sampled:
+        t = time.perf_counter()
+        recipe = build_recipe(cfg.recipe, values)
+        corpus = pipeline.prepare_corpus(recipe, data_dir=data_dir, cache_dir=storage / "_corpus_cache")
+        lm = pipeline.ensure_lm(recipe, corpus, storage / "_lm_cache")
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline.train_classifier(recipe, corpus, lm.lm_dir, Path(tmp) / "model")
+        seconds.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t0
+    print(f"direct: {len(sampled)} trials in {wall:.0f} s", flush=True)
+    return {"mode": "direct", "trials": len(sampled), "wall_seconds": wall, "trial_seconds": seconds,
+            "trials_per_hour": 3600 * len(sampled) / wall, "threads": threads}
+
+
+def _as_set(sampled: list[dict[str, Any]]) -> set[str]:
+    return {json.dumps(v, sort_keys=True) for v in sampled}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=str(SHARED_DATASETS))
+    ap.add_argument("--out", help="result JSON (default bench/results/search_scaling.json)")
+    ap.add_argument("--smoke", action="store_true", help="2 trials on 300 rows: checks the script runs")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from ulmfit_core import pipeline
+
+    trials = 2 if args.smoke else args.trials
+    common = ["search.algorithm=random", "search.scheduler.type=fifo", f"search.num_samples={trials}",
+              f"search.seed={args.seed}"]
+    with tempfile.TemporaryDirectory(prefix="search-scaling-") as tmp:
+        work = Path(tmp)
+        # One storage for every mode: the LM (and tokenized corpus) are built here, once, up front.
+        cfg = demo_search_config(work, "warmup", common, smoke=args.smoke, data_dir=args.data_dir)
+        storage = Path(cfg.search.storage)
+        from search.space import build_recipe
+
+        torch.set_num_threads(2)
+        recipe = build_recipe(cfg.recipe, {})
+        t0 = time.perf_counter()
+        corpus = pipeline.prepare_corpus(recipe, data_dir=args.data_dir, cache_dir=storage / "_corpus_cache")
+        pipeline.ensure_lm(recipe, corpus, storage / "_lm_cache")
+        lm_seconds = time.perf_counter() - t0
+        rows = []
+        for name, overrides in MODES.items():
+            rows.append(run_search_mode(name, common + overrides, work, args.smoke, args.data_dir))
+        rows.insert(0, run_direct(rows[0]["sampled"], work, args.smoke, args.data_dir, threads=2))
+
+    direct, w1, w2 = rows
+    per_trial_direct = direct["wall_seconds"] / direct["trials"]
+    overhead = (w1["wall_seconds"] - direct["wall_seconds"]) / w1["trials"]
+    summary = {"lm_seconds_once": lm_seconds, "direct_seconds_per_trial": per_trial_direct,
+               "overhead_seconds_per_trial": overhead, "overhead_share": overhead / per_trial_direct,
+               "trials_per_hour": {r["mode"]: r["trials_per_hour"] for r in rows},
+               "speedup_2_workers": w2["trials_per_hour"] / w1["trials_per_hour"],
+               "same_configs_both_modes": _as_set(w1["sampled"]) == _as_set(w2["sampled"])}
+    print(f"overhead {overhead:.1f} s per trial ({100 * summary['overhead_share']:.1f} % of "
+          f"{per_trial_direct:.1f} s); 2 workers: {summary['speedup_2_workers']:.2f}x trials/hour", flush=True)
+    payload = {"config": "configs/search_trec_demo.yaml", "trials": trials, "seed": args.seed, "smoke": args.smoke,
+               "modes": rows, "summary": summary}
+    if not args.smoke or args.out:
+        write_result("search_scaling", payload, args.out)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

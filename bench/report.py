@@ -148,8 +148,10 @@ def accuracy_vs_fastai(r: dict[str, Any]) -> list[str]:
                 f"seed {sd}: {100 * a:.1f} % / {100 * b:.1f} %" for sd, a, b in both) + ".")
     if r.get("fastai"):
         loads = [x["load_average"][0] for x in r["fastai"]["runs"]]
+        busy = max(loads) > r["machine"]["cores"] + 0.5  # the run itself keeps `cores` threads busy
         notes.append(f"fastai's runs ended with a 1-minute load average of {', '.join(f'{v:.1f}' for v in loads)} on "
-                     f"{r['machine']['cores']} cores (other work shared the machine, so its times are upper bounds).")
+                     f"{r['machine']['cores']} cores" + (" (other work shared the machine, so its times are upper "
+                                                         "bounds)." if busy else ": the run alone on the machine."))
     if ours and ours.get("source") != "this run":
         notes.append(f"Our row is read from `{ours['source']}` (`{ours['source_command']}`, {ours['source_date']}).")
     if b:

@@ -250,7 +250,9 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("lm_throughput", "Language-model training speed",
      "Forward + backward + AdamW step on random token ids. fastai's AWD-LSTM measured ~1,750 (small) and "
-     "~750 (paper) tokens/s on this kind of machine with the same batch, BPTT, vocabulary and threads.",
+     "~750 (paper) tokens/s on this kind of machine with the same batch, BPTT, vocabulary and threads; machines of "
+     "this kind differ from day to day, so the like-for-like figure is the same-process comparison with fastai "
+     "below (run on the same day: fastai's small LM trained ~1,210 tokens/s there).",
      lm_throughput),
     ("trec_recipe", "The whole recipe on TREC-6 (CPU, no general-domain pretraining)",
      "LM fine-tuned on TREC-6's training questions only (no test text), then the classifier with gradual "

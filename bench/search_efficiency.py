@@ -13,18 +13,20 @@ retrained (``best.yaml`` -> ``pipeline.run_recipe``; the search never sees test 
 spent, the wall time, and the LM compute the shared LM stage saved.
 
     python bench/search_efficiency.py                     # 24 trials each, seed 0: ~25 minutes on 2 cores
-    python bench/search_efficiency.py --seeds 0 1         # repeat with another search seed
+    python bench/search_efficiency.py --seeds 1 --add     # another search seed, kept beside the earlier ones
     python bench/search_efficiency.py --smoke             # about a minute: 2 trials, 300 rows
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_DATASETS, demo_search_config, write_result
+from common import RESULTS, SHARED_DATASETS, demo_search_config, write_result
 
 VARIANTS = {
     "tpe_asha": ["search.algorithm=tpe", "search.scheduler.type=asha"],
@@ -83,7 +85,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data-dir", default=str(SHARED_DATASETS))
     ap.add_argument("--out", help="result JSON (default bench/results/search_efficiency.json)")
     ap.add_argument("--smoke", action="store_true", help="2 trials on 300 rows: checks the script runs")
+    ap.add_argument("--add", action="store_true",
+                    help="merge into the existing result: keep its runs of other seeds, record this command too")
     args = ap.parse_args(argv)
+    out_path = Path(args.out) if args.out else RESULTS / "search_efficiency.json"
+    earlier: list[dict[str, Any]] = []
+    earlier_commands: list[dict[str, Any]] = []
+    if args.add and out_path.exists():  # search seeds run by earlier invocations (same trial budget)
+        old = json.loads(out_path.read_text())
+        if old["num_samples"] != (2 if args.smoke else args.num_samples):
+            sys.exit(f"--add: {out_path} has {old['num_samples']} trials per search; rerun without --add")
+        earlier = [r for r in old["runs"] if r["search_seed"] not in args.seeds]
+        earlier_commands = old.get("earlier_commands", []) + [{"command": old["command"], "date": old["machine"]["date"]}]
 
     num_samples = 2 if args.smoke else args.num_samples
     runs: list[dict[str, Any]] = []
@@ -95,8 +108,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               f"recipe.seed={seed}"]
                 runs.append(run_variant(name, overrides, Path(tmp) / f"{name}-{seed}", args.smoke, args.data_dir))
                 # Written after every search, so a run cut short keeps what it finished.
+                merged = sorted(earlier + runs, key=lambda r: (r["search_seed"], r["variant"]))
                 payload = {"config": "configs/search_trec_demo.yaml", "num_samples": num_samples,
-                           "seeds": args.seeds, "smoke": args.smoke, "runs": runs}
+                           "seeds": sorted({r["search_seed"] for r in merged}), "smoke": args.smoke, "runs": merged}
+                if earlier_commands:
+                    payload["earlier_commands"] = earlier_commands
                 if not args.smoke or args.out:
                     write_result("search_efficiency", payload, args.out)
     return payload

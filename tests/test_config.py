@@ -73,3 +73,13 @@ def test_scalar_types_checked_and_yaml11_floats_accepted():
         recipe_from_dict({"data": {"dataset": "trec"}, "classifier": {"epochs": 1.5}})
     with pytest.raises(ConfigError, match="classifier.backwards: must be true or false"):
         recipe_from_dict({"data": {"dataset": "trec"}, "classifier": {"backwards": "yes please"}})
+
+
+def test_load_recipe_leaves_the_callers_base_unchanged():
+    # A benchmark builds many recipes from one base; an override must not leak into the next recipe.
+    base = {"data": {"dataset": "trec"}, "classifier": {"lr": 0.02, "epochs": 3}}
+    scratch = load_recipe(None, ["classifier.from_scratch=true", "classifier.epochs=5"], base=base)
+    assert scratch.classifier.from_scratch and scratch.classifier.epochs == 5
+    assert base == {"data": {"dataset": "trec"}, "classifier": {"lr": 0.02, "epochs": 3}}
+    again = load_recipe(None, [], base=base)
+    assert not again.classifier.from_scratch and again.classifier.epochs == 3

@@ -10,6 +10,7 @@ paper (Howard & Ruder 2018); deviations are listed in docs/RECIPE.md.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
@@ -434,7 +435,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
     Errors from a file name the file (and the key); the key's line is added when it can be found.
     """
-    values: dict[str, Any] = dict(base or {})
+    # A deep copy: overrides set nested keys, and a caller's ``base`` must serve the next call unchanged.
+    values: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
         values = _deep_merge(values, read_yaml(path))
     apply_overrides(values, overrides or [])

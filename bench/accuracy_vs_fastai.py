@@ -25,7 +25,6 @@ Our side is ``bench/results/trec_recipe.json`` (``bench/trec_recipe.py``, same c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, SHARED_DATASETS, write_result  # noqa: E402
+from common import (RESULTS, ROOT, SHARED_DATASETS, command_history, earlier_result,  # noqa: E402
+                    runs_of_other_seeds, write_result)
 
 import peers  # noqa: E402
 
@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"smoke": args.smoke, "config": os.path.relpath(args.config, ROOT), "overrides": overrides,
                                "seeds": args.seeds, "threads": args.threads, "with_fastai": with_fastai,
                                "python": peers.python_label(), "versions": peers.versions(), "load_average_start": load_start}
+    out_path = Path(args.out) if args.out else RESULTS / "accuracy_vs_fastai.json"
+    # Checked before any training, so a mismatch costs nothing.
+    old = earlier_result(out_path, lambda o: None if (o["config"], o["overrides"]) == (payload["config"], overrides)
+                         else "was made with another config") if args.add else None
     fastai_runs, our_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -217,18 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 our_runs.append(r)
                 print(f"ours   seed {seed}: test accuracy {r['test_accuracy']:.4f}  valid {r['valid_accuracy']:.4f}  "
                       f"LM {r.get('lm_seconds', 0):.0f} s  classifier {r['classifier_seconds']:.0f} s", flush=True)
-    out_path = Path(args.out) if args.out else RESULTS / "accuracy_vs_fastai.json"
-    if args.add and out_path.exists():  # runs of other seeds from earlier invocations (same config)
-        old = json.loads(out_path.read_text())
-        if old["config"] != payload["config"] or old["overrides"] != overrides:
-            sys.exit(f"--add: {out_path} was made with another config; rerun without --add")
-        keep = lambda runs: [r for r in runs if r["seed"] not in args.seeds]  # noqa: E731
+    if old:  # runs of other seeds from earlier invocations (same config)
         if old.get("fastai"):
-            fastai_runs = keep(old["fastai"]["runs"]) + fastai_runs
+            fastai_runs = runs_of_other_seeds(old["fastai"]["runs"], args.seeds) + fastai_runs
         if old.get("ours") and old["ours"].get("source") == "this run":
-            our_runs = keep(old["ours"]["runs"]) + our_runs
-        payload["earlier_commands"] = old.get("earlier_commands", []) + [
-            {"command": old["command"], "date": old["machine"]["date"], "seeds": old["seeds"]}]
+            our_runs = runs_of_other_seeds(old["ours"]["runs"], args.seeds) + our_runs
+        payload["earlier_commands"] = command_history(old)
         payload["seeds"] = sorted({r["seed"] for r in fastai_runs + our_runs})
     fastai_runs.sort(key=lambda r: r["seed"])
     our_runs.sort(key=lambda r: r["seed"])

@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -63,3 +63,32 @@ def demo_search_config(work: Path, name: str, overrides: list[str], smoke: bool 
             f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", f"mlflow.artifact_location={work / 'mlartifacts'}",
             "search.verbose=0"]
     return load_search_config(ROOT / "configs" / "search_trec_demo.yaml", base + list(overrides), smoke_test=smoke)
+
+
+# --- ``--add``: a benchmark run for more seeds merges into the result an earlier run wrote ---------
+
+
+def earlier_result(out_path: Path, why_not_mergeable: Callable[[dict[str, Any]], str | None]) -> dict[str, Any] | None:
+    """The result at ``out_path`` that ``--add`` merges into (None when there is none yet).
+
+    ``why_not_mergeable(old)`` names a setting that differs from this run's, or returns None; a difference
+    stops the run before any work, since seeds of different settings must not be averaged together.
+    """
+    if not out_path.exists():
+        return None
+    old = json.loads(out_path.read_text())
+    problem = why_not_mergeable(old)
+    if problem:
+        sys.exit(f"--add: {out_path} {problem}; rerun without --add")
+    return old
+
+
+def runs_of_other_seeds(runs: list[dict[str, Any]], seeds: list[int], key: str = "seed") -> list[dict[str, Any]]:
+    """The earlier runs this run does not repeat (a seed run again replaces its earlier run)."""
+    return [r for r in runs if r[key] not in seeds]
+
+
+def command_history(old: dict[str, Any]) -> list[dict[str, Any]]:
+    """``earlier_commands`` of a merged result: every command whose runs it holds, with date and seeds."""
+    return old.get("earlier_commands", []) + [
+        {"command": old["command"], "date": old["machine"]["date"], "seeds": old.get("seeds")}]

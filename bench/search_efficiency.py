@@ -9,7 +9,7 @@ storage and MLflow store, so each trains its own shared LM once. The only differ
   (every trial runs all its epochs).
 
 For each: the best validation accuracy, the test accuracy of the exported best configuration when
-retrained (``best.yaml`` -> ``pipeline.run_recipe``; the search never sees test text), the trial-epochs
+retrained (``best.yaml`` -> ``search.export.retrain``; the search never sees test text), the trial-epochs
 spent, the wall time, and the LM compute the shared LM stage saved.
 
     python bench/search_efficiency.py                     # 24 trials each, seed 0: ~25 minutes on 2 cores
@@ -19,14 +19,13 @@ spent, the wall time, and the LM compute the shared LM stage saved.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, SHARED_DATASETS, demo_search_config, write_result
+from common import (RESULTS, SHARED_DATASETS, command_history, demo_search_config, earlier_result,
+                    runs_of_other_seeds, write_result)
 
 VARIANTS = {
     "tpe_asha": ["search.algorithm=tpe", "search.scheduler.type=asha"],
@@ -36,11 +35,9 @@ VARIANTS = {
 
 def run_variant(name: str, overrides: list[str], work: Path, smoke: bool, data_dir: str) -> dict[str, Any]:
     import ray
-    import torch
 
     from search import tuner
-    from search.export import read_best
-    from ulmfit_core import pipeline
+    from search.export import retrain
 
     ray.shutdown()  # a fresh local Ray per search (a no-op when none runs)
     cfg = demo_search_config(work, name, overrides, smoke=smoke, data_dir=data_dir)
@@ -61,12 +58,10 @@ def run_variant(name: str, overrides: list[str], work: Path, smoke: bool, data_d
         "leaderboard": [{k: v for k, v in r.items() if k != "mlflow_run_id"} for r in board],
     }
     if outcome.best_yaml:
-        # The best configuration, retrained from its exported file and evaluated on the test questions.
-        best_cfg, meta = read_best(outcome.best_yaml)
-        torch.set_num_threads(int(meta.get("threads") or 1))
+        # The best configuration, retrained from its exported file as `launch.py retrain` does (registered
+        # in this search's scratch MLflow store) and evaluated on the test questions.
         t1 = time.perf_counter()
-        metrics = pipeline.run_recipe(best_cfg, work / f"retrain-{name}", data_dir=meta.get("data_dir"),
-                                      cache_dir=meta.get("cache_dir"))
+        metrics = retrain(outcome.best_yaml, work / f"retrain-{name}")["metrics"]
         row.update({"best_test_accuracy": metrics.get("test_accuracy"),
                     "best_retrained_valid_accuracy": metrics.get("valid_accuracy"),
                     "retrain_seconds": time.perf_counter() - t1,
@@ -89,16 +84,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="merge into the existing result: keep its runs of other seeds, record this command too")
     args = ap.parse_args(argv)
     out_path = Path(args.out) if args.out else RESULTS / "search_efficiency.json"
+    num_samples = 2 if args.smoke else args.num_samples
     earlier: list[dict[str, Any]] = []
     earlier_commands: list[dict[str, Any]] = []
-    if args.add and out_path.exists():  # search seeds run by earlier invocations (same trial budget)
-        old = json.loads(out_path.read_text())
-        if old["num_samples"] != (2 if args.smoke else args.num_samples):
-            sys.exit(f"--add: {out_path} has {old['num_samples']} trials per search; rerun without --add")
-        earlier = [r for r in old["runs"] if r["search_seed"] not in args.seeds]
-        earlier_commands = old.get("earlier_commands", []) + [{"command": old["command"], "date": old["machine"]["date"]}]
-
-    num_samples = 2 if args.smoke else args.num_samples
+    old = earlier_result(out_path, lambda o: None if o["num_samples"] == num_samples
+                         else f"has {o['num_samples']} trials per search") if args.add else None
+    if old:  # search seeds run by earlier invocations (same trial budget)
+        earlier = runs_of_other_seeds(old["runs"], args.seeds, key="search_seed")
+        earlier_commands = command_history(old)
     runs: list[dict[str, Any]] = []
     payload: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:

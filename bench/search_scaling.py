@@ -70,21 +70,20 @@ def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, da
     return row
 
 
-def run_direct(sampled: list[dict[str, Any]], work: Path, smoke: bool, data_dir: str, threads: int) -> dict[str, Any]:
-    """The same trials without the service: pipeline calls in a loop, same caches and thread count."""
+def run_direct(base_recipe, sampled: list[dict[str, Any]], storage: Path, data_dir: str, threads: int) -> dict[str, Any]:
+    """The same trials without the service: pipeline calls in a loop, the searches' caches in ``storage``
+    and the same thread count."""
     import torch
 
     from search.space import build_recipe
     from ulmfit_core import pipeline
 
-    cfg = demo_search_config(work, "direct", [], smoke=smoke, data_dir=data_dir)
-    storage = Path(cfg.search.storage)
     torch.set_num_threads(threads)
     seconds = []
     t0 = time.perf_counter()
     for values in sampled:
         t = time.perf_counter()
-        recipe = build_recipe(cfg.recipe, values)
+        recipe = build_recipe(base_recipe, values)
         corpus = pipeline.prepare_corpus(recipe, data_dir=data_dir, cache_dir=storage / "_corpus_cache")
         lm = pipeline.ensure_lm(recipe, corpus, storage / "_lm_cache")
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = []
         for name, overrides in MODES.items():
             rows.append(run_search_mode(name, common + overrides, work, args.smoke, args.data_dir))
-        rows.insert(0, run_direct(rows[0]["sampled"], work, args.smoke, args.data_dir, threads=2))
+        rows.insert(0, run_direct(cfg.recipe, rows[0]["sampled"], storage, args.data_dir, threads=2))
 
     direct, w1, w2 = rows
     per_trial_direct = direct["wall_seconds"] / direct["trials"]

@@ -5,18 +5,21 @@ The run, all through ``ulmfit_core.pipeline``:
 
 1. Fixed, seeded draws from the public files (``--data-dir``, default ../shared/datasets/imdb):
    a labeled pool of ``--all`` training reviews (the "all" budget; capped so that it fits a CPU run,
-   not the full 25,000), ``--valid`` further training reviews for per-epoch validation only (nothing
-   is chosen on them), and ``--test`` reviews of the 25,000-review test set. They are written to a
-   temporary folder as CSV and given to the recipe as ``data.train/valid/test``.
+   not the full 25,000), ``--valid`` further training reviews for validation, and ``--test`` reviews
+   of the 25,000-review test set. They are written as CSV and given to the recipe as
+   ``data.train/valid/test``.
 2. ``prepare_corpus`` once: the vocabulary comes from the language model's text, ``--unlabeled``
    reviews of ``unsup.csv.gz`` plus the labeled pool's texts (training text only: never validation or
    test text).
-3. ``finetune_lm`` once on that text (no general-domain model: none exists offline).
-4. For each budget and seed, ``train_classifier`` on the first (seed 0) or a seeded random subset of
-   ``budget`` reviews of the pool, on top of that one language model, and ``classifier.from_scratch``
-   on the same reviews; ``evaluate_split`` on the fixed test draw.
+3. ``ensure_lm`` once on that text (no general-domain model: none exists offline). With ``--cache-dir``
+   the draws, corpus and LM are kept, and a rerun with the same LM settings reuses them.
+4. For each budget, method (ULMFiT on that one LM, or ``classifier.from_scratch``) and learning rate of
+   ``--lr-grid``, ``train_classifier`` on the first ``budget`` reviews of the pool; the rate with the
+   best validation accuracy is kept for that method and budget, and the other seeds (seeded random
+   subsets of the pool) train with it. ``evaluate_split`` on the fixed test draw after each; test
+   accuracy never takes part in a choice.
 
-    python bench/imdb_lowshot.py                  # tiny model; ~40 minutes on one free core of 2
+    python bench/imdb_lowshot.py                  # tiny model; about an hour on 2 cores
     python bench/imdb_lowshot.py --smoke          # seconds: tiny slices, checks the script runs
 """
 from __future__ import annotations
@@ -24,7 +27,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,8 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATASETS, write_result  # noqa: E402
 
 #: Classifier epochs by budget: a tiny labeled set gets more passes (3 batches of 32 per epoch at 100).
-DEFAULT_EPOCHS = {100: 20, 1000: 5}
-DEFAULT_EPOCHS_ALL = 4
+DEFAULT_EPOCHS = {100: 20, 1000: 10}
+DEFAULT_EPOCHS_ALL = 6
+#: Sizes and rates of the recorded run.
+DEFAULTS = {"unlabeled": 14000, "all": 4000, "valid": 500, "test": 3000, "lm_epochs": 3,
+            "lm_lr": 0.03, "lm_bs": 32, "lm_drop_mult": 0.1, "lr_grid": [0.01, 0.03, 0.1]}
 
 
 def draw_subsets(data_dir: Path, n_all: int, n_valid: int, n_test: int, seed: int = 0) -> dict[str, Any]:
@@ -82,20 +90,42 @@ def budget_indices(n_pool: int, budget: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(1000 + seed).permutation(n_pool)[:budget].tolist())
 
 
+def _summary(runs: list[dict[str, Any]], budgets: list[int], methods: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for budget in budgets:
+        for method in methods:
+            mine = [r for r in runs if r["budget"] == budget and r["method"] == method]
+            if not mine:
+                continue
+            acc = [r["test_accuracy"] for r in mine]
+            out.append({"method": method, "budget": budget, "n_seeds": len(acc),
+                        "test_accuracy_mean": statistics.mean(acc),
+                        "test_accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                        "valid_accuracy_mean": statistics.mean(r["valid_accuracy"] for r in mine),
+                        "train_seconds_mean": statistics.mean(r["train_seconds"] for r in mine)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATASETS)
     ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
-    ap.add_argument("--unlabeled", type=int, default=2000, help="unlabeled reviews for the language model")
-    ap.add_argument("--all", type=int, default=4000, help='the "all" budget: labeled reviews in the pool (cap)')
+    ap.add_argument("--unlabeled", type=int, default=DEFAULTS["unlabeled"], help="unlabeled reviews for the language model")
+    ap.add_argument("--all", type=int, default=DEFAULTS["all"], help='the "all" budget: labeled reviews in the pool (cap)')
     ap.add_argument("--budgets", type=int, nargs="+", default=[100, 1000], help="budgets below --all")
-    ap.add_argument("--valid", type=int, default=150, help="training reviews outside the pool, for per-epoch validation")
-    ap.add_argument("--test", type=int, default=3000, help="reviews drawn (seeded) from the 25,000 test reviews")
+    ap.add_argument("--valid", type=int, default=DEFAULTS["valid"],
+                    help="training reviews outside the pool, for choosing the shared settings and per-epoch monitoring")
+    ap.add_argument("--test", type=int, default=DEFAULTS["test"], help="reviews drawn (seeded) from the 25,000 test reviews")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="classifier seeds (and draws of the labeled reviews) for budgets below --all")
-    ap.add_argument("--lm-epochs", type=int, default=2)
+    ap.add_argument("--lm-epochs", type=int, default=DEFAULTS["lm_epochs"])
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch classifiers")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=DEFAULTS["lr_grid"],
+                    help="classifier learning rates tried per method and budget; the best on validation is kept")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path,
+                    help="keep the data draws, the tokenized corpus and the language model here, so a rerun with "
+                         "the same data and LM settings (other classifier settings) reuses them; default: a temporary folder")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe key=value overrides")
     ap.add_argument("--smoke", action="store_true", help="tiny slices: checks the script runs")
     ap.add_argument("--out", help="result JSON (default bench/results/imdb_lowshot.json; smoke writes only with --out)")
@@ -104,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra: list[str] = []
     if args.smoke:
         args.unlabeled, args.all, args.budgets, args.valid, args.test = 100, 60, [20], 20, 40
-        args.seeds, args.lm_epochs = [0], 1
+        args.seeds, args.lm_epochs, args.lr_grid = [0], 1, [0.01, 0.03]
         epochs = {20: 2, 60: 2}
         extra = ["lm.bptt=20", "classifier.bptt=20", "classifier.unfreeze=[1]", "classifier.max_len=200",
                  "text.max_vocab=2000"]
@@ -119,87 +149,114 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = list(os.getloadavg())
     base = {
         "data": {"dataset": "imdb", "max_unlabeled_rows": args.unlabeled},
-        "text": {"max_vocab": 15000, "min_freq": 2},  # the softmax dominates a tiny model's cost on CPU
+        "text": {"max_vocab": 10000, "min_freq": 2},  # the softmax dominates a tiny model's cost on CPU
         "model": {"preset": args.preset},
-        "lm": {"epochs": args.lm_epochs, "lr": 0.01, "bs": 64, "bptt": 70, "drop_mult": 0.3},
-        "classifier": {"lr": 0.02, "bs": 32, "bptt": 70, "drop_mult": 0.5, "max_len": 1500},
+        # Trained from random weights: a higher rate and smaller batches than fine-tuning uses (more steps
+        # per token), and little dropout since millions of tokens meet a model of ~1M weights.
+        "lm": {"epochs": args.lm_epochs, "lr": DEFAULTS["lm_lr"], "bs": DEFAULTS["lm_bs"], "bptt": 70,
+               "drop_mult": DEFAULTS["lm_drop_mult"]},
+        "classifier": {"bs": 32, "bptt": 70, "drop_mult": 0.5, "max_len": 1500},
         "device": "cpu",
     }
     overrides = extra + list(args.overrides)
+    budgets = sorted(set(args.budgets + [args.all]))
+    methods = ["ulmfit"] + ([] if args.no_scratch else ["scratch"])
     result: dict[str, Any] = {"smoke": args.smoke, "preset": args.preset, "threads": args.threads,
                               "sizes": {"unlabeled": args.unlabeled, "all": args.all, "valid": args.valid,
                                         "test": args.test, "test_of": 25000},
-                              "budgets": sorted(set(args.budgets + [args.all])), "seeds": args.seeds,
-                              "load_average_start": load_start}
+                              "budgets": budgets, "seeds": args.seeds, "overrides": overrides,
+                              "load_average_start": load_start, "complete": False}
+
+    def save() -> None:  # after every classifier, so a run cut short keeps what it finished
+        result["summary"] = _summary(result.get("runs", []), budgets, methods)
+        result["total_seconds"] = time.perf_counter() - t_start
+        result["load_average_end"] = list(os.getloadavg())
+        if not args.smoke or args.out:
+            write_result("imdb_lowshot", result, args.out)
+
     with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
+        cache = args.cache_dir or Path(tmp_s)
         t0 = time.perf_counter()
         sub = draw_subsets(args.data_dir, args.all, args.valid, args.test)
-        paths = {k: _write_csv(tmp / f"{k}.csv", sub[k]) for k in ("pool", "valid", "test")}
+        # Fixed paths per draw: the LM's cache key includes the data paths.
+        data_folder = cache / f"data-{args.all}-{args.valid}-{args.test}"
+        data_folder.mkdir(parents=True, exist_ok=True)
+        paths = {k: _write_csv(data_folder / f"{k}.csv", sub[k]) for k in ("pool", "valid", "test")}
         base["data"].update(train=paths["pool"], valid=paths["valid"], test=paths["test"])
         cfg = load_recipe(None, overrides + ["seed=0"], base=base)
-        corpus = pipeline.prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=tmp / "cache")
+        corpus = pipeline.prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=cache / "corpus")
         result["data_seconds"] = time.perf_counter() - t0
         result["corpus"] = corpus.stats
         result["config"] = cfg.to_dict()
         print(f"corpus: {corpus.stats}  ({result['data_seconds']:.0f} s)", flush=True)
 
         t0 = time.perf_counter()
-        lm = pipeline.finetune_lm(cfg, corpus, tmp / "lm",
-                                  report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
-                                                            f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
-                                                            flush=True))
-        result["lm"] = {"seconds": time.perf_counter() - t0, "metrics": lm.metrics,
+        lm = pipeline.ensure_lm(cfg, corpus, cache / "lm",
+                                report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
+                                                          f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
+                                                          flush=True))
+        lm_history = json.loads((lm.lm_dir / pipeline.METRICS_FILE).read_text())["history"]
+        result["lm"] = {"seconds": pipeline.lm_training_seconds(lm.lm_dir), "reused": not lm.trained,
+                        "metrics": lm.metrics, "history": lm_history,
                         "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
                         "load_average": list(os.getloadavg())}
-        print(f"LM: {result['lm']['seconds']:.0f} s, valid perplexity {lm.metrics.get('valid_perplexity', 0):.1f}", flush=True)
+        print(f"LM: {result['lm']['seconds']:.0f} s{' (reused)' if not lm.trained else ''}, valid perplexity "
+              f"{lm.metrics.get('valid_perplexity', 0):.1f}, accuracy {lm.metrics.get('valid_accuracy', 0):.3f}", flush=True)
+        result["lm_only_seconds"] = time.perf_counter() - t0
 
-        runs = []
-        methods = ["ulmfit"] + ([] if args.no_scratch else ["scratch"])
-        for budget in result["budgets"]:
+        runs: list[dict[str, Any]] = []
+        grid: list[dict[str, Any]] = []
+        result.update(runs=runs, lr_grid=args.lr_grid, lr_selection=grid, chosen_lr={})
+
+        def train_one(method: str, budget: int, seed: int, lr: float) -> dict[str, Any]:
             n_ep = epochs.get(budget, DEFAULT_EPOCHS_ALL)
-            for seed in (args.seeds if budget < args.all else args.seeds[:1]):
-                idx = budget_indices(len(corpus.train.ids), budget, seed)
-                c_b = dataclasses.replace(corpus, train=pipeline.Split([corpus.train.ids[i] for i in idx],
-                                                                       corpus.train.labels[idx]))
-                for method in methods:
-                    ov = overrides + [f"seed={seed}", f"classifier.epochs={n_ep}"]
-                    if method == "scratch":
-                        ov.append("classifier.from_scratch=true")
-                    ccfg = load_recipe(None, ov, base=base)
-                    out = tmp / f"{method}_{budget}_{seed}"
-                    t0 = time.perf_counter()
-                    clf = pipeline.train_classifier(ccfg, c_b, lm.lm_dir if method == "ulmfit" else None, out)
-                    train_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    test = pipeline.evaluate_split(out, c_b, corpus.test, device="cpu")
-                    run = {"method": method, "budget": budget, "seed": seed, "epochs": n_ep,
-                           "n_pos": int(sum(1 for i in idx if corpus.label_names[corpus.train.labels[i]] == "pos")),
-                           "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                           "valid_accuracy": clf.metrics["valid_accuracy"], "train_seconds": train_s,
-                           "test_seconds": time.perf_counter() - t0, "load_average": list(os.getloadavg())}
-                    runs.append(run)
-                    print(f"{method:7s} budget {budget:>5} seed {seed}: test accuracy {run['test_accuracy']:.4f}  "
-                          f"valid {run['valid_accuracy']:.4f}  train {train_s:.0f} s  test {run['test_seconds']:.0f} s",
-                          flush=True)
-    result["runs"] = runs
-    summary = []
-    for budget in result["budgets"]:
-        for method in methods:
-            acc = [r["test_accuracy"] for r in runs if r["budget"] == budget and r["method"] == method]
-            secs = [r["train_seconds"] for r in runs if r["budget"] == budget and r["method"] == method]
-            summary.append({"method": method, "budget": budget, "n_seeds": len(acc),
-                            "test_accuracy_mean": statistics.mean(acc),
-                            "test_accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                            "train_seconds_mean": statistics.mean(secs)})
-            s = summary[-1]
-            print(f"{method:7s} {budget:>5}: {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_sd']:.4f} ({len(acc)} seed(s))")
-    result["summary"] = summary
-    result["total_seconds"] = time.perf_counter() - t_start
-    result["load_average_end"] = list(os.getloadavg())
+            idx = budget_indices(len(corpus.train.ids), budget, seed)
+            c_b = dataclasses.replace(corpus, train=pipeline.Split([corpus.train.ids[i] for i in idx],
+                                                                   corpus.train.labels[idx]))
+            ov = overrides + [f"seed={seed}", f"classifier.epochs={n_ep}", f"classifier.lr={lr}"]
+            if method == "scratch":
+                ov.append("classifier.from_scratch=true")
+            ccfg = load_recipe(None, ov, base=base)
+            out = Path(tmp_s) / f"{method}_{budget}_{seed}_{lr}"
+            t0 = time.perf_counter()
+            clf = pipeline.train_classifier(ccfg, c_b, lm.lm_dir if method == "ulmfit" else None, out)
+            train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            test = pipeline.evaluate_split(out, c_b, corpus.test, device="cpu")
+            shutil.rmtree(out, ignore_errors=True)
+            run = {"method": method, "budget": budget, "seed": seed, "lr": lr, "epochs": n_ep,
+                   "from_scratch": ccfg.classifier.from_scratch,
+                   "n_pos": int(sum(1 for i in idx if corpus.label_names[corpus.train.labels[i]] == "pos")),
+                   "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                   "valid_accuracy": clf.metrics["valid_accuracy"],
+                   "valid_accuracy_by_epoch": [h["valid_accuracy"] for h in clf.history],
+                   "train_loss_by_epoch": [h["train_loss"] for h in clf.history],
+                   "train_seconds": train_s, "test_seconds": time.perf_counter() - t0,
+                   "load_average": list(os.getloadavg())}
+            print(f"{method:7s} budget {budget:>5} seed {seed} lr {lr:g}: test accuracy {run['test_accuracy']:.4f}  "
+                  f"valid {run['valid_accuracy']:.4f}  train {train_s:.0f} s", flush=True)
+            return run
+
+        for budget in budgets:
+            seeds = args.seeds if budget < args.all else args.seeds[:1]
+            for method in methods:
+                # The learning rate is chosen per method and budget on the validation reviews, with the
+                # first seed; its test accuracy is recorded but plays no part in the choice.
+                tried = [train_one(method, budget, seeds[0], lr) for lr in args.lr_grid]
+                best = max(tried, key=lambda r: r["valid_accuracy"])
+                grid.extend({**r, "chosen": r is best} for r in tried)
+                result["chosen_lr"][f"{method}/{budget}"] = best["lr"]
+                runs.append(best)
+                save()
+                for seed in seeds[1:]:
+                    runs.append(train_one(method, budget, seed, best["lr"]))
+                    save()
+    result["complete"] = True
+    save()
+    for s in result["summary"]:
+        print(f"{s['method']:7s} {s['budget']:>5}: {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_sd']:.4f} "
+              f"({s['n_seeds']} seed(s))")
     print(f"total {result['total_seconds']:.0f} s")
-    if not args.smoke or args.out:
-        write_result("imdb_lowshot", result, args.out)
     return result
 
 

@@ -102,12 +102,26 @@ def test_imdb_lowshot_smoke(bench, tmp_path, datasets_dir):
     if not (datasets_dir / "imdb" / "train.csv.gz").exists():
         pytest.skip("IMDb not in the shared datasets")
     out = tmp_path / "imdb.json"
-    payload = bench("imdb_lowshot").main(["--smoke", "--threads", "1", "--data-dir", str(datasets_dir), "--out", str(out)])
+    args = ["--smoke", "--threads", "1", "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache")]
+    payload = bench("imdb_lowshot").main(args + ["--out", str(out)])
     methods = {(r["method"], r["budget"]) for r in payload["runs"]}
     assert methods == {(m, b) for m in ("ulmfit", "scratch") for b in payload["budgets"]}
-    assert payload["corpus"]["n_test"] == payload["sizes"]["test"]
+    assert {r["method"]: r["from_scratch"] for r in payload["runs"]} == {"ulmfit": False, "scratch": True}
+    assert payload["corpus"]["n_test"] == payload["sizes"]["test"] and payload["complete"]
+    # Each method and budget tried every rate of the grid and kept the one best on validation.
+    for (method, budget) in methods:
+        tried = [g for g in payload["lr_selection"] if (g["method"], g["budget"]) == (method, budget)]
+        assert sorted(g["lr"] for g in tried) == sorted(payload["lr_grid"]) and len(payload["lr_grid"]) > 1
+        (chosen,) = [g for g in tried if g["chosen"]]
+        assert chosen["valid_accuracy"] == max(g["valid_accuracy"] for g in tried)
+        assert payload["chosen_lr"][f"{method}/{budget}"] == chosen["lr"]
+    assert not payload["lm"]["reused"]
     r = _check_provenance(out, "imdb_lowshot")
     assert bench("report").imdb_lowshot(r)
+    # A rerun with the same cache reuses the language model (and reports the time it took to train).
+    again = bench("imdb_lowshot").main(args + ["--no-scratch", "--lr-grid", "0.02", "--out", str(tmp_path / "again.json")])
+    assert again["lm"]["reused"] and again["lm"]["seconds"] == pytest.approx(payload["lm"]["seconds"])
+    assert again["lm"]["metrics"] == payload["lm"]["metrics"]
 
 
 def test_imdb_lowshot_budgets_are_nested(bench):

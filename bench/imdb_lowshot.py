@@ -19,7 +19,7 @@ The run, all through ``ulmfit_core.pipeline``:
    subsets of the pool) train with it. ``evaluate_split`` on the fixed test draw after each; test
    accuracy never takes part in a choice.
 
-    python bench/imdb_lowshot.py                  # tiny model; about an hour on 2 cores
+    python bench/imdb_lowshot.py                  # tiny model; about 70 minutes on 2 cores
     python bench/imdb_lowshot.py --smoke          # seconds: tiny slices, checks the script runs
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ DEFAULT_EPOCHS = {100: 20, 1000: 10}
 DEFAULT_EPOCHS_ALL = 6
 #: Sizes and rates of the recorded run.
 DEFAULTS = {"unlabeled": 14000, "all": 4000, "valid": 500, "test": 3000, "lm_epochs": 3,
-            "lm_lr": 0.03, "lm_bs": 32, "lm_drop_mult": 0.1, "lr_grid": [0.01, 0.03, 0.1]}
+            "lm_lr": 0.03, "lm_bs": 32, "lm_drop_mult": 0.1, "lr_grid": [0.01, 0.03, 0.1, 0.3]}
 
 
 def draw_subsets(data_dir: Path, n_all: int, n_valid: int, n_test: int, seed: int = 0) -> dict[str, Any]:

@@ -212,7 +212,9 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
                  f"{lm['metrics'].get('valid_accuracy', float('nan')):.3f}; vocabulary {c['vocab_size']:,}. "
                  f"Test: {sz['test']:,} reviews drawn (seeded) from the {sz['test_of']:,} test reviews. Validation: "
                  f"{sz['valid']:,} other training reviews, on which each method's learning rate was chosen per budget "
-                 f"from {{{grid}}} (first seed; the other seeds reuse it). Whole run {r['total_seconds'] / 60:.0f} min."]
+                 f"from {{{grid}}} (first seed; the other seeds reuse it). Whole run {r['total_seconds'] / 60:.0f} min"
+                 + (", the language model reused from an earlier run with the same settings (`--cache-dir`)."
+                    if lm.get("reused") else ".")]
     top = max(r.get("lr_grid") or [0])
     at_top = sorted(k for k, v in chosen.items() if v == top)
     if at_top:

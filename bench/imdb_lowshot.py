@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
                                                           f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
                                                           flush=True))
-        lm_history = json.loads((lm.lm_dir / pipeline.METRICS_FILE).read_text())["history"]
-        result["lm"] = {"seconds": pipeline.lm_training_seconds(lm.lm_dir), "reused": not lm.trained,
-                        "metrics": lm.metrics, "history": lm_history,
+        lm_info = json.loads((lm.lm_dir / pipeline.METRICS_FILE).read_text())  # written when the LM trained
+        result["lm"] = {"seconds": lm_info["seconds"], "reused": not lm.trained,
+                        "metrics": lm.metrics, "history": lm_info["history"],
                         "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
                         "load_average": list(os.getloadavg())}
         print(f"LM: {result['lm']['seconds']:.0f} s{' (reused)' if not lm.trained else ''}, valid perplexity "

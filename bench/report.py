@@ -188,6 +188,7 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
     sz = r["sizes"]
     by = {(s["method"], s["budget"]): s for s in r["summary"]}
     chosen = r.get("chosen_lr", {})
+    acc = lambda x: _acc(x) if x["n_seeds"] > 1 else f"{100 * x['test_accuracy_mean']:.1f}"  # noqa: E731
     rows = ["| labeled training reviews | ULMFiT: test accuracy % (mean ± sd) | from scratch: test accuracy % | seeds | "
             "classifier epochs | learning rate chosen on validation (ULMFiT / scratch) | ULMFiT / scratch training (s) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -198,7 +199,6 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
         epochs = next(x["epochs"] for x in r["runs"] if x["budget"] == budget)
         label = f"{budget:,}" + (' ("all", capped)' if budget == sz["all"] else "")
         lrs = " / ".join(f"{chosen[k]:g}" if k in chosen else "–" for k in (f"ulmfit/{budget}", f"scratch/{budget}"))
-        acc = lambda x: _acc(x) if x["n_seeds"] > 1 else f"{100 * x['test_accuracy_mean']:.1f}"  # noqa: E731
         rows.append(f"| {label} | **{acc(u)}** | {acc(f) if f else '–'} | {u['n_seeds']} | {epochs} | {lrs} | "
                     f"{u['train_seconds_mean']:.0f} / {f['train_seconds_mean'] if f else 0:.0f} |")
     if not r.get("complete", True):

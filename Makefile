@@ -8,7 +8,7 @@ DATA_DIR ?= data
 SHARED_DATASETS := ../shared/datasets
 MIRROR := $(if $(wildcard $(SHARED_DATASETS)/trec/train.csv),--mirror $(SHARED_DATASETS),)
 
-.PHONY: setup data demo test bench peers clean
+.PHONY: setup data demo lint test bench peers clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,10 @@ $(DATA_DIR)/trec/train.csv:
 demo: data
 	$(BIN)/python launch.py search --config configs/search_trec_demo.yaml --data-dir $(DATA_DIR)
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 # Benchmarks (long: about three hours on 2 cores), then docs/BENCHMARKS.md from their raw results.

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EMBEDDED_DEFAULT_DATA = {"dataset": "trec"}
 
@@ -74,27 +75,29 @@ def cmd_finetune_lm(args: argparse.Namespace) -> int:
 
 
 def _lm_command(args: argparse.Namespace, extra: list[str], lm_only: bool) -> int:
-    from ulmfit_core import pipeline
+    from ulmfit_core import corpus as corpora
+    from ulmfit_core import stages
 
     cfg = _recipe(args, extra)
-    prepare = pipeline.prepare_lm_corpus if lm_only else pipeline.prepare_corpus
+    prepare = corpora.prepare_lm_corpus if lm_only else corpora.prepare_corpus
     corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
-    res = pipeline.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress)
+    res = stages.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress)
     _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
     return 0
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from ulmfit_core import pipeline
+    from ulmfit_core import inference, stages
+    from ulmfit_core.corpus import prepare_corpus
 
     extra = [] if args.lm else ["classifier.from_scratch=true"]
     cfg = _recipe(args, extra)
-    corpus = pipeline.prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
-    res = pipeline.train_classifier(cfg, corpus, args.lm, args.out, report=_epoch_printer("classifier"),
+    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    res = stages.train_classifier(cfg, corpus, args.lm, args.out, report=_epoch_printer("classifier"),
                                     progress=not args.no_progress)
     metrics = dict(res.metrics)
     if corpus.test is not None:
-        test = pipeline.evaluate_split(res.out_dir, corpus, corpus.test, cfg.device)
+        test = inference.evaluate_split(res.out_dir, corpus.test, cfg.device)
         metrics.update({f"test_{k}": v for k, v in test.items()})
         _update_metrics_json(Path(args.out), metrics)
     _print_metrics(f"classifier saved to {res.out_dir}", metrics)
@@ -102,17 +105,19 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _update_metrics_json(out: Path, final: dict[str, Any]) -> None:
-    path = out / "metrics.json"
-    payload = json.loads(path.read_text()) if path.exists() else {}
+    from ulmfit_core import artifacts
+
+    path = out / artifacts.METRICS_FILE
+    payload = artifacts.read_json(path) if path.exists() else {}
     payload["final"] = final
-    path.write_text(json.dumps(payload, indent=2))
+    artifacts.write_json(path, payload)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
 
     cfg = _recipe(args)
-    result = pipeline.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
+    result = stages.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
                                  cache_dir=args.cache_dir, progress=not args.no_progress,
                                  lm_report=_epoch_printer("lm"))
     _print_metrics(f"recipe finished; model in {Path(args.out) / 'classifier'}, metrics in {Path(args.out) / 'metrics.json'}", result)
@@ -120,10 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ulmfit_core import pipeline
+    from ulmfit_core import inference
 
     dirs = [args.model] + (args.ensemble or [])
-    m = pipeline.evaluate(dirs, args.file, device=args.device)
+    m = inference.evaluate(dirs, args.file, device=args.device)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -138,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ulmfit_core import pipeline
+    from ulmfit_core import inference
 
     if args.texts:
         texts = list(args.texts)
@@ -146,7 +151,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    labels, probs = pipeline.predict_proba([args.model] + (args.ensemble or []), texts, device=args.device)
+    labels, probs = inference.predict_proba([args.model] + (args.ensemble or []), texts, device=args.device)
     rows = [{"text": t, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p)))}
             for t, p in zip(texts, probs)]
     if args.json:

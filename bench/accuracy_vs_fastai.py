@@ -35,10 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS, ROOT, SHARED_DATASETS, command_history, earlier_result,  # noqa: E402
-                    runs_of_other_seeds, write_result)
-
 import peers  # noqa: E402
+from common import RESULTS, ROOT, SHARED_DATASETS, command_history, earlier_result, runs_of_other_seeds, write_result  # noqa: E402
 
 SMOKE_OVERRIDES = ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
                    "classifier.unfreeze=[1]", "lm.bptt=20", "classifier.bptt=20"]
@@ -54,13 +52,13 @@ def trec_frames(cfg, data_dir: Path):
     """(classifier df with is_valid, LM df with is_valid, test df): ours' splits, as pandas frames."""
     import pandas as pd
 
+    from ulmfit_core.corpus import subsample
     from ulmfit_core.data import read_labeled, split_validation
-    from ulmfit_core.pipeline import _subsample
 
     d = cfg.data
     train = read_labeled(data_dir / "trec" / "train.csv", d.text_cols, d.label_col)
     test = read_labeled(data_dir / "trec" / "test.csv", d.text_cols, d.label_col)
-    keep = _subsample(len(train.texts), d.max_train_rows, cfg.seed)  # as prepare_corpus slices
+    keep = subsample(len(train.texts), d.max_train_rows, cfg.seed)  # as prepare_corpus slices
     texts = [train.texts[i] for i in keep]
     labels = [train.labels[i] for i in keep]
     tr, va = split_validation(labels, d.valid_pct, cfg.seed)
@@ -80,9 +78,23 @@ def trec_frames(cfg, data_dir: Path):
 def run_fastai(cfg, data_dir: Path, workdir: Path) -> dict[str, Any]:
     """One seed of fastai's ULMFiT with ``cfg``'s settings; returns accuracies and stage times."""
     import torch
-    from fastai.text.all import (AWD_LSTM, CategoryBlock, ColReader, ColSplitter, DataBlock, GradientClip,
-                                 Perplexity, ProgressCallback, TextBlock, accuracy, awd_lstm_clas_config, awd_lstm_lm_config,
-                                 language_model_learner, set_seed, text_classifier_learner)
+    from fastai.text.all import (
+        AWD_LSTM,
+        CategoryBlock,
+        ColReader,
+        ColSplitter,
+        DataBlock,
+        GradientClip,
+        Perplexity,
+        ProgressCallback,
+        TextBlock,
+        accuracy,
+        awd_lstm_clas_config,
+        awd_lstm_lm_config,
+        language_model_learner,
+        set_seed,
+        text_classifier_learner,
+    )
 
     t_start = time.perf_counter()
     set_seed(cfg.seed)
@@ -154,10 +166,10 @@ def run_fastai(cfg, data_dir: Path, workdir: Path) -> dict[str, Any]:
 
 
 def run_ours(cfg, data_dir: Path, workdir: Path) -> dict[str, Any]:
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
 
     t0 = time.perf_counter()
-    res = pipeline.run_recipe(cfg, workdir / "ours", data_dir=data_dir, cache_dir=workdir / "cache")
+    res = stages.run_recipe(cfg, workdir / "ours", data_dir=data_dir, cache_dir=workdir / "cache")
     res["total_seconds"] = time.perf_counter() - t0
     res["seed"] = cfg.seed
     return res

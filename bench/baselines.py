@@ -28,9 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATASETS, write_result  # noqa: E402
-
 import peers  # noqa: E402
+from common import SHARED_DATASETS, write_result  # noqa: E402
 
 C_GRID = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
@@ -45,7 +44,7 @@ def load_trec(data_dir: Path, max_rows: int | None = None) -> tuple[list[str], l
 
 
 def split(labels: list[str], seed: int, valid_pct: float = 0.1) -> tuple[list[int], list[int]]:
-    """The classifier's train/validation split, as ``ulmfit_core.pipeline.prepare_corpus`` makes it."""
+    """The classifier's train/validation split, as ``ulmfit_core.corpus.prepare_corpus`` makes it."""
     from ulmfit_core.data import split_validation
 
     tr, va = split_validation(labels, valid_pct, seed)

@@ -1,7 +1,7 @@
 """Low-resource ULMFiT on IMDb, on CPU: one language model, then classifiers from 100, 1,000 and "all"
 labeled reviews, against classifiers trained from scratch on the same reviews (the paper's Figure 3).
 
-The run, all through ``ulmfit_core.pipeline``:
+The run, all through ``ulmfit_core`` (corpus, stages, inference):
 
 1. Fixed, seeded draws from the public files (``--data-dir``, default ../shared/datasets/imdb):
    a labeled pool of ``--all`` training reviews (the "all" budget; capped so that it fits a CPU run,
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -141,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from ulmfit_core import pipeline
+    from ulmfit_core import artifacts, inference, stages
     from ulmfit_core.config import load_recipe
+    from ulmfit_core.corpus import Split, prepare_corpus
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -184,18 +184,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paths = {k: _write_csv(data_folder / f"{k}.csv", sub[k]) for k in ("pool", "valid", "test")}
         base["data"].update(train=paths["pool"], valid=paths["valid"], test=paths["test"])
         cfg = load_recipe(None, overrides + ["seed=0"], base=base)
-        corpus = pipeline.prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=cache / "corpus")
+        corpus = prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=cache / "corpus")
         result["data_seconds"] = time.perf_counter() - t0
         result["corpus"] = corpus.stats
         result["config"] = cfg.to_dict()
         print(f"corpus: {corpus.stats}  ({result['data_seconds']:.0f} s)", flush=True)
 
         t0 = time.perf_counter()
-        lm = pipeline.ensure_lm(cfg, corpus, cache / "lm",
+        lm = stages.ensure_lm(cfg, corpus, cache / "lm",
                                 report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
                                                           f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
                                                           flush=True))
-        lm_info = json.loads((lm.lm_dir / pipeline.METRICS_FILE).read_text())  # written when the LM trained
+        lm_info = artifacts.read_json(lm.lm_dir / artifacts.METRICS_FILE)  # written when the LM trained
         result["lm"] = {"seconds": lm_info["seconds"], "reused": not lm.trained,
                         "metrics": lm.metrics, "history": lm_info["history"],
                         "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def train_one(method: str, budget: int, seed: int, lr: float) -> dict[str, Any]:
             n_ep = epochs.get(budget, DEFAULT_EPOCHS_ALL)
             idx = budget_indices(len(corpus.train.ids), budget, seed)
-            c_b = dataclasses.replace(corpus, train=pipeline.Split([corpus.train.ids[i] for i in idx],
+            c_b = dataclasses.replace(corpus, train=Split([corpus.train.ids[i] for i in idx],
                                                                    corpus.train.labels[idx]))
             ov = overrides + [f"seed={seed}", f"classifier.epochs={n_ep}", f"classifier.lr={lr}"]
             if method == "scratch":
@@ -219,10 +219,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ccfg = load_recipe(None, ov, base=base)
             out = Path(tmp_s) / f"{method}_{budget}_{seed}_{lr}"
             t0 = time.perf_counter()
-            clf = pipeline.train_classifier(ccfg, c_b, lm.lm_dir if method == "ulmfit" else None, out)
+            clf = stages.train_classifier(ccfg, c_b, lm.lm_dir if method == "ulmfit" else None, out)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            test = pipeline.evaluate_split(out, c_b, corpus.test, device="cpu")
+            test = inference.evaluate_split(out, corpus.test, device="cpu")
             shutil.rmtree(out, ignore_errors=True)
             run = {"method": method, "budget": budget, "seed": seed, "lr": lr, "epochs": n_ep,
                    "from_scratch": ccfg.classifier.from_scratch,

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from common import RESULTS, write_result  # puts the repository root on sys.path
 
-from ulmfit_core.awd_lstm import build_language_model, detach_hidden, lm_cross_entropy
+from ulmfit_core.awd_lstm import build_language_model, detach_hidden
 from ulmfit_core.config import MODEL_PRESETS, LMConfig, ModelConfig
+from ulmfit_core.losses import lm_cross_entropy
 
 DEFAULT_OUT = RESULTS / "lm_throughput.json"
 

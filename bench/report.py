@@ -6,8 +6,9 @@ versions that produced it. ``make bench`` runs the benchmarks and then this scri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common import RESULTS, ROOT
 
@@ -241,7 +242,8 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
         for variant in dict.fromkeys(x["variant"] for x in r["runs"]):
             xs = [x for x in r["runs"] if x["variant"] == variant and x.get("best_test_accuracy") is not None]
             if len(xs) == len(seeds):
-                mean = lambda k: sum(float(x[k]) for x in xs) / len(xs)  # noqa: E731
+                def mean(k: str, xs: list = xs) -> float:
+                    return sum(float(x[k]) for x in xs) / len(xs)
                 rows.append(f"| **{label.get(variant, variant)}, mean** | {len(xs)} seeds | "
                             f"**{mean('best_valid_accuracy'):.4f}** | **{mean('best_test_accuracy'):.4f}** | "
                             f"{mean('trial_epochs'):.0f} | {mean('trials_stopped_by_asha'):.0f} | "
@@ -255,7 +257,7 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
 
 def search_scaling(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
-    names = {"direct": "the same trials without the service (pipeline calls in a loop, 2 threads)",
+    names = {"direct": "the same trials without the service (stage calls in a loop, 2 threads)",
              "workers_1": "search, 1 trial at a time (2 CPUs each)",
              "workers_2": "search, 2 trials at a time (1 CPU each)"}
     rows = ["| mode | trials | wall time (s) | trials per hour |", "| --- | --- | --- | --- |"]

@@ -24,8 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (RESULTS, SHARED_DATASETS, command_history, demo_search_config, earlier_result,
-                    runs_of_other_seeds, write_result)
+from common import (
+    RESULTS,
+    SHARED_DATASETS,
+    command_history,
+    demo_search_config,
+    earlier_result,
+    runs_of_other_seeds,
+    write_result,
+)
 
 VARIANTS = {
     "tpe_asha": ["search.algorithm=tpe", "search.scheduler.type=asha"],

@@ -4,7 +4,7 @@ own cost per trial (Ray scheduling, MLflow logging, checkpoints) as a share of t
 One fixed set of trials -- the demo recipe (tiny AWD-LSTM on TREC-6), ``--trials`` configurations drawn
 by the seeded random sampler, no early stopping (``scheduler.type=fifo``) -- runs three ways:
 
-- ``direct``: the same configurations one after another in this process through ``ulmfit_core.pipeline``
+- ``direct``: the same configurations one after another in this process through ``ulmfit_core.stages``
   (corpus, shared LM, classifier), 2 threads, no Ray, no MLflow, no checkpoints: the work itself;
 - ``workers_1``: ``run_search`` with one trial at a time using both cores (``resources.cpu=2``);
 - ``workers_2``: two trials at a time, one core each (``resources.cpu=1``, ``max_concurrent=2``).
@@ -71,12 +71,13 @@ def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, da
 
 
 def run_direct(base_recipe, sampled: list[dict[str, Any]], storage: Path, data_dir: str, threads: int) -> dict[str, Any]:
-    """The same trials without the service: pipeline calls in a loop, the searches' caches in ``storage``
+    """The same trials without the service: stage calls in a loop, the searches' caches in ``storage``
     and the same thread count."""
     import torch
 
-    from search.space import build_recipe
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
+    from ulmfit_core.config import build_recipe
+    from ulmfit_core.corpus import prepare_corpus
 
     torch.set_num_threads(threads)
     seconds = []
@@ -84,10 +85,10 @@ def run_direct(base_recipe, sampled: list[dict[str, Any]], storage: Path, data_d
     for values in sampled:
         t = time.perf_counter()
         recipe = build_recipe(base_recipe, values)
-        corpus = pipeline.prepare_corpus(recipe, data_dir=data_dir, cache_dir=storage / "_corpus_cache")
-        lm = pipeline.ensure_lm(recipe, corpus, storage / "_lm_cache")
+        corpus = prepare_corpus(recipe, data_dir=data_dir, cache_dir=storage / "_corpus_cache")
+        lm = stages.ensure_lm(recipe, corpus, storage / "_lm_cache")
         with tempfile.TemporaryDirectory() as tmp:
-            pipeline.train_classifier(recipe, corpus, lm.lm_dir, Path(tmp) / "model")
+            stages.train_classifier(recipe, corpus, lm.lm_dir, Path(tmp) / "model")
         seconds.append(time.perf_counter() - t)
     wall = time.perf_counter() - t0
     print(f"direct: {len(sampled)} trials in {wall:.0f} s", flush=True)
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
+    from ulmfit_core.config import build_recipe
+    from ulmfit_core.corpus import prepare_corpus
 
     trials = 2 if args.smoke else args.trials
     common = ["search.algorithm=random", "search.scheduler.type=fifo", f"search.num_samples={trials}",
@@ -120,13 +123,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # One storage for every mode: the LM (and tokenized corpus) are built here, once, up front.
         cfg = demo_search_config(work, "warmup", common, smoke=args.smoke, data_dir=args.data_dir)
         storage = Path(cfg.search.storage)
-        from search.space import build_recipe
-
         torch.set_num_threads(2)
         recipe = build_recipe(cfg.recipe, {})
         t0 = time.perf_counter()
-        corpus = pipeline.prepare_corpus(recipe, data_dir=args.data_dir, cache_dir=storage / "_corpus_cache")
-        pipeline.ensure_lm(recipe, corpus, storage / "_lm_cache")
+        corpus = prepare_corpus(recipe, data_dir=args.data_dir, cache_dir=storage / "_corpus_cache")
+        stages.ensure_lm(recipe, corpus, storage / "_lm_cache")
         lm_seconds = time.perf_counter() - t0
         rows = []
         for name, overrides in MODES.items():

@@ -33,14 +33,14 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402  (also puts the repository on sys.path)
-
 import peers  # noqa: E402
+from common import write_result  # noqa: E402  (also puts the repository on sys.path)
 
 
 def _fastai_available() -> bool:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
     from ulmfit_core.config import load_recipe
 
     torch.set_num_threads(args.threads)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             cfg = load_recipe(args.config, overrides + [f"seed={seed}", "device=cpu"])
             t0 = time.perf_counter()
-            res = pipeline.run_recipe(cfg, Path(tmp) / f"seed{seed}", data_dir=args.data_dir, cache_dir=Path(tmp) / "cache")
+            res = stages.run_recipe(cfg, Path(tmp) / f"seed{seed}", data_dir=args.data_dir, cache_dir=Path(tmp) / "cache")
             res["total_seconds"] = time.perf_counter() - t0
             res["seed"] = seed
             runs.append(res)

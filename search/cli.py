@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``search``, ``export`` and ``retrain`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna + ASHA + MLflow)",
                               description="Run a search from a search-config YAML (see configs/search_*.yaml), "
@@ -46,8 +46,9 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search import tracking, tuner
-    from search.settings import SearchConfigError, load_search_config
+    from search import store, tracking, tuner
+    from search.errors import SearchConfigError
+    from search.settings import load_search_config
     from ulmfit_core.config import ConfigError
 
     try:
@@ -64,7 +65,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     except (SearchConfigError, ConfigError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg, _ = tuner.read_search_json(outcome.search_dir)
+    cfg, _ = store.read_search_json(outcome.search_dir)
     s = outcome.summary
     print()
     print(tuner.format_leaderboard(outcome.leaderboard, cfg.search.metric))
@@ -89,8 +90,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search import tracking
+    from search.errors import SearchConfigError
     from search.export import export_best
-    from search.settings import SearchConfigError
 
     try:
         path = export_best(args.search, experiment=args.experiment, tracking_uri=args.tracking_uri, out=args.out)

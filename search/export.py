@@ -20,21 +20,19 @@ epoch has no full-length result that a retrain (which trains every epoch) could 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from search import store, tracking
 from search import trainable as T
-from search import tracking
-from search.settings import SearchConfigError
-from search.space import build_recipe
-from ulmfit_core.config import ConfigError, RecipeConfig, read_yaml, recipe_from_dict, to_dict
+from search.errors import SearchConfigError
+from ulmfit_core.config import ConfigError, RecipeConfig, build_recipe, read_yaml, recipe_from_dict, to_dict
+from ulmfit_core.metrics import METRICS
 
 logger = logging.getLogger(__name__)
-
-BEST_YAML = "best.yaml"
-
 
 def export_best(search: str | Path | None = None, *, experiment: str | None = None,
                 tracking_uri: str | None = None, out: str | Path | None = None) -> Path:
@@ -44,7 +42,7 @@ def export_best(search: str | Path | None = None, *, experiment: str | None = No
         raise ValueError("give exactly one of a search folder or an MLflow experiment name")
     if search is not None:
         doc = _best_from_search_dir(Path(search).expanduser().resolve())
-        path = Path(out) if out else Path(search) / BEST_YAML
+        path = Path(out) if out else Path(search) / store.BEST_YAML
     else:
         uri = tracking_uri or "sqlite:///mlflow.db"
         tracking.check_reachable(uri)
@@ -56,9 +54,7 @@ def export_best(search: str | Path | None = None, *, experiment: str | None = No
 def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
     from ray.tune import ExperimentAnalysis
 
-    from search.tuner import read_search_json
-
-    cfg, meta = read_search_json(search_dir)
+    cfg, meta = store.read_search_json(search_dir)
     s = cfg.search
     analysis = ExperimentAnalysis(str(search_dir), default_metric=s.metric, default_mode=s.mode)
     done = [t for t in analysis.trials
@@ -79,7 +75,7 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
     last = best.last_result
     return {"recipe": recipe, "result": {
         "metric": s.metric, "mode": s.mode, "value": float(last[s.metric]),
-        "metrics": {k: float(last[k]) for k in sorted(last) if k in _metric_names()},
+        "metrics": {k: float(last[k]) for k in sorted(last) if k in METRICS},
         "epochs": int(last.get(T.EPOCH, 0)), "trial_id": best.trial_id, "sampled": sampled,
         "mlflow_run_id": run_id, "mlflow_parent_run_id": meta["parent_run_id"],
         "mlflow_experiment": meta["experiment"], "tracking_uri": meta["tracking_uri"],
@@ -88,24 +84,16 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
 
 
 def _best_from_mlflow(uri: str, experiment: str) -> dict[str, Any]:
-    from search.tuner import read_search_json
-
     found = tracking.best_trial_run(uri, experiment)
     extra: dict[str, Any] = {}
     search_dir = found.get("search_dir")
-    if search_dir and (Path(search_dir) / "search.json").exists():  # run settings a retrain reuses
-        cfg, _ = read_search_json(search_dir)
+    if search_dir and (Path(search_dir) / store.SEARCH_JSON).exists():  # run settings a retrain reuses
+        cfg, _ = store.read_search_json(search_dir)
         extra = {"threads": cfg.search.resources.threads, "data_dir": cfg.search.data_dir}
     return {"recipe": found["recipe"], "result": {
         "metric": found["metric"], "mode": found["mode"], "value": found["value"], "trial_id": found["trial_id"],
         "mlflow_run_id": found["run_id"], "mlflow_parent_run_id": found["parent_run_id"],
         "mlflow_experiment": experiment, "tracking_uri": uri, "search_dir": search_dir, **extra}}
-
-
-def _metric_names() -> tuple[str, ...]:
-    from ulmfit_core import pipeline
-
-    return tuple(pipeline.METRICS)
 
 
 def write_best(doc: Mapping[str, Any], path: str | Path) -> Path:
@@ -135,7 +123,7 @@ def read_best(path: str | Path) -> tuple[RecipeConfig, dict[str, Any]]:
 
 def retrain(best_yaml: str | Path, out_dir: str | Path, *, tracking_uri: str | None = None,
             model_name: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
-    """Retrain a ``best.yaml`` with ``pipeline.run_recipe`` (LM, classifier, test evaluation), log the
+    """Retrain a ``best.yaml`` with ``stages.run_recipe`` (LM, classifier, test evaluation), log the
     run to MLflow and register the model. Returns the final metrics, the registered version, and how
     far the retrained metric is from the one the search recorded.
 
@@ -144,13 +132,13 @@ def retrain(best_yaml: str | Path, out_dir: str | Path, *, tracking_uri: str | N
     """
     import torch
 
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
 
     cfg, meta = read_best(best_yaml)
     if meta.get("threads"):
         torch.set_num_threads(int(meta["threads"]))
     out_dir = Path(out_dir)
-    metrics = pipeline.run_recipe(cfg, out_dir, data_dir=data_dir or meta.get("data_dir"),
+    metrics = stages.run_recipe(cfg, out_dir, data_dir=data_dir or meta.get("data_dir"),
                                   cache_dir=meta.get("cache_dir"))
     uri = tracking_uri or meta.get("tracking_uri") or "sqlite:///mlflow.db"
     tracking.check_reachable(uri)

@@ -13,7 +13,7 @@
       num_samples: 12
       max_concurrent: 2
       resources: {cpu: 1, gpu: 0}   # per trial; gpu may be fractional (0.5: two trials per GPU)
-      metric: valid_accuracy        # one of pipeline.METRICS; default pipeline.PRIMARY_METRIC
+      metric: valid_accuracy        # one of ulmfit_core.metrics.METRICS
       mode: max                     # default: min for *loss, else max
       seed: 0                       # the sampler's seed
       algorithm: tpe                # Optuna sampler: tpe, or random
@@ -34,30 +34,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from ulmfit_core.config import ConfigError, apply_overrides, read_yaml, recipe_from_dict, to_dict
-
-from search.space import SearchSpace, SpaceError
-
-#: Metric names and the primary metric come from the pipeline; these mirror them for validation
-#: before the (torch-importing) pipeline is loaded, and are checked against it in tests.
-KNOWN_METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss")
+from search.errors import SearchConfigError, SpaceError, fail
+from search.space import SearchSpace
+from ulmfit_core.config import ConfigError, apply_overrides, default_recipe, read_yaml, recipe_from_dict, to_dict
+from ulmfit_core.metrics import METRICS
 
 #: Recipe keys holding file paths: made absolute on the driver, because each trial runs in its own
 #: working directory (and, on a cluster, on another machine that must see the same path).
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("data", "unlabeled"),
              ("lm", "pretrained"), ("lm", "pretrained_vocab"))
-
-
-class SearchConfigError(ValueError):
-    """The search config is invalid; the message names the key and the fix."""
-
-
-def _fail(key: str, message: str) -> None:
-    raise SearchConfigError(f"{key}: {message}")
 
 
 @dataclass
@@ -69,11 +59,11 @@ class Resources:
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu, (int, float)) or self.cpu < 1:
-            _fail("search.resources.cpu", f"must be >= 1 (a trial's torch threads = its CPUs); got {self.cpu!r}")
+            fail("search.resources.cpu", f"must be >= 1 (a trial's torch threads = its CPUs); got {self.cpu!r}")
         if not isinstance(self.gpu, (int, float)) or self.gpu < 0:
-            _fail("search.resources.gpu", f"must be >= 0 (fractions share a GPU); got {self.gpu!r}")
+            fail("search.resources.gpu", f"must be >= 0 (fractions share a GPU); got {self.gpu!r}")
         if self.gpu > 1 and self.gpu != int(self.gpu):
-            _fail("search.resources.gpu", f"more than one GPU must be a whole number; got {self.gpu}")
+            fail("search.resources.gpu", f"more than one GPU must be a whole number; got {self.gpu}")
 
     @property
     def threads(self) -> int:
@@ -99,15 +89,15 @@ class AshaSettings:
 
     def __post_init__(self) -> None:
         if self.type not in SCHEDULERS:
-            _fail("search.scheduler.type", f"must be one of {list(SCHEDULERS)}; got {self.type!r}")
+            fail("search.scheduler.type", f"must be one of {list(SCHEDULERS)}; got {self.type!r}")
         if self.grace_period < 1:
-            _fail("search.scheduler.grace_period", f"must be >= 1 epoch; got {self.grace_period}")
+            fail("search.scheduler.grace_period", f"must be >= 1 epoch; got {self.grace_period}")
         if self.reduction_factor <= 1:
-            _fail("search.scheduler.reduction_factor", f"must be > 1; got {self.reduction_factor}")
+            fail("search.scheduler.reduction_factor", f"must be > 1; got {self.reduction_factor}")
         if self.brackets < 1:
-            _fail("search.scheduler.brackets", f"must be >= 1; got {self.brackets}")
+            fail("search.scheduler.brackets", f"must be >= 1; got {self.brackets}")
         if self.max_t is not None and self.max_t < self.grace_period:
-            _fail("search.scheduler.max_t", f"must be >= grace_period ({self.grace_period}); got {self.max_t}")
+            fail("search.scheduler.max_t", f"must be >= grace_period ({self.grace_period}); got {self.max_t}")
 
 
 @dataclass
@@ -128,29 +118,29 @@ class SearchSettings:
     reuse_actors: bool = True  # a trial process (torch, spaCy loaded) serves the next trial: ~3 s saved each
     lm_root: str | None = None  # default <storage>/_lm_cache: LMs shared by every search in this storage
     cache_dir: str | None = None  # default <storage>/_corpus_cache
-    data_dir: str | None = None  # where data.dataset names are looked up (default: the pipeline's)
+    data_dir: str | None = None  # where data.dataset names are looked up (default: $ULMFIT_DATA or ./data)
     object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
     verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
-            _fail("search.name", f"must be a plain folder name; got {self.name!r}")
+            fail("search.name", f"must be a plain folder name; got {self.name!r}")
         if self.num_samples < 1:
-            _fail("search.num_samples", f"must be >= 1; got {self.num_samples}")
+            fail("search.num_samples", f"must be >= 1; got {self.num_samples}")
         if self.max_concurrent < 1:
-            _fail("search.max_concurrent", f"must be >= 1; got {self.max_concurrent}")
+            fail("search.max_concurrent", f"must be >= 1; got {self.max_concurrent}")
         if self.algorithm not in ALGORITHMS:
-            _fail("search.algorithm", f"must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
-        if self.metric not in KNOWN_METRICS:
-            _fail("search.metric", f"must be one of {list(KNOWN_METRICS)}; got {self.metric!r}")
+            fail("search.algorithm", f"must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
+        if self.metric not in METRICS:
+            fail("search.metric", f"must be one of {list(METRICS)}; got {self.metric!r}")
         if self.mode is None:
             self.mode = "min" if self.metric.endswith("loss") else "max"
         if self.mode not in ("min", "max"):
-            _fail("search.mode", f"must be min or max; got {self.mode!r}")
+            fail("search.mode", f"must be min or max; got {self.mode!r}")
         if self.max_failures < -1:
-            _fail("search.max_failures", f"must be >= 0 (or -1: retry forever); got {self.max_failures}")
+            fail("search.max_failures", f"must be >= 0 (or -1: retry forever); got {self.max_failures}")
         if self.num_cpus is not None and self.num_cpus < 1:
-            _fail("search.num_cpus", f"must be >= 1; got {self.num_cpus}")
+            fail("search.num_cpus", f"must be >= 1; got {self.num_cpus}")
 
 
 @dataclass
@@ -187,7 +177,12 @@ class SearchConfig:
 
     @property
     def epochs(self) -> int:
-        return recipe_from_dict(self.recipe).classifier.epochs
+        """The most classifier epochs a trial can run: the recipe's, or the largest a searched
+        ``classifier.epochs`` can take (so ASHA's ``max_t`` never cuts a trial short of its own length,
+        which would look like an early stop)."""
+        epochs = recipe_from_dict(self.recipe).classifier.epochs
+        searched = [max(p.extremes()) for p in self.space.params if p.key == "classifier.epochs"]
+        return max([epochs, *searched])
 
     @property
     def max_t(self) -> int:
@@ -214,7 +209,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     if values is None:
         return cls()
     if not isinstance(values, Mapping):
-        _fail(prefix, f"must be a mapping; got {values!r}")
+        fail(prefix, f"must be a mapping; got {values!r}")
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -222,7 +217,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         key = sorted(unknown)[0]
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean {prefix}.{close[0]}?" if close else f"; known: {', '.join(sorted(known))}"
-        _fail(f"{prefix}.{key}", f"unknown key{hint}")
+        fail(f"{prefix}.{key}", f"unknown key{hint}")
     kwargs = dict(values)
     for f in fields(cls):
         sub = {"resources": Resources, "scheduler": AshaSettings}.get(f.name)
@@ -238,13 +233,13 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
     """Build and validate a :class:`SearchConfig` from a mapping (as read from YAML)."""
     unknown = set(values) - {"recipe", "space", "search", "mlflow"}
     if unknown:
-        _fail(sorted(unknown)[0], "unknown section; a search config has recipe, space, search and mlflow")
+        fail(sorted(unknown)[0], "unknown section; a search config has recipe, space, search and mlflow")
     recipe = values.get("recipe")
     if isinstance(recipe, str):  # a path to a training config, relative to the search config
         path = Path(recipe)
         recipe = read_yaml(path if path.is_absolute() or base_dir is None else base_dir / path)
     if not isinstance(recipe, Mapping):
-        _fail("recipe", "give the base recipe as a mapping (data, model, lm, classifier, ...) or a path to one")
+        fail("recipe", "give the base recipe as a mapping (data, model, lm, classifier, ...) or a path to one")
     recipe = absolute_paths(copy.deepcopy(dict(recipe)))
     try:
         space = SearchSpace.from_dict(values.get("space"))
@@ -284,7 +279,8 @@ def load_search_config(path: str | os.PathLike | None, overrides: list[str] | No
     ``recipe.classifier.epochs=2``, ...) and validate. ``path=None`` starts from an empty config."""
     values = read_yaml(path) if path is not None else {}
     try:
-        apply_overrides(values, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []))
+        apply_overrides(values, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []),
+                        defaults={"recipe": default_recipe()})
     except ConfigError as e:
         raise SearchConfigError(str(e)) from None
     base_dir = Path(path).resolve().parent if path is not None else None

@@ -1,4 +1,7 @@
-"""The search space, declared in YAML: parsed, validated, and applied to a base recipe. Computes nothing.
+"""The search space, declared in YAML: parsed and validated; it declares and computes nothing.
+
+A trial's recipe is the base recipe with the sampled values set by ``ulmfit_core.config.build_recipe``
+(the same dotted setter as ``--set``).
 
 A space maps a recipe key to a distribution::
 
@@ -31,13 +34,14 @@ recipe built with every parameter at each of its extremes (each choice) is a val
 """
 from __future__ import annotations
 
-import copy
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, NoReturn
 
-from ulmfit_core.config import ConfigError, recipe_from_dict, set_dotted, to_dict
+from search.errors import SpaceError, fail
+from ulmfit_core.config import ConfigError, build_recipe, get_value, to_dict
 
 #: The space searched when a search config declares none (issue 4): dropout multiplier, discriminative
 #: rate factor, STLR (ratio, cut), classifier learning rate and weight decay.
@@ -62,15 +66,10 @@ _FIELDS = {
     "choice": {"type", "values", "when"},
 }
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\[\d+\])?$")
-_INDEX = re.compile(r"^(?P<path>.+)\[(?P<i>\d+)\]$")
 
 
-class SpaceError(ValueError):
-    """The search space is invalid; the message names ``space.KEY`` and the fix."""
-
-
-def _fail(key: str, message: str) -> None:
-    raise SpaceError(f"space.{key}: {message}")
+def _fail(key: str, message: str) -> NoReturn:
+    fail(f"space.{key}", message, SpaceError)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Param:
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # ((key, allowed values), ...): all must hold
 
     @classmethod
-    def parse(cls, key: Any, spec: Any) -> "Param":
+    def parse(cls, key: Any, spec: Any) -> Param:
         if not isinstance(key, str) or not _KEY.match(key):
             _fail(str(key), "keys are dotted recipe keys such as classifier.lr, optionally with [i] "
                             "for a list element (classifier.use_clr[0])")
@@ -201,7 +200,7 @@ class SearchSpace:
     params: tuple[Param, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any] | None) -> "SearchSpace":
+    def from_dict(cls, spec: Mapping[str, Any] | None) -> SearchSpace:
         """Parse a ``space:`` mapping; ``None`` gives :data:`DEFAULT_SPACE`."""
         if spec is None:
             spec = DEFAULT_SPACE
@@ -244,8 +243,10 @@ class SearchSpace:
         ``base`` is the nested base recipe. With ``search_lm`` false, parameters of the LM stage are
         refused: every trial would train its own LM and the sharing the config asked for would not happen.
         """
-        base_cfg = build_recipe(base, {}, where="recipe")
-        base_values = to_dict(base_cfg)
+        try:
+            base_values = to_dict(build_recipe(base))
+        except ConfigError as e:
+            raise ConfigError(f"recipe: {e}") from None
         if not search_lm and self.touches_lm_stage():
             raise SpaceError(
                 f"space: {', '.join(self.touches_lm_stage())} change the language-model stage, but "
@@ -261,89 +262,14 @@ class SearchSpace:
         for p in self.params:  # each parameter alone at each extreme: errors name the parameter
             for v in p.extremes():
                 try:
-                    recipe_from_dict(apply(base, {p.key: v}, base_values))
+                    build_recipe(base, {p.key: v})
                 except (ConfigError, KeyError, IndexError, TypeError) as e:
                     msg = str(e).strip("'\"")
                     _fail(p.key, f"value {v!r} does not make a valid recipe: {msg}")
         for corner in (0, -1):  # all together at their low / high ends: combinations the recipe refuses
             values = {p.key: p.extremes()[corner] for p in self.params}
             try:
-                recipe_from_dict(apply(base, values, base_values))
+                build_recipe(base, values)
             except (ConfigError, KeyError, IndexError, TypeError) as e:
                 raise SpaceError(f"space: the values {values} together do not make a valid recipe: "
                                  f"{str(e).strip(chr(39))}") from None
-
-
-def get_value(values: Mapping[str, Any], key: str) -> Any:
-    """The value at a dotted (optionally indexed) key of a nested recipe dict; KeyError if absent."""
-    m = _INDEX.match(key)
-    path, index = (m["path"], int(m["i"])) if m else (key, None)
-    node: Any = values
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(f"{key}: no such recipe key")
-        node = node[part]
-    if index is None:
-        return node
-    if not isinstance(node, (list, tuple)) or index >= len(node):
-        raise KeyError(f"{key}: {path} is not a list with an element {index} (it is {node!r})")
-    return node[index]
-
-
-def apply(base: Mapping[str, Any], sampled: Mapping[str, Any],
-          defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A deep copy of the nested ``base`` recipe with each sampled ``{key: value}`` set. Pure.
-
-    ``defaults`` (the resolved recipe) supplies what ``base`` leaves out but a key needs: the list an
-    indexed key changes one element of, and a ``dropouts`` section (whose five values are all required).
-    Nothing else is copied, so e.g. a sampled ``model.preset`` still sets the sizes the base leaves unset.
-    """
-    values = copy.deepcopy(dict(base))
-    defaults = defaults or {}
-    for key, value in sampled.items():
-        m = _INDEX.match(key)
-        path = m["path"] if m else key
-        parts = path.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if part == "dropouts":
-                prefix = ".".join(parts[: i + 1])
-                try:
-                    get_value(values, prefix)
-                except KeyError:
-                    try:
-                        set_dotted(values, prefix, copy.deepcopy(get_value(defaults, prefix)))
-                    except KeyError:
-                        pass
-        if m is None:
-            set_dotted(values, key, value)
-            continue
-        index = int(m["i"])
-        try:
-            current = get_value(values, path)
-        except KeyError:
-            current = get_value(defaults, path)
-        if not isinstance(current, (list, tuple)) or index >= len(current):
-            raise KeyError(f"{key}: {path} is not a list with an element {index} (it is {current!r})")
-        items = list(current)
-        items[index] = value
-        set_dotted(values, path, items)
-    return values
-
-
-def build_recipe(base: Mapping[str, Any], sampled: Mapping[str, Any], where: str = "trial"):
-    """The validated ``RecipeConfig`` for a base recipe plus sampled values.
-
-    The base is resolved first (defaults filled) so an indexed key finds its list even when the base
-    leaves it at the default.
-    """
-    try:
-        resolved = to_dict(recipe_from_dict(base))
-        return recipe_from_dict(apply(base, sampled, resolved))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def flat_params(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """The sampled subset of a flat Tune config (what MLflow logs as a trial's params)."""
-    keys = set(keys)
-    return {k: v for k, v in values.items() if k in keys}

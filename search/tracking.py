@@ -22,19 +22,19 @@ trial processes need no MLflow access. HTTP retries are bounded (:func:`http_def
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from ray import tune
+from ray.tune.experiment import Trial
 
 from search import trainable as T
 
@@ -164,10 +164,6 @@ def _tags(values: Mapping[str, Any]):
     return [RunTag(k, str(v)) for k, v in values.items()]
 
 
-def _log_text(client, run_id: str, text: str, artifact_file: str) -> None:
-    client.log_text(run_id, text, artifact_file)
-
-
 def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
                  config: Mapping[str, Any], space: Mapping[str, Any]) -> str:
     """Create the search's parent run; returns its id."""
@@ -176,8 +172,8 @@ def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
         ROLE_TAG: "parent", SEARCH_STATUS_TAG: "running", "search_dir": str(search_dir)})
     settings = _flatten({"search": config.get("search", {}), "mlflow": config.get("mlflow", {})})
     client.log_batch(run.info.run_id, params=_params(settings))
-    _log_text(client, run.info.run_id, yaml.safe_dump(dict(config), sort_keys=False), "search_config.yaml")
-    _log_text(client, run.info.run_id, yaml.safe_dump(dict(space), sort_keys=False), "search_space.yaml")
+    client.log_text(run.info.run_id, yaml.safe_dump(dict(config), sort_keys=False), "search_config.yaml")
+    client.log_text(run.info.run_id, yaml.safe_dump(dict(space), sort_keys=False), "search_space.yaml")
     return run.info.run_id
 
 
@@ -191,12 +187,10 @@ def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[d
     metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _number(v)]
     client.log_batch(parent_run_id, metrics=metrics, tags=_tags({SEARCH_STATUS_TAG: status}))
     if leaderboard:
+        from search.store import LEADERBOARD_CSV, leaderboard_csv
+
         columns = list(dict.fromkeys(k for row in leaderboard for k in row))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, columns)
-        writer.writeheader()
-        writer.writerows(leaderboard)
-        _log_text(client, parent_run_id, buf.getvalue(), "leaderboard.csv")
+        client.log_text(parent_run_id, leaderboard_csv(leaderboard), LEADERBOARD_CSV)
         client.log_table(parent_run_id, {c: [row.get(c) for row in leaderboard] for c in columns},
                          "leaderboard.json")
     if best_yaml is not None and Path(best_yaml).exists():
@@ -288,14 +282,13 @@ class MLflowTrialCallback(tune.Callback):
                 history = self._client.get_metric_history(run.info.run_id, self.metrics[0])
                 self._last_step[run.info.run_id] = max((m.step for m in history), default=0)
 
-    def run_id(self, trial) -> str:
+    def run_id(self, trial: Trial) -> str:
         """The child run of ``trial``, created on first sight (params, tags, resolved recipe)."""
         self._lookup_all()
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        from search.space import build_recipe
-        from ulmfit_core.config import to_dict
+        from ulmfit_core.config import build_recipe, to_dict
 
         sampled = T.sampled_values(trial.config)
         run = self._client.create_run(self.experiment_id, run_name=f"trial_{tid}", tags={
@@ -305,11 +298,11 @@ class MLflowTrialCallback(tune.Callback):
         self._last_step[run_id] = 0
         self._client.log_batch(run_id, params=_params(sampled))
         recipe = to_dict(build_recipe(trial.config[T.RECIPE], sampled))
-        _log_text(self._client, run_id, yaml.safe_dump(recipe, sort_keys=False), "recipe.yaml")
+        self._client.log_text(run_id, yaml.safe_dump(recipe, sort_keys=False), "recipe.yaml")
         return run_id
 
     # -- Tune hooks ------------------------------------------------------------------------------
-    def on_trial_start(self, iteration, trials, trial, **info):
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._guard(self._start, trial)
 
     def _start(self, trial) -> None:
@@ -319,7 +312,7 @@ class MLflowTrialCallback(tune.Callback):
             self._client.update_run(run_id, status="RUNNING")
             self._client.set_tag(run_id, STATUS_TAG, RUNNING)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         self._guard(self._result, trial, result)
 
     def _result(self, trial, result: Mapping[str, Any]) -> None:
@@ -347,14 +340,14 @@ class MLflowTrialCallback(tune.Callback):
         self._client.log_batch(run_id, metrics=metrics, tags=_tags(tags))
         self._last_step[run_id] = epoch
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         status = STOPPED if T.stopped_early(trial.last_result or {}) else COMPLETED
         self._guard(self._finish, trial, status)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._guard(self._finish, trial, ERRORED)
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Finish runs whose trial ended while no driver was listening (killed between the two), and
         retire runs of trials Ray no longer knows.
 
@@ -481,7 +474,7 @@ def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe
         chunk = dict(list(params.items())[i:i + 100])
         client.log_batch(run_id, params=_params(chunk))
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _number(v)])
-    _log_text(client, run_id, yaml.safe_dump(dict(recipe), sort_keys=False), "recipe.yaml")
+    client.log_text(run_id, yaml.safe_dump(dict(recipe), sort_keys=False), "recipe.yaml")
     client.log_artifacts(run_id, str(model_dir), "model")
     client.set_terminated(run_id, "FINISHED")
     model_uri = f"runs:/{run_id}/model"

@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: a few lines around ``ulmfit_core.pipeline``.
+"""The Ray Tune function trainable: a few lines around ``ulmfit_core.stages``.
 
 This is the only module that calls Ray's reporting API (``tune.report`` / ``tune.get_checkpoint``),
 which has changed four times across Ray releases: keep it here.
@@ -12,12 +12,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
-from search.space import build_recipe
+from ulmfit_core.config import build_recipe
 
 RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
 RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "threads"}
@@ -49,23 +50,24 @@ def train_trial(config: dict[str, Any]) -> None:
     import ray
     import torch
 
-    from ulmfit_core import pipeline
+    from ulmfit_core import stages
+    from ulmfit_core.corpus import prepare_corpus
 
     run = config[RUN]
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch may have read it before a reused actor
     # switched trials, so set the thread count explicitly: trials x threads never exceed the cores.
     torch.set_num_threads(int(run["threads"]))
     cfg = build_recipe(config[RECIPE], sampled_values(config))
-    corpus = pipeline.prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
+    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
     extra: dict[str, Any] = {EPOCHS_TOTAL: cfg.classifier.epochs, LM_TRAINED: 0.0, LM_SECONDS: 0.0,
                              LM_SAVED: 0.0, NODE_ID: ray.get_runtime_context().get_node_id()}
     lm_dir = None
     if not cfg.classifier.from_scratch:
         t0 = time.perf_counter()
-        lm = pipeline.ensure_lm(cfg, corpus, Path(run["lm_root"]))
+        lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]))
         lm_dir = lm.lm_dir
         extra.update({LM_KEY: lm_dir.name, LM_TRAINED: float(lm.trained), LM_SECONDS: time.perf_counter() - t0,
-                      LM_SAVED: 0.0 if lm.trained else pipeline.lm_training_seconds(lm_dir)})
+                      LM_SAVED: 0.0 if lm.trained else stages.lm_training_seconds(lm_dir)})
 
     with tempfile.TemporaryDirectory(prefix="ulmfit-trial-") as tmp:
         resume_from, meta = _restore(Path(tmp) / "resume")
@@ -83,7 +85,7 @@ def train_trial(config: dict[str, Any]) -> None:
             metrics = {**metrics, **extra}
             _report(metrics, checkpoint_dir, {EPOCH: metrics.get(EPOCH), "metrics": _plain(metrics), **lm_facts})
 
-        pipeline.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "model", report=report, resume_from=resume_from)
+        stages.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "model", report=report, resume_from=resume_from)
 
 
 def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:

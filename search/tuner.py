@@ -10,78 +10,35 @@ sees (NFS/EFS); LM sharing relies on its file locks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
+from search import store, tracking
 from search import trainable as T
-from search import tracking
-from search.settings import SearchConfig, search_config_from_dict
-from search.space import SearchSpace
-from ulmfit_core.config import recipe_from_dict, to_dict
+from search.searcher import make_searcher
+from search.settings import SearchConfig
+from ulmfit_core.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
-SEARCH_JSON = "search.json"
-LEADERBOARD_CSV = "leaderboard.csv"
 
 
 # -- the searcher ------------------------------------------------------------------------------------
-
-
-class _DefineByRun:
-    """Optuna define-by-run space (picklable: Ray saves the searcher with the experiment)."""
-
-    def __init__(self, space: SearchSpace, base: dict[str, Any]):
-        self.space, self.base = space, base
-
-    def __call__(self, trial) -> None:
-        self.space.sample(trial, self.base)  # values are captured by Ray's wrapper around `trial`
-        return None
-
-
-class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna about trials the scheduler stopped as PRUNED.
-
-    Ray 2.60's ``OptunaSearch.on_trial_complete`` tells every trial that has a final metric as
-    COMPLETE, including those ASHA stopped after one epoch: TPE then ranks a 1-epoch accuracy
-    against 4-epoch ones. And Tune skips ``on_trial_result`` for the result that triggered a stop, so
-    that last value never became an intermediate value either. Here: the final value is reported at
-    its step, and a trial whose last epoch is before its ``epochs_total`` is told as PRUNED (Optuna
-    then records its last intermediate value as its value, which TPE uses for pruned trials).
-    """
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        ot_trial = self._ot_trials[trial_id]
-        value, step = result.get(self.metric), result.get("training_iteration")
-        if value is not None and step is not None:
-            ot_trial.report(value, step)  # Optuna ignores (with a warning) a step reported already
-        if not T.stopped_early(result):
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        from optuna.trial import TrialState
-
-        try:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        except Exception as e:  # noqa: BLE001  (as the base class: e.g. a NaN metric)
-            logger.warning("Optuna: cannot tell trial %s as pruned: %s", trial_id, e)
-        self._completed_trials.add(trial_id)
 
 
 class CheckpointPruner(tune.Callback):
@@ -104,7 +61,7 @@ class CheckpointPruner(tune.Callback):
     def __getstate__(self) -> dict:
         return {"delay_s": self.delay_s, "_pending": []}
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
         if manager is None:
             return
@@ -113,10 +70,10 @@ class CheckpointPruner(tune.Callback):
         if extra:
             self._pending.append((time.monotonic() + self.delay_s, extra))
 
-    def on_step_end(self, iteration, trials, **info):
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         self._delete(time.monotonic())
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._delete(math.inf)
 
     def _delete(self, now: float) -> None:
@@ -135,13 +92,6 @@ def _state_save_period() -> float:
         return float(value)
     except ValueError:  # "auto": Tune adapts it from 10 s upwards
         return 120.0
-
-
-def load_study(search_dir: str | Path):
-    """The Optuna study of a search (from Ray's saved searcher state), e.g. for optuna.visualization."""
-    searcher = PruningAwareOptunaSearch()
-    searcher.restore_from_dir(str(search_dir))
-    return searcher._ot_study
 
 
 # -- Ray -------------------------------------------------------------------------------------------
@@ -163,7 +113,7 @@ def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
             num_cpus = s.num_cpus or cores
             if num_cpus > cores:
                 warnings.warn(f"search.num_cpus={num_cpus} > {cores} cores: trials would oversubscribe "
-                              f"the CPU; using {cores}")
+                              f"the CPU; using {cores}", stacklevel=2)
                 num_cpus = cores
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      object_store_memory=s.object_store_mb * 1024 * 1024)
@@ -199,7 +149,7 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_trainable(cfg: SearchConfig):
+def make_trainable(cfg: SearchConfig) -> Any:
     """The trainable with its per-trial resources; the same object must be given to a restore."""
     res = {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu}
     return tune.with_resources(T.train_trial, res)
@@ -222,7 +172,7 @@ def param_space(cfg: SearchConfig) -> dict[str, Any]:
     }
 
 
-def make_scheduler(cfg: SearchConfig):
+def make_scheduler(cfg: SearchConfig) -> ASHAScheduler | FIFOScheduler:
     """ASHA with the classifier epoch as its time unit, or FIFO (no early stopping)."""
     s = cfg.search
     if s.scheduler.type == "fifo":
@@ -232,20 +182,9 @@ def make_scheduler(cfg: SearchConfig):
                          reduction_factor=s.scheduler.reduction_factor, brackets=s.scheduler.brackets)
 
 
-def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
-    """OptunaSearch's sampler arguments: TPE (Ray builds ``TPESampler(seed=seed)``) or seeded random."""
-    if algorithm == "random":
-        import optuna
-
-        return {"sampler": optuna.samplers.RandomSampler(seed=seed)}
-    return {"seed": seed}
-
-
 def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
     s = cfg.search
-    base = to_dict(recipe_from_dict(cfg.recipe))
-    searcher = PruningAwareOptunaSearch(space=_DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                        **_sampler(s.algorithm, s.seed))
+    searcher = make_searcher(cfg)
     scheduler = make_scheduler(cfg)
     return tune.Tuner(
         make_trainable(cfg),
@@ -280,24 +219,13 @@ class SearchOutcome:
     status: str = "finished"  # or "interrupted": continue with resume_search(search_dir)
 
 
-def new_search_dir(cfg: SearchConfig) -> Path:
-    storage = Path(cfg.search.storage).expanduser().resolve()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = storage / f"{cfg.search.name}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = storage / f"{cfg.search.name}-{stamp}-{n}"
-    return path
-
-
 def run_search(cfg: SearchConfig, *, address: str | None = None,
                callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
     """Validate, check MLflow, start Ray, run every trial, export the best config. Blocks."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
     tracking.check_reachable(cfg.mlflow.tracking_uri)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
-    search_dir = new_search_dir(cfg)
+    search_dir = store.new_search_dir(cfg)
     search_dir.mkdir(parents=True)
     experiment_id = tracking.ensure_experiment(cfg.mlflow.tracking_uri, cfg.experiment,
                                                cfg.mlflow.artifact_location)
@@ -305,8 +233,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
                                    cfg.to_dict(), cfg.space.to_dict())
     meta = {"config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri, "experiment": cfg.experiment,
             "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time()}
-    (search_dir / SEARCH_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent, _metrics(),
+    store.write_search_json(search_dir, meta)
+    mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent, METRICS,
                                              cfg.space.keys, cfg.mlflow.log_checkpoints)
     # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
     # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
@@ -316,21 +244,12 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     return _fit_and_finish(tuner, cfg, search_dir, meta)
 
 
-def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, Any]]:
-    path = Path(search_dir) / SEARCH_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{search_dir} is not a search folder (no {SEARCH_JSON}); give the folder "
-                                f"`search` printed, e.g. runs/search/NAME-YYYYmmdd-HHMMSS")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    return search_config_from_dict(meta["config"]), meta
-
-
 def resume_search(search_dir: str | Path, *, address: str | None = None,
                   callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
     """Continue a search whose driver stopped: finished trials stay, unfinished and errored ones
     resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
     search_dir = Path(search_dir).expanduser().resolve()
-    cfg, meta = read_search_json(search_dir)
+    cfg, meta = store.read_search_json(search_dir)
     tracking.check_reachable(meta["tracking_uri"])
     init_ray(cfg, address)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
@@ -339,12 +258,6 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     tuner = tune.Tuner.restore(str(search_dir), trainable=make_trainable(cfg), resume_unfinished=True,
                                resume_errored=True)
     return _fit_and_finish(tuner, cfg, search_dir, meta)
-
-
-def _metrics() -> tuple[str, ...]:
-    from ulmfit_core import pipeline
-
-    return tuple(pipeline.METRICS)
 
 
 def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
@@ -368,7 +281,7 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
     # Ctrl-C makes Tune save its state and return normally, with trials left unfinished.
     unfinished = any(row["status"] == tracking.INTERRUPTED for row in board)
     status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
-    _write_leaderboard(board, search_dir / LEADERBOARD_CSV)
+    store.write_leaderboard(search_dir, board)
     summary = summarize(board, cfg)
     best_yaml = None
     errors = [str(r.error) for r in results if r.error]
@@ -380,7 +293,7 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
     return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors, status)
 
 
-def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per trial, best first: completed trials by their final metric, then stopped, then errored."""
     s, runs = cfg.search, runs or {}
     rows = []
@@ -390,7 +303,7 @@ def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) 
         status = tracking.outcome(m, errored=r.error is not None)
         run = runs.get(tid)
         row = {"trial_id": tid, "status": status, "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
-        for k in _metrics():
+        for k in METRICS:
             row.setdefault(k, m.get(k))
         row.update({k: v for k, v in T.sampled_values(r.config or {}).items()})
         row.update({"lm_trained": m.get(T.LM_TRAINED), "lm_seconds": m.get(T.LM_SECONDS),
@@ -402,7 +315,7 @@ def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) 
     rank = {tracking.COMPLETED: 0, tracking.STOPPED: 1, tracking.INTERRUPTED: 2, tracking.ERRORED: 3}
     sign = -1 if s.mode == "max" else 1
 
-    def key(row):
+    def key(row: dict[str, Any]) -> tuple[int, float]:
         v = row.get(s.metric)
         return (rank[row["status"]], sign * v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf)
 
@@ -411,7 +324,7 @@ def leaderboard(results, cfg: SearchConfig, runs: dict[str, Any] | None = None) 
 
 def summarize(board: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, float]:
     """Counts, the best value, and the LM compute that sharing saved: for each trial that reused an
-    LM, the seconds that LM's training took (``pipeline.lm_training_seconds``)."""
+    LM, the seconds that LM's training took (``stages.lm_training_seconds``)."""
     trained = {row["lm_key"]: float(row.get("lm_seconds") or 0.0) for row in board
                if row.get("lm_trained") and row.get("lm_key")}
     completed = [r for r in board if r["status"] == tracking.COMPLETED]
@@ -424,18 +337,6 @@ def summarize(board: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, float
     if completed and isinstance(completed[0].get(cfg.search.metric), (int, float)):
         out[f"best_{cfg.search.metric}"] = completed[0][cfg.search.metric]
     return out
-
-
-def _write_leaderboard(board: list[dict[str, Any]], path: Path) -> None:
-    import csv
-
-    if not board:
-        return
-    columns = list(dict.fromkeys(k for row in board for k in row))
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(board)
 
 
 def format_leaderboard(board: list[dict[str, Any]], metric: str, limit: int = 20) -> str:

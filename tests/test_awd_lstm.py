@@ -26,11 +26,11 @@ from ulmfit_core.awd_lstm import (
     classifier_layer_groups,
     detach_hidden,
     dropout_mask,
-    lm_cross_entropy,
     lm_layer_groups,
     masked_concat_pool,
 )
 from ulmfit_core.config import Dropouts, ModelConfig
+from ulmfit_core.losses import lm_cross_entropy
 
 PAD = 1
 V, E, H, L = 50, 16, 24, 3
@@ -350,7 +350,7 @@ def test_classifier_layer_groups_partition():
 
 @pytest.mark.parametrize("n_rows", [7, 300])  # one chunk; several chunks (rows per chunk shrunk below)
 def test_lm_cross_entropy_equals_torch_value_and_gradient(n_rows, monkeypatch):
-    monkeypatch.setattr("ulmfit_core.awd_lstm._CE_CHUNK_BYTES", 40 * 4 * 64)  # 40 rows of 64 floats
+    monkeypatch.setattr("ulmfit_core.losses._CE_CHUNK_BYTES", 40 * 4 * 64)  # 40 rows of 64 floats
     logits = (3 * torch.randn(n_rows, 64)).requires_grad_()
     targets = torch.randint(0, 64, (n_rows,))
     ref = nn.functional.cross_entropy(logits, targets)

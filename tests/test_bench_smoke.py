@@ -86,7 +86,7 @@ def test_accuracy_vs_fastai_smoke_ours(bench, tmp_path, datasets_dir):
 def test_accuracy_vs_fastai_splits_match_ours(bench, tmp_path, datasets_dir):
     """fastai's data are the pipeline's: same classifier split, LM text = training questions only."""
     pytest.importorskip("pandas")
-    from ulmfit_core.pipeline import prepare_corpus
+    from ulmfit_core.corpus import prepare_corpus
 
     acc = bench("accuracy_vs_fastai")
     cfg = acc.load_cfg(str(ROOT / "configs" / "trec_small.yaml"), ["data.max_train_rows=400"], seed=3)

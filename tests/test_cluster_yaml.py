@@ -7,9 +7,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 import search  # noqa: F401  (Ray's environment defaults before importing ray)
-from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 

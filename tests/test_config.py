@@ -27,6 +27,9 @@ def test_round_trip_through_dict():
     ({"model": {"preset": "huge"}}, "model.preset"),
     ({"classifier": {"max_seq": 10}}, "classifier.max_seq"),
     ({"lm": {"backwards": True}}, "classifier.backwards"),
+    ({"classifier": {"unfreeze": ["a"]}}, "classifier.unfreeze[0]"),
+    ({"classifier": {"lin_ftrs": [50.5]}}, "classifier.lin_ftrs[0]"),
+    ({"classifier": {"use_clr": ["fast", 3]}}, "classifier.use_clr[0]"),
 ])
 def test_bad_values_name_their_key(values, key):
     with pytest.raises(ConfigError) as e:
@@ -83,3 +86,11 @@ def test_load_recipe_leaves_the_callers_base_unchanged():
     assert base == {"data": {"dataset": "trec"}, "classifier": {"lr": 0.02, "epochs": 3}}
     again = load_recipe(None, [], base=base)
     assert not again.classifier.from_scratch and again.classifier.epochs == 3
+
+
+def test_one_dropout_can_be_set_alone_and_indexed_keys_start_from_the_default_list():
+    cfg = load_recipe(None, ["data.dataset=trec", "classifier.dropouts.input_p=0.3", "classifier.use_clr[1]=5"])
+    assert cfg.classifier.dropouts.input_p == 0.3 and cfg.classifier.dropouts.weight_p == 0.5  # the rest: defaults
+    assert cfg.classifier.use_clr == (8.0, 5.0)
+    with pytest.raises(ConfigError, match=r"classifier.use_clr\[2\]: classifier.use_clr is not a list with an element 2"):
+        load_recipe(None, ["data.dataset=trec", "classifier.use_clr[2]=5"])

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import launch
-from ulmfit_core import pipeline
+from ulmfit_core import inference, stages
 from ulmfit_core.awd_lstm import build_classifier, classifier_layer_groups
-from ulmfit_core.config import load_recipe, recipe_from_dict
-from ulmfit_core.data import DataError
+from ulmfit_core.config import recipe_from_dict
+from ulmfit_core.corpus import prepare_corpus
 from ulmfit_core.schedule import unfreeze_phases
 from ulmfit_core.tasks import ClassifierTask
 from ulmfit_core.train import Trainer, seed_everything
@@ -36,7 +36,7 @@ def _cfg(datasets_dir, **sections):
 def corpus_and_cfg(datasets_dir, tmp_path_factory):
     cfg = _cfg(datasets_dir)
     cache = tmp_path_factory.mktemp("cache")
-    return pipeline.prepare_corpus(cfg, datasets_dir, cache), cfg, cache
+    return prepare_corpus(cfg, datasets_dir, cache), cfg, cache
 
 
 def _unigram_perplexity(train_docs, valid_docs, vocab_size):
@@ -58,8 +58,8 @@ def test_corpus_keeps_test_text_out_of_the_language_model(corpus_and_cfg):
 
 def test_finetune_lm_beats_a_unigram_model(datasets_dir, tmp_path):
     cfg = _cfg(datasets_dir, data={"max_train_rows": None}, lm={"epochs": 3})
-    corpus = pipeline.prepare_corpus(cfg, datasets_dir, tmp_path / "cache")
-    res = pipeline.finetune_lm(cfg, corpus, tmp_path / "lm")
+    corpus = prepare_corpus(cfg, datasets_dir, tmp_path / "cache")
+    res = stages.finetune_lm(cfg, corpus, tmp_path / "lm")
     unigram = _unigram_perplexity(corpus.lm_train, corpus.lm_valid, len(corpus.vocab))
     assert res.metrics["valid_perplexity"] < 0.5 * unigram, (res.metrics, unigram)
     assert (tmp_path / "lm" / "encoder.pt").exists() and (tmp_path / "lm" / "metrics.json").exists()
@@ -67,7 +67,7 @@ def test_finetune_lm_beats_a_unigram_model(datasets_dir, tmp_path):
 
 def test_lm_resume_after_epoch_one_matches_uninterrupted(corpus_and_cfg, tmp_path):
     corpus, cfg, _ = corpus_and_cfg
-    full = pipeline.finetune_lm(cfg, corpus, tmp_path / "full")
+    full = stages.finetune_lm(cfg, corpus, tmp_path / "full")
 
     class Interrupt(Exception):
         pass
@@ -76,22 +76,22 @@ def test_lm_resume_after_epoch_one_matches_uninterrupted(corpus_and_cfg, tmp_pat
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        pipeline.finetune_lm(cfg, corpus, tmp_path / "cut", report=stop_after_first)
+        stages.finetune_lm(cfg, corpus, tmp_path / "cut", report=stop_after_first)
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    resumed = pipeline.finetune_lm(cfg, corpus, tmp_path / "cut")
+    resumed = stages.finetune_lm(cfg, corpus, tmp_path / "cut")
     for key in ("valid_loss", "valid_accuracy", "train_loss"):
         assert resumed.metrics[key] == pytest.approx(full.metrics[key], abs=1e-6)
 
 
 def test_ensure_lm_trains_once_and_reuses(corpus_and_cfg, tmp_path):
     corpus, cfg, _ = corpus_and_cfg
-    first = pipeline.ensure_lm(cfg, corpus, tmp_path)
-    second = pipeline.ensure_lm(cfg, corpus, tmp_path)
+    first = stages.ensure_lm(cfg, corpus, tmp_path)
+    second = stages.ensure_lm(cfg, corpus, tmp_path)
     assert first.trained and not second.trained and first.lm_dir == second.lm_dir
     other = recipe_from_dict({**cfg.to_dict(), "classifier": {**cfg.to_dict()["classifier"], "lr": 0.5}})
-    assert pipeline.lm_key(other, corpus.fingerprint) == pipeline.lm_key(cfg, corpus.fingerprint)
+    assert stages.lm_key(other, corpus.lm_fingerprint) == stages.lm_key(cfg, corpus.lm_fingerprint)
     changed = recipe_from_dict({**cfg.to_dict(), "lm": {**cfg.to_dict()["lm"], "lr": 0.5}})
-    assert pipeline.lm_key(changed) != pipeline.lm_key(cfg)
+    assert stages.lm_key(changed) != stages.lm_key(cfg)
 
 
 def test_gradual_unfreezing_changes_exactly_the_intended_groups(corpus_and_cfg):
@@ -118,33 +118,33 @@ def test_gradual_unfreezing_changes_exactly_the_intended_groups(corpus_and_cfg):
 def test_recipe_reaches_far_above_majority_and_reloads_identically(datasets_dir, tmp_path):
     cfg = _cfg(datasets_dir, data={"max_train_rows": None}, lm={"epochs": 4, "bptt": 30},
                classifier={"epochs": 6, "bptt": 30})
-    result = pipeline.run_recipe(cfg, tmp_path, data_dir=datasets_dir, cache_dir=tmp_path / "cache")
+    result = stages.run_recipe(cfg, tmp_path, data_dir=datasets_dir, cache_dir=tmp_path / "cache")
     majority = 138 / 500  # DESC in TREC-6's test set
     assert result["test_accuracy"] > majority + 0.35, result
     saved = json.loads((tmp_path / "metrics.json").read_text())["final"]
     assert saved["test_accuracy"] == pytest.approx(result["test_accuracy"])
 
     texts = ["What is the capital of Peru ?", "Who wrote Hamlet ?", "How many feet are in a mile ?"]
-    labels, p1 = pipeline.predict_proba([tmp_path / "classifier"], texts)
-    _, p2 = pipeline.predict_proba([tmp_path / "classifier"], texts)
+    labels, p1 = inference.predict_proba([tmp_path / "classifier"], texts)
+    _, p2 = inference.predict_proba([tmp_path / "classifier"], texts)
     np.testing.assert_array_equal(p1, p2)
     assert labels == sorted(labels) and p1.shape == (3, 6)
     np.testing.assert_allclose(p1.sum(1), 1.0, rtol=1e-5)
-    ev = pipeline.evaluate(tmp_path / "classifier", datasets_dir / "trec" / "test.csv")
+    ev = inference.evaluate(tmp_path / "classifier", datasets_dir / "trec" / "test.csv")
     assert ev["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-9)
     assert np.array(ev["confusion_matrix"]).sum() == 500
 
 
 def test_backwards_classifier_and_ensemble(corpus_and_cfg, datasets_dir, tmp_path):
     corpus, cfg, _ = corpus_and_cfg
-    fwd = pipeline.train_classifier(cfg, corpus, None, tmp_path / "fwd")
+    fwd = stages.train_classifier(cfg, corpus, None, tmp_path / "fwd")
     bwd_cfg = recipe_from_dict({**cfg.to_dict(), "lm": {**cfg.to_dict()["lm"], "backwards": True},
                                 "classifier": {**cfg.to_dict()["classifier"], "backwards": True}})
-    bwd = pipeline.train_classifier(bwd_cfg, corpus, None, tmp_path / "bwd")
+    bwd = stages.train_classifier(bwd_cfg, corpus, None, tmp_path / "bwd")
     texts = ["Who invented the telephone ?", "Where is Timbuktu ?"]
-    _, pf = pipeline.predict_proba([fwd.out_dir], texts)
-    _, pb = pipeline.predict_proba([bwd.out_dir], texts)
-    _, pe = pipeline.predict_proba([fwd.out_dir, bwd.out_dir], texts)
+    _, pf = inference.predict_proba([fwd.out_dir], texts)
+    _, pb = inference.predict_proba([bwd.out_dir], texts)
+    _, pe = inference.predict_proba([fwd.out_dir, bwd.out_dir], texts)
     np.testing.assert_allclose(pe, (pf + pb) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(pf, pb)
 
@@ -207,12 +207,12 @@ def test_finetune_from_fastai_model_maps_vocabulary(datasets_dir, fastai_fixture
     cfg = _cfg(datasets_dir, data={"max_train_rows": 300},
                lm={"epochs": 1, "pretrained": str(fastai_fixtures / "fastai_tiny_lm.pth"),
                    "pretrained_vocab": str(fastai_fixtures / "fastai_tiny_vocab.pkl"), "freeze_epochs": 1})
-    corpus = pipeline.prepare_corpus(cfg, datasets_dir, tmp_path / "cache")
+    corpus = prepare_corpus(cfg, datasets_dir, tmp_path / "cache")
     seen = []
-    res = pipeline.finetune_lm(cfg, corpus, tmp_path / "lm", report=lambda m, _c: seen.append(m))
+    res = stages.finetune_lm(cfg, corpus, tmp_path / "lm", report=lambda m, _c: seen.append(m))
     assert len(seen) == 2  # one frozen epoch (embeddings/decoder only), then one with everything
     assert math.isfinite(res.metrics["valid_loss"])
-    clf = pipeline.train_classifier(cfg, corpus, res.lm_dir, tmp_path / "clf")
+    clf = stages.train_classifier(cfg, corpus, res.lm_dir, tmp_path / "clf")
     assert clf.metrics["epoch"] == 4
 
 

@@ -1,5 +1,4 @@
 """STLR values, discriminative rates, freezing and unfreezing phases: index arithmetic, no training."""
-import math
 
 import pytest
 import torch

@@ -4,9 +4,8 @@ its last checkpoint on the other node (``FailureConfig``)."""
 from __future__ import annotations
 
 import pytest
-from ray import tune
-
 from conftest_search import child_runs, ray_env, smoke_config  # noqa: F401
+from ray import tune
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -5,8 +5,8 @@ import socket
 import time
 
 import pytest
-
 from conftest_search import SMOKE, free_port
+
 from search.cli import main
 
 

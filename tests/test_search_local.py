@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest_search import child_runs, parent_runs, ray_environment, smoke_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -66,7 +65,7 @@ def test_asha_stops_the_clearly_worse_trials(searched):
 def test_optuna_sees_asha_stopped_trials_as_pruned_with_intermediate_values(searched):
     from optuna.trial import TrialState
 
-    from search.tuner import load_study
+    from search.searcher import load_study
 
     cfg, outcome, _ = searched
     study = load_study(outcome.search_dir)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest_search import PYTHON, ROOT, SMOKE, base_overrides, child_runs, parent_runs, ray_environment, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest_search import child_runs, mlflow_server, parent_runs, ray_env, smoke_config  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -6,9 +6,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.settings import KNOWN_METRICS, SearchConfigError, load_search_config, search_config_from_dict
-from search.space import DEFAULT_SPACE, SearchSpace, SpaceError, apply, build_recipe
-from ulmfit_core.config import recipe_from_dict, to_dict
+from search.errors import SearchConfigError, SpaceError
+from search.settings import load_search_config, search_config_from_dict
+from search.space import DEFAULT_SPACE, SearchSpace
+from ulmfit_core.config import build_recipe, recipe_from_dict, to_dict, with_values
+from ulmfit_core.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}}
@@ -70,7 +72,7 @@ def test_apply_sets_list_elements_dropouts_and_presets_without_freezing_defaults
     assert cfg.classifier.use_clr == (8.0, 5.0)  # ratio kept from the default, cut sampled
     assert cfg.classifier.dropouts.output_p == 0.2 and cfg.classifier.dropouts.input_p == 0.4
     assert (cfg.model.emb_sz, cfg.model.n_hid) == (200, 512)  # the preset's sizes, not the base's tiny ones
-    assert apply(BASE, {}) == BASE and apply(BASE, {}) is not BASE
+    assert with_values(BASE, {}) == BASE and with_values(BASE, {}) is not BASE
 
 
 def test_conditional_parameters_are_sampled_only_when_their_condition_holds():
@@ -95,7 +97,7 @@ def test_shipped_search_configs_load_and_validate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for path in sorted((ROOT / "configs").glob("search_*.yaml")):
         cfg = load_search_config(path)
-        assert cfg.search.metric in KNOWN_METRICS
+        assert cfg.search.metric in METRICS
         assert cfg.search.resources.cpu >= 1
         assert cfg.max_t == recipe_from_dict(cfg.recipe).classifier.epochs
     demo = load_search_config(ROOT / "configs" / "search_trec_demo.yaml")
@@ -122,7 +124,8 @@ def test_searcher_and_scheduler_choices():
     """``algorithm: random`` + ``scheduler.type: fifo`` is a plain random search; both are seeded."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.tuner import _sampler, make_scheduler
+    from search.searcher import _sampler
+    from search.tuner import make_scheduler
 
     assert isinstance(make_scheduler(config()), ASHAScheduler)
     assert isinstance(make_scheduler(config(scheduler={"type": "fifo"})), FIFOScheduler)
@@ -143,11 +146,10 @@ def test_searcher_and_scheduler_choices():
     assert draws(0) == draws(0) and draws(0) != draws(1)
 
 
-def test_metric_names_mirror_the_pipeline():
-    from ulmfit_core import pipeline
+def test_default_metric_is_the_primary_one():
+    from ulmfit_core.metrics import PRIMARY_METRIC, PRIMARY_MODE
 
-    assert tuple(KNOWN_METRICS) == tuple(pipeline.METRICS)
-    assert config().search.metric == pipeline.PRIMARY_METRIC and config().search.mode == pipeline.PRIMARY_MODE
+    assert config().search.metric == PRIMARY_METRIC and config().search.mode == PRIMARY_MODE
 
 
 def test_space_round_trips_through_its_dict():

@@ -10,10 +10,30 @@ import numpy as np
 import pytest
 
 from ulmfit_core import text
+from ulmfit_core.artifacts import read_vocab, write_vocab
+from ulmfit_core.pretrained import read_fastai_vocab
 from ulmfit_core.text import (
-    BOS, FAKE, SPECIAL_TOKENS, TK_MAJ, TK_REP, TK_UP, TK_WREP, Tokenizer, Vocab, apply_rules,
-    fix_html, join_fields, lowercase, replace_all_caps, replace_maj, replace_rep, replace_wrep,
-    rm_useless_spaces, spec_add_spaces, tokenize_cached)
+    BOS,
+    FAKE,
+    SPECIAL_TOKENS,
+    TK_MAJ,
+    TK_REP,
+    TK_UP,
+    TK_WREP,
+    Tokenizer,
+    Vocab,
+    apply_rules,
+    fix_html,
+    join_fields,
+    lowercase,
+    replace_all_caps,
+    replace_maj,
+    replace_rep,
+    replace_wrep,
+    rm_useless_spaces,
+    spec_add_spaces,
+    tokenize_cached,
+)
 
 
 @pytest.fixture(scope="module")
@@ -168,23 +188,23 @@ def test_vocab_stoi_last_duplicate_unknown_and_fake_are_zero():
     assert v.unk_idx == 0 and v.pad_idx == 1 and v.itos[v.pad_idx] == "xxpad"
 
 
-def test_numericalize_textify_round_trip(tok):
+def test_numericalize_round_trip(tok):
     tokens = tok.tokenize(["The CAT sat on the mat. The cat sat!"])
     v = Vocab.build(tokens, min_freq=1)
     ids = v.numericalize(tokens[0])
     assert ids.shape == (len(tokens[0]),)
-    assert v.textify(ids).split(" ") == tokens[0]
+    assert [v.itos[i] for i in ids] == tokens[0]
 
 
 def test_vocab_save_load(tmp_path):
     v = Vocab(SPECIAL_TOKENS + ["caf\u00e9", "\n\n", "a b"] + [FAKE] * 4)
-    path = v.save(tmp_path)
+    path = write_vocab(tmp_path, v.itos)
     assert path == tmp_path / "vocab.json"
-    assert Vocab.load(tmp_path) == v and Vocab.load(path).itos == v.itos
+    assert Vocab(read_vocab(tmp_path)) == v and read_vocab(path) == v.itos
 
 
 def test_vocab_reproduces_fastai_fixture_structure(fastai_fixtures):
-    fx = Vocab.from_fastai_pickle(fastai_fixtures / "fastai_tiny_vocab.pkl")
+    fx = Vocab(read_fastai_vocab(fastai_fixtures / "fastai_tiny_vocab.pkl"))
     assert len(fx) == 104 and fx.itos[:9] == SPECIAL_TOKENS and fx.itos[-4:] == [FAKE] * 4
     # a corpus whose word counts fall in the fixture's order builds the same list
     words = [w for w in fx.itos if w not in SPECIAL_TOKENS and w != FAKE]
@@ -194,11 +214,11 @@ def test_vocab_reproduces_fastai_fixture_structure(fastai_fixtures):
     assert ours.numericalize([words[0], "w00", "rare"]).tolist() == [9, fx.itos.index("w00"), 0]
 
 
-def test_from_fastai_pickle_refuses_other_objects(tmp_path):
+def test_fastai_vocab_pickle_of_another_type_is_refused(tmp_path):
     p = tmp_path / "bad.pkl"
     p.write_bytes(pickle.dumps({"not": "a list"}))
     with pytest.raises(ValueError, match="list of strings"):
-        Vocab.from_fastai_pickle(p)
+        read_fastai_vocab(p)
 
 
 # --- token cache ----------------------------------------------------------------------------

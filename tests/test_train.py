@@ -1,14 +1,14 @@
 """The shared training loop: frozen groups stay put, AR/TAR, and exact resume from a checkpoint."""
-import math
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ulmfit_core.config import StageConfig
+from ulmfit_core.losses import ar_tar
 from ulmfit_core.schedule import unfreeze_phases
-from ulmfit_core.train import StepOutput, Trainer, ar_tar, seed_everything
+from ulmfit_core.train import StepOutput, Trainer, seed_everything
 
 
 class ToyTask:
@@ -26,12 +26,7 @@ class ToyTask:
 
     def train_batches(self):
         order = torch.randperm(len(self.x), generator=self.generator)
-        for i in range(0, len(order), 16):
-            idx = order[i:i + 16]
-            yield self.x[idx], self.y[idx]
-
-    def n_train_batches(self):
-        return 6
+        return [(self.x[order[i:i + 16]], self.y[order[i:i + 16]]) for i in range(0, len(order), 16)]
 
     def step(self, model, batch):
         x, y = batch
@@ -119,3 +114,90 @@ def test_ar_tar_values():
     # AR: mean(dropped^2) = 4/3; TAR: mean of (2^2, 3^2) = 6.5
     assert float(ar_tar(raw, dropped, 2.0, 1.0)) == pytest.approx(2 * 4 / 3 + 6.5)
     assert ar_tar(raw, dropped, 0.0, 0.0) == 0.0
+
+
+def test_non_finite_loss_is_caught_before_the_weights_change():
+    trainer, model = _setup(epochs=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = []
+    step = trainer.task.step
+
+    def nan_on_second_batch(m, batch):
+        out = step(m, batch)
+        calls.append(1)
+        if len(calls) == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.task.step = nan_on_second_batch
+    after_first = []
+    original = trainer.optimizer.step
+
+    def record(*a, **k):
+        result = original(*a, **k)
+        after_first.append([p.detach().clone() for p in model.parameters()])
+        return result
+
+    trainer.optimizer.step = record
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        trainer.fit()
+    assert len(after_first) == 1  # no optimizer step for the NaN batch
+    for p, good in zip(model.parameters(), after_first[0]):
+        assert torch.isfinite(p).all() and torch.equal(p.detach(), good)
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+def test_stlr_cycle_spans_every_batch_of_a_variable_bptt_epoch(monkeypatch):
+    """Variable BPTT yields more batches than stream_len // bptt; the schedule must span the real count,
+    not run the last ~3 % of the epoch at the floor rate."""
+    import numpy as np
+
+    import ulmfit_core.train as train_module
+    from ulmfit_core.config import LMConfig
+    from ulmfit_core.tasks import LanguageModelTask
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(2, 50, size=int(n)) for n in rng.integers(20, 200, size=200)]
+    cfg = LMConfig(epochs=1, bs=4, bptt=20, lr=0.01)
+    task = LanguageModelTask(docs, docs[:20], cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    seen = []
+    real_stlr = train_module.stlr
+    monkeypatch.setattr(train_module, "stlr", lambda it, total, *a: seen.append((it, total)) or real_stlr(it, total, *a))
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))
+
+    class Step:
+        def __call__(self, m, batch):
+            x, y = batch
+            logits = m(x)
+            return StepOutput(loss=F.cross_entropy(logits.reshape(-1, 50), y.reshape(-1)), n_items=y.numel())
+
+    task.step = Step()
+    task.evaluate = lambda m: {}
+    groups = [list(model.parameters())]
+    trainer = Trainer(model, groups, cfg, unfreeze_phases(1, [], 1), task, device=torch.device("cpu"))
+    trainer.fit()
+    iterations = sorted({it for it, _ in seen})
+    totals = {total for _, total in seen}
+    n_batches = len(iterations)
+    assert n_batches > task.train.stream_len // cfg.bptt  # variable BPTT really made more batches
+    assert totals == {n_batches} and iterations == list(range(n_batches))
+    # the last batch runs just above the floor, not at it for a stretch of batches
+    assert real_stlr(n_batches - 1, n_batches, 1.0, 32, 10) > 1 / 32
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    from ulmfit_core.artifacts import ArtifactError
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    trainer, _ = _setup(tmp_path)
+    with pytest.raises(ArtifactError, match="refused"):
+        trainer.resume_from(tmp_path)
+    assert not marker.exists()

@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -92,7 +94,7 @@ class Dropouts:
         for f in fields(self):
             _check_prob(prefix, f.name, getattr(self, f.name))
 
-    def scaled(self, drop_mult: float) -> "Dropouts":
+    def scaled(self, drop_mult: float) -> Dropouts:
         """Each dropout times ``drop_mult`` (clipped below 1 so a large multiplier stays valid)."""
         return Dropouts(**{f.name: min(getattr(self, f.name) * drop_mult, 0.95) for f in fields(self)})
 
@@ -311,6 +313,11 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             _fail(_join(prefix, key), f"unknown key{hint}")
         sub = _NESTED.get((cls, key))
         if sub and value is not None:
+            fill = _PARTIAL_DEFAULTS.get((cls, key))
+            if fill is not None and isinstance(value, Mapping):
+                # One dropout may be set alone (`classifier.dropouts.input_p=0.3`): the others keep
+                # the stage's defaults, as if the whole section had been written out.
+                value = {**dataclasses.asdict(fill()), **value}
             kwargs[key] = _build(sub, value, _join(prefix, key))
         else:
             kwargs[key] = _coerce(value, str(known[key].type), _join(prefix, key))
@@ -343,9 +350,17 @@ def _coerce(value: Any, type_name: str, key: str) -> Any:
         _fail(key, f"must be true or false, got {value!r}")
     if base == "str" and not isinstance(value, str):
         _fail(key, f"must be a string, got {value!r}")
-    if base.startswith(("list", "tuple")) and not isinstance(value, (list, tuple)):
-        _fail(key, f"must be a list, got {value!r}")
+    if base.startswith(("list", "tuple")):
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"must be a list, got {value!r}")
+        element = _ELEMENT_TYPE.match(base)
+        if element:
+            return [_coerce(v, element.group(1), f"{key}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+#: The element type of ``list[T]`` / ``tuple[T, ...]`` annotations, so list elements are checked too.
+_ELEMENT_TYPE = re.compile(r"^(?:list|tuple)\[(int|float|str)\b")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -360,6 +375,11 @@ _NESTED: dict[tuple[type, str], type] = {
     (RecipeConfig, "classifier"): ClassifierConfig,
     (LMConfig, "dropouts"): Dropouts,
     (ClassifierConfig, "dropouts"): Dropouts,
+}
+
+_PARTIAL_DEFAULTS: dict[tuple[type, str], Any] = {
+    (LMConfig, "dropouts"): _lm_dropouts,
+    (ClassifierConfig, "dropouts"): _clas_dropouts,
 }
 
 
@@ -385,29 +405,99 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``values['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
-    parts = dotted.split(".")
+#: ``a.b[i]``: element ``i`` of the list at ``a.b``.
+_INDEXED_KEY = re.compile(r"^(?P<path>[^\[\]]+)\[(?P<index>\d+)\]$")
+
+
+def get_value(values: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted (optionally indexed: ``a.b[i]``) key of a nested dict; KeyError if absent."""
+    m = _INDEXED_KEY.match(key)
+    path, index = (m["path"], int(m["index"])) if m else (key, None)
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"{key}: no such key")
+        node = node[part]
+    if index is None:
+        return node
+    if not isinstance(node, (list, tuple)) or index >= len(node):
+        raise KeyError(f"{key}: {path} is not a list with an element {index} (it is {node!r})")
+    return node[index]
+
+
+def set_value(values: dict[str, Any], key: str, value: Any, defaults: Mapping[str, Any] | None = None) -> None:
+    """The one way a dotted key is set, for ``--set``, search trials, tracking and export. Mutates ``values``.
+
+    ``a.b`` sets ``values["a"]["b"]``, creating sections on the way; ``a.b[i]`` sets element ``i`` of the
+    list at ``a.b``, taking the list from ``defaults`` (a nested dict of the same shape, e.g.
+    :func:`default_recipe`) when ``values`` does not hold it yet. A section given partly (one dropout)
+    is completed with its defaults when the recipe is built (:func:`recipe_from_dict`).
+    """
+    m = _INDEXED_KEY.match(key)
+    path = m["path"] if m else key
+    parts = path.split(".")
     node = values
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"{dotted}: {part!r} holds a value, not a section")
+            raise ConfigError(f"{key}: {part!r} holds a value, not a section")
         node = nxt
-    node[parts[-1]] = value
+    if m is None:
+        node[parts[-1]] = value
+        return
+    index = int(m["index"])
+    try:
+        current = get_value(values, path)
+    except KeyError:
+        try:
+            current = get_value(defaults or {}, path)
+        except KeyError:
+            raise ConfigError(f"{key}: no list {path} to set element {index} of") from None
+    if not isinstance(current, (list, tuple)) or index >= len(current):
+        raise ConfigError(f"{key}: {path} is not a list with an element {index} (it is {current!r})")
+    items = list(current)
+    items[index] = value
+    node[parts[-1]] = items
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings (values parsed as YAML: ``lm.use_clr=[32,10]``)."""
+def default_recipe() -> dict[str, Any]:
+    """Every recipe value at its default, as a nested dict (the lists an indexed key changes one element of)."""
+    return to_dict(RecipeConfig(data=DataConfig(dataset="default")))
+
+
+def with_values(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of the nested ``base`` with each ``{dotted key: value}`` set. Pure."""
+    out: dict[str, Any] = copy.deepcopy(dict(base))
+    defaults = default_recipe()
+    for key, value in values.items():
+        set_value(out, key, value, defaults)
+    return out
+
+
+def build_recipe(base: Mapping[str, Any], values: Mapping[str, Any] | None = None) -> RecipeConfig:
+    """The validated :class:`RecipeConfig` of a nested base recipe with ``{dotted key: value}`` set."""
+    return recipe_from_dict(with_values(base, values or {}))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (values parsed as YAML: ``lm.use_clr=[32,10]``) -> ``{key: value}``."""
+    parsed: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set classifier.lr=0.01")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            parsed[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
-        set_dotted(values, key.strip(), value)
+    return parsed
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str],
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Apply ``key=value`` strings to ``values`` with :func:`set_value`; returns ``values``."""
+    for key, value in parse_overrides(overrides).items():
+        set_value(values, key, value, defaults)
     return values
 
 
@@ -439,7 +529,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     values: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
         values = _deep_merge(values, read_yaml(path))
-    apply_overrides(values, overrides or [])
+    apply_overrides(values, overrides or [], default_recipe())
     try:
         return recipe_from_dict(values)
     except ConfigError as e:

@@ -16,13 +16,14 @@ import gzip
 import io
 import math
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .config import ClassifierConfig
 from .text import join_fields
 
 
@@ -300,18 +301,13 @@ class LMStream:
                             f"(at least bs + 1 = {bs + 1} are needed); lower lm.bs or add text")
 
     @property
-    def n_tokens(self) -> int:
-        """Tokens in all documents together."""
-        return self._n_tokens
-
-    @property
     def stream_len(self) -> int:
         """Input tokens per stream (row) per epoch; the +1 is the last target."""
         return (self._n_tokens - 1) // self.bs
 
     def __len__(self) -> int:
-        """Batches per epoch, approximately when training (seq_len varies)."""
-        return max(1, self.stream_len // self.bptt)
+        """Batches per epoch when not shuffling (fixed ``bptt``); use ``len(self.epoch())`` when training."""
+        return max(1, math.ceil(self.stream_len / self.bptt))
 
     def _stream(self) -> torch.Tensor:
         order = (torch.randperm(len(self.docs), generator=self.generator).tolist() if self.shuffle
@@ -327,15 +323,42 @@ class LMStream:
         bptt = self.bptt if torch.rand(1, generator=g).item() < 0.95 else self.bptt / 2
         return max(5, int(bptt + 5 * torch.randn(1, generator=g).item()))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self) -> LMEpoch:
+        """One epoch's batches, with the document order and every sequence length drawn now.
+
+        Drawing the lengths up front makes ``len()`` exact, so a learning-rate schedule spans the batches
+        that really run (variable BPTT yields ~3 % more batches than ``stream_len // bptt``); the
+        generator is consumed in the same order as drawing them batch by batch would.
+        """
         stream = self._stream()
         n = self.stream_len
-        x_all = stream[: self.bs * n].view(self.bs, n)
-        y_all = stream[1: self.bs * n + 1].view(self.bs, n)
+        lengths = []
         i = 0
         while i < n:
             seq_len = min(self._seq_len(), n - i)
-            yield x_all[:, i:i + seq_len].contiguous(), y_all[:, i:i + seq_len].contiguous()
+            lengths.append(seq_len)
+            i += seq_len
+        return LMEpoch(stream[: self.bs * n].view(self.bs, n), stream[1: self.bs * n + 1].view(self.bs, n), lengths)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.epoch())
+
+
+@dataclass
+class LMEpoch:
+    """The batches of one epoch: ``x_all``/``y_all`` (bs, n) cut into consecutive ``lengths``."""
+
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        i = 0
+        for seq_len in self.lengths:
+            yield self.x_all[:, i:i + seq_len].contiguous(), self.y_all[:, i:i + seq_len].contiguous()
             i += seq_len
 
 
@@ -369,12 +392,14 @@ class ClassifierBatches:
 
     Rows of a batch are sorted by length, longest first, padded by :func:`pad_chunks`. Yields
     ``(x (B, M), lengths (B,), y (B,) or None, idx (B,))``, all LongTensors; ``idx`` holds the
-    input indices. Documents longer than ``max_len`` are cut to their first ``max_len`` tokens,
-    with one warning.
+    input indices. ``backwards`` reverses every document (for a backwards model). Documents longer
+    than ``max_len`` are then cut to their first ``max_len`` tokens, with one warning: the start of a
+    document for a forward model, its end for a backwards one.
     """
 
     def __init__(self, docs: Sequence[np.ndarray], labels: np.ndarray | None, bs: int, *, pad_idx: int,
-                 bptt: int, shuffle: bool, generator: torch.Generator | None, max_len: int):
+                 bptt: int, shuffle: bool, generator: torch.Generator | None, max_len: int,
+                 backwards: bool = False):
         if bs < 1 or bptt < 1 or max_len < 1:
             raise ValueError(f"bs, bptt and max_len must be >= 1, got {bs}, {bptt}, {max_len}")
         if labels is not None and len(labels) != len(docs):
@@ -385,7 +410,9 @@ class ClassifierBatches:
         if n_long:
             warnings.warn(f"{n_long} of {len(docs)} documents are longer than {max_len} tokens and were cut "
                           f"to their first {max_len}; raise classifier.max_len to keep more", stacklevel=2)
-        self.docs = [np.asarray(d[:max_len], dtype=np.int64) for d in docs]
+        if backwards:
+            docs = [np.asarray(d)[::-1] for d in docs]
+        self.docs = [np.ascontiguousarray(d[:max_len], dtype=np.int64) for d in docs]
         if any(len(d) == 0 for d in self.docs):
             raise DataError("an empty document (0 tokens); every document needs at least one token")
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -398,9 +425,11 @@ class ClassifierBatches:
 
     def __len__(self) -> int:
         n = len(self.docs)
-        if self.shuffle and n >= self.bs:
+        if not self.shuffle:
+            return math.ceil(n / self.bs)
+        if n >= self.bs:
             return n // self.bs
-        return math.ceil(n / self.bs)
+        return 1 if n > 1 else 0  # a lone document cannot train BatchNorm: no batch at all
 
     def _sortish(self) -> list[np.ndarray]:
         g = self.generator
@@ -413,6 +442,8 @@ class ClassifierBatches:
         batches = np.split(sorted_idx, range(self.bs, n, self.bs))
         if len(batches) > 1 and len(batches[-1]) < self.bs:
             batches.pop()
+        if len(batches[0]) < 2:  # BatchNorm cannot normalise one example in training mode
+            return []
         first = int(np.argmax([self.lengths[b].max() for b in batches]))
         batches[0], batches[first] = batches[first], batches[0]
         rest = torch.randperm(len(batches) - 1, generator=g).tolist()
@@ -429,3 +460,15 @@ class ClassifierBatches:
             idx = torch.from_numpy(b.astype(np.int64))
             y = None if self.labels is None else self.labels[idx]
             yield x, torch.from_numpy(self.lengths[b]), y, idx
+
+
+def classifier_batches(docs: Sequence[np.ndarray], labels: np.ndarray | None, cfg: ClassifierConfig, pad_idx: int,
+                       *, train: bool, generator: torch.Generator | None = None) -> ClassifierBatches:
+    """The classifier's batches, built in this one place: sortish and shuffled with ``bs`` when training;
+    sorted with ``2 * bs`` for evaluation and prediction (no gradients: twice the rows fit). Documents are
+    reversed for a backwards classifier (``cfg.backwards``)."""
+    if train:
+        return ClassifierBatches(docs, labels, cfg.bs, pad_idx=pad_idx, bptt=cfg.bptt, shuffle=True,
+                                 generator=generator, max_len=cfg.max_len, backwards=cfg.backwards)
+    return ClassifierBatches(docs, labels, cfg.bs * 2, pad_idx=pad_idx, bptt=cfg.bptt, shuffle=False,
+                             generator=None, max_len=cfg.max_len, backwards=cfg.backwards)

@@ -24,3 +24,8 @@ def macro_f1(cm: np.ndarray) -> float:
 def accuracy(cm: np.ndarray) -> float:
     total = cm.sum()
     return float(np.trace(cm) / total) if total else 0.0
+
+
+#: Metric names reported after every classifier epoch (defined once; the search layer uses them).
+METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss")
+PRIMARY_METRIC, PRIMARY_MODE = "valid_accuracy", "max"

@@ -1,11 +1,6 @@
-"""Importing language models: our own saved directories and fastai's ``.pth`` files, and mapping
-their weights onto a new vocabulary (ULMFiT section 3.2 starts from a WikiText-103 model).
-
-A saved language model is a directory holding
-
-* ``lm.pt``: ``{"state_dict": LanguageModel state, "config": dict}``, never a pickled module;
-* ``encoder.pt``: ``{"state_dict": AWDLSTMEncoder state, "config": dict}``, what the classifier loads;
-* ``vocab.json``: the vocabulary as ``{"itos": [...]}``, as ``text.Vocab.save`` writes it.
+"""Importing pretrained language models (fastai's ``.pth`` files and this project's own folders,
+see :mod:`ulmfit_core.artifacts`) and mapping their weights onto a new vocabulary (ULMFiT section 3.2
+starts from a WikiText-103 model).
 
 Everything loads with ``torch.load(weights_only=True)``; fastai's vocabulary pickle is read with
 an unpickler that refuses every class, so a plain ``list[str]`` is all it can yield.
@@ -13,21 +8,19 @@ an unpickler that refuses every class, so a plain ``list[str]`` is all it can yi
 from __future__ import annotations
 
 import io
-import json
-import os
 import pickle
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ulmfit_core.awd_lstm import AWDLSTMEncoder, LanguageModel, TextClassifier
+from ulmfit_core.artifacts import ArtifactError, load_encoder, load_language_model, load_tensors
+from ulmfit_core.awd_lstm import AWDLSTMEncoder, TextClassifier
 
 StateDict = dict[str, Tensor]
-
-LM_FILE, ENCODER_FILE, VOCAB_FILE = "lm.pt", "encoder.pt", "vocab.json"
 
 # Keys (suffixes) whose rows are indexed by the vocabulary; they share one tensor in a tied model.
 _EMBED_KEYS = ("embedding.weight", "embedding_dp.emb.weight", "decoder.weight")
@@ -49,7 +42,7 @@ _FASTAI_KEYS: list[tuple[re.Pattern[str], str]] = [
 _FASTAI_DROPPED_HH = re.compile(r"0\.rnns\.(\d+)\.module\.weight_hh_l0")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(ArtifactError):
     """A pretrained model or vocabulary file cannot be used; the message names the file and why."""
 
 
@@ -133,11 +126,7 @@ def load_fastai_lm(weights_path: str | Path, vocab_pkl_path: str | Path) -> tupl
     Returns ``(state_dict in our layout, itos, sizes)``; ``sizes`` as :func:`infer_sizes`.
     """
     weights_path = Path(weights_path)
-    try:
-        raw = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise PretrainedError(f"cannot load {weights_path} as a state dict: {e}") from None
-    state = fastai_to_ours(raw)
+    state = fastai_to_ours(load_tensors(weights_path))
     itos = read_fastai_vocab(vocab_pkl_path)
     n_rows = state["encoder.embedding.weight"].shape[0]
     if n_rows != len(itos):
@@ -185,78 +174,7 @@ def map_to_vocab(state_dict: Mapping[str, Tensor], old_itos: Sequence[str], new_
     return out
 
 
-# --- our own format ------------------------------------------------------------------------
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write then rename, so that a concurrent reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_vocab(path: str | Path, itos: Sequence[str]) -> None:
-    """The vocabulary as JSON ``{"itos": [...]}``: the format of ``text.Vocab.save``, so that
-    ``Vocab.load`` opens a saved language model's directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"itos": list(itos)}, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_vocab(path: str | Path) -> list[str]:
-    """``itos`` from a ``vocab.json``: ``{"itos": [...]}`` (:func:`write_vocab`) or a bare list."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PretrainedError(f"cannot read vocabulary {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise PretrainedError(f"{path}: invalid JSON: {e}") from None
-    itos = data.get("itos") if isinstance(data, dict) else data
-    if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
-        raise PretrainedError(f"{path}: expected a list of strings, or {{\"itos\": [...]}}")
-    return itos
-
-
-def save_language_model(directory: str | Path, lm: LanguageModel, itos: Sequence[str],
-                        config: Mapping[str, Any]) -> Path:
-    """Write ``lm.pt``, ``encoder.pt`` and ``vocab.json`` into ``directory`` (created); returns it.
-
-    ``config`` must be plain data (dicts, lists, strings, numbers), e.g. ``RecipeConfig.to_dict()``.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = dict(config)
-    cpu = torch.device("cpu")
-    _atomic_save({"state_dict": {k: v.to(cpu) for k, v in lm.state_dict().items()}, "config": config},
-                 directory / LM_FILE)
-    _atomic_save({"state_dict": {k: v.to(cpu) for k, v in lm.encoder.state_dict().items()}, "config": config},
-                 directory / ENCODER_FILE)
-    write_vocab(directory / VOCAB_FILE, itos)
-    return directory
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise PretrainedError(f"cannot load {path}: {e}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise PretrainedError(f"{path}: not saved by save_language_model (no 'state_dict')")
-    return ckpt
-
-
-def load_language_model(directory: str | Path) -> tuple[StateDict, list[str], dict[str, Any]]:
-    """``(state_dict, itos, config)`` from a directory written by :func:`save_language_model`.
-
-    Build the model with :func:`ulmfit_core.awd_lstm.build_language_model` (sizes from
-    :func:`infer_sizes` or ``config``) and ``load_state_dict`` it, after :func:`map_to_vocab` when
-    the vocabulary changes.
-    """
-    directory = Path(directory)
-    ckpt = _load_checkpoint(directory / LM_FILE)
-    return ckpt["state_dict"], read_vocab(directory / VOCAB_FILE), ckpt.get("config", {})
+# --- loading either kind ----------------------------------------------------------------
 
 
 def load_pretrained_lm(path: str | Path,
@@ -277,20 +195,16 @@ def load_pretrained_lm(path: str | Path,
 def load_encoder_into(classifier: TextClassifier | AWDLSTMEncoder, dir_or_path: str | Path, itos: Sequence[str]) -> int:
     """Load a saved language model's encoder into ``classifier`` (whose vocabulary is ``itos``).
 
-    ``dir_or_path``: a directory from :func:`save_language_model`, or its ``encoder.pt`` (with
-    ``vocab.json`` beside it). Rows are re-indexed with :func:`map_to_vocab` when the vocabularies
-    differ. Returns how many words of ``itos`` the saved vocabulary knows.
+    ``dir_or_path``: a language-model folder (:func:`ulmfit_core.artifacts.save_language_model`), or
+    its ``encoder.pt``. Rows are re-indexed with :func:`map_to_vocab` when the vocabularies differ.
+    Returns how many words of ``itos`` the saved vocabulary knows.
     """
-    path = Path(dir_or_path)
-    if path.is_dir():
-        path = path / ENCODER_FILE
-    state = _load_checkpoint(path)["state_dict"]
-    saved_itos = read_vocab(path.parent / VOCAB_FILE)
+    state, saved_itos = load_encoder(dir_or_path)
     if list(saved_itos) != list(itos):
         state = map_to_vocab(state, saved_itos, itos)
     encoder = classifier.encoder if isinstance(classifier, TextClassifier) else classifier
     try:
         encoder.load_state_dict(state)
     except RuntimeError as e:
-        raise PretrainedError(f"{path} does not fit this classifier's encoder (model sizes differ?): {e}") from None
+        raise PretrainedError(f"{dir_or_path} does not fit this classifier's encoder (model sizes differ?): {e}") from None
     return int((_old_index(saved_itos, itos) >= 0).sum())

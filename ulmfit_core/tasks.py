@@ -11,15 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .awd_lstm import lm_cross_entropy
+from .awd_lstm import detach_hidden
 from .config import ClassifierConfig, LMConfig
-from .data import ClassifierBatches, LMStream
+from .data import ClassifierBatches, LMStream, classifier_batches
+from .losses import lm_cross_entropy
 from .metrics import accuracy, confusion_matrix, macro_f1
-from .train import StepOutput, batches_to
-
-
-def _detach(hidden):
-    return [(h.detach(), c.detach()) for h, c in hidden]
+from .train import DeviceBatches, StepOutput
 
 
 class LanguageModelTask:
@@ -38,22 +35,19 @@ class LanguageModelTask:
     def start_epoch(self, model: nn.Module) -> None:
         self.hidden = None  # a new epoch reshuffles documents: the old state means nothing
 
-    def train_batches(self):
-        return batches_to(self.device, self.train)
+    def train_batches(self) -> DeviceBatches:
+        return DeviceBatches(self.train.epoch(), self.device)
 
-    def n_train_batches(self) -> int:
-        return len(self.train)
-
-    def step(self, model: nn.Module, batch) -> StepOutput:
+    def step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepOutput:
         x, y = batch  # (B, T) each
         logits, raw, dropped, hidden = model(x, self.hidden)
-        self.hidden = _detach(hidden)
+        self.hidden = detach_hidden(hidden)
         loss = lm_cross_entropy(logits, y)  # F.cross_entropy's value, without its (N, V) temporaries on CPU
         return StepOutput(loss=loss, raw_out=raw, dropped_out=dropped, n_items=y.numel())
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         hidden, total_loss, correct, count = None, 0.0, 0, 0
-        for x, y in batches_to(self.device, self.valid):
+        for x, y in DeviceBatches(self.valid, self.device):
             logits, _, _, hidden = model(x, hidden)
             logits = logits.float()
             total_loss += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"))
@@ -66,7 +60,7 @@ class LanguageModelTask:
 def predict_logits(model: nn.Module, batches: ClassifierBatches, device: torch.device) -> np.ndarray:
     """(N, C) float32 logits in the documents' original order."""
     out: np.ndarray | None = None
-    for x, _lengths, _y, idx in batches_to(device, batches):
+    for x, _lengths, _y, idx in DeviceBatches(batches, device):
         logits = model(x)[0].float().cpu().numpy()
         if out is None:
             out = np.zeros((len(batches.docs), logits.shape[1]), dtype=np.float32)
@@ -92,26 +86,19 @@ class ClassifierTask:
                  valid_labels: np.ndarray, n_classes: int, cfg: ClassifierConfig, pad_idx: int,
                  device: torch.device, generator: torch.Generator) -> None:
         self.device, self.generator, self.n_classes = device, generator, n_classes
-        self.train = ClassifierBatches(train_docs, train_labels, cfg.bs, pad_idx=pad_idx, bptt=cfg.bptt,
-                                       shuffle=True, generator=generator, max_len=cfg.max_len)
-        self.valid = ClassifierBatches(valid_docs, valid_labels, cfg.bs * 2, pad_idx=pad_idx, bptt=cfg.bptt,
-                                       shuffle=False, generator=None, max_len=cfg.max_len)
+        self.train = classifier_batches(train_docs, train_labels, cfg, pad_idx, train=True, generator=generator)
+        self.valid = classifier_batches(valid_docs, valid_labels, cfg, pad_idx, train=False)
         self.valid_labels = np.asarray(valid_labels)
 
     def start_epoch(self, model: nn.Module) -> None:
         pass
 
-    def train_batches(self):
-        for batch in batches_to(self.device, self.train):
-            # BatchNorm cannot normalise a single example in training mode; a lone leftover
-            # document is seen again next epoch in another batch.
-            if batch[0].size(0) > 1:
-                yield batch
+    def train_batches(self) -> DeviceBatches:
+        # ClassifierBatches never yields a batch of one document (BatchNorm cannot normalise it in
+        # training mode): a lone leftover document is seen again next epoch in another batch.
+        return DeviceBatches(self.train, self.device)
 
-    def n_train_batches(self) -> int:
-        return len(self.train)
-
-    def step(self, model: nn.Module, batch) -> StepOutput:
+    def step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> StepOutput:
         x, _lengths, y, _idx = batch
         logits, raw, dropped = model(x)
         loss = F.cross_entropy(logits.float(), y)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
-import os
 import re
-import tempfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
+
+from .artifacts import atomic_write
 
 # --- special tokens (fastai's names and order: the first nine ids of every vocabulary) ------
 
@@ -152,7 +152,7 @@ class Tokenizer:
         return f"spacy-{spacy.__version__}-blank-{self.lang}-rules-{RULES_VERSION}"
 
     @property
-    def nlp(self):
+    def nlp(self) -> Any:
         """The blank spaCy pipeline (only its tokenizer is used)."""
         if self._nlp is None:
             import spacy
@@ -211,7 +211,7 @@ class Vocab:
         return f"Vocab({len(self)} tokens: {' '.join(self.itos[:12])} ...)"
 
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], max_vocab: int = 60000, min_freq: int = 2) -> "Vocab":
+    def build(cls, token_lists: Iterable[Sequence[str]], max_vocab: int = 60000, min_freq: int = 2) -> Vocab:
         """fastai's ``make_vocab``: the ``max_vocab`` most common tokens seen ``min_freq`` times,
         special tokens first, then ``xxfake`` up to a multiple of 8 (8 of them if already one)."""
         count: Counter = Counter()
@@ -229,42 +229,6 @@ class Vocab:
         """Token ids, int64 array of shape (len(tokens),); unknown tokens become 0."""
         get = self.stoi.get
         return np.fromiter((get(t, 0) for t in tokens), dtype=np.int64, count=len(tokens))
-
-    def textify(self, ids: Iterable[int]) -> str:
-        """Tokens of ``ids`` joined by spaces."""
-        return " ".join(self.itos[int(i)] for i in ids)
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``{"itos": [...]}`` as JSON (a directory gets ``vocab.json`` inside it)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "vocab.json"
-        _atomic_write_bytes(path, json.dumps({"itos": self.itos}, ensure_ascii=False).encode("utf-8"))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Vocab":
-        """Read what :meth:`save` wrote (a directory means its ``vocab.json``)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "vocab.json"
-        data = json.loads(path.read_text(encoding="utf-8"))
-        itos = data["itos"] if isinstance(data, dict) else data
-        return cls(itos)
-
-    @classmethod
-    def from_fastai_pickle(cls, path: str | Path) -> "Vocab":
-        """A vocabulary pickled by fastai (``itos_wt103.pkl`` and the like): a ``list[str]``.
-
-        Unpickling runs code from the file: only open files from a source you trust.
-        """
-        import pickle
-
-        with open(path, "rb") as f:
-            itos = pickle.load(f)
-        if not isinstance(itos, (list, tuple)) or not all(isinstance(t, str) for t in itos):
-            raise ValueError(f"{path}: expected a pickled list of strings (fastai's itos), got {type(itos).__name__}")
-        return cls(itos)
 
 
 # --- on-disk token cache --------------------------------------------------------------------
@@ -319,15 +283,8 @@ def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
     np.cumsum([len(b) for b in encoded], out=tok_offsets[1:])
     tok_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, format=np.array([CACHE_FORMAT]), tok_bytes=tok_bytes,
-                                tok_offsets=tok_offsets, ids=ids, doc_offsets=doc_offsets)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, format=np.array([CACHE_FORMAT]), tok_bytes=tok_bytes,
+                                                     tok_offsets=tok_offsets, ids=ids, doc_offsets=doc_offsets))
 
 
 def _load_tokens(path: Path) -> list[list[str]]:
@@ -338,16 +295,3 @@ def _load_tokens(path: Path) -> list[list[str]]:
     table = np.array([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
     flat = table[ids].tolist()
     return [flat[a:b] for a, b in zip(doc_offsets[:-1].tolist(), doc_offsets[1:].tolist())]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .artifacts import load_tensors, save_tensors
 from .config import StageConfig
+from .losses import ar_tar
 from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -43,6 +45,14 @@ class StepOutput:
     n_items: int = 1  # tokens or documents in the batch, to weight the epoch's mean loss
 
 
+class Batches(Protocol):
+    """An epoch of batches whose length is known before iterating."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
 class Task(Protocol):
     """The stage-specific part of training."""
 
@@ -51,11 +61,9 @@ class Task(Protocol):
     def start_epoch(self, model: nn.Module) -> None:
         """Reset per-epoch state (e.g. the language model's hidden state)."""
 
-    def train_batches(self) -> Iterable[Any]:
-        """One epoch of training batches, drawn with ``self.generator``."""
-
-    def n_train_batches(self) -> int:
-        """Batches per epoch (an estimate where lengths vary), for the STLR cycle length."""
+    def train_batches(self) -> Batches:
+        """One epoch of training batches, drawn with ``self.generator``; ``len()`` is exact (the STLR
+        cycle spans it)."""
 
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         """Forward one batch in training mode."""
@@ -87,16 +95,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def ar_tar(raw_out: torch.Tensor | None, dropped_out: torch.Tensor | None, alpha: float, beta: float) -> torch.Tensor | float:
-    """Activation (AR) and temporal activation (TAR) regularisation, as fastai's RNNRegularizer."""
-    reg: torch.Tensor | float = 0.0
-    if alpha and dropped_out is not None:
-        reg = reg + alpha * dropped_out.float().pow(2).mean()
-    if beta and raw_out is not None and raw_out.size(1) > 1:
-        reg = reg + beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
-    return reg
-
-
 def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
     if device.type != "cuda":
         return contextlib.nullcontext(), None
@@ -106,9 +104,11 @@ def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, 
 
 
 def _rng_state(task: Task) -> dict[str, Any]:
+    """Every RNG's state as tensors, ints and lists: a checkpoint loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "data": task.generator.get_state(),
     }
@@ -119,7 +119,8 @@ def _rng_state(task: Task) -> dict[str, Any]:
 
 def _set_rng_state(task: Task, state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     task.generator.set_state(state["data"])
     if "cuda" in state and torch.cuda.is_available():
@@ -127,17 +128,13 @@ def _set_rng_state(task: Task, state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically, so a run killed mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Written atomically, so a run killed mid-write leaves the previous checkpoint intact."""
+    save_tensors(path, payload)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # weights_only=False: the payload holds Python/NumPy RNG states next to the tensors; the file
-    # is one this project wrote (never a model object), so loading it executes nothing foreign.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read as data only (``weights_only=True``): a checkpoint from shared storage cannot run code."""
+    return load_tensors(path)
 
 
 class Trainer:
@@ -222,14 +219,16 @@ class Trainer:
         cfg, model = self.cfg, self.model
         freeze_to(self.groups, phase.n_trainable)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        n_batches = max(1, self.task.n_train_batches())
+        model.train()
+        self.task.start_epoch(model)
+        batches = self.task.train_batches()
+        # Every epoch of a phase is 1/epochs of its STLR cycle, measured in this epoch's real batches.
+        n_batches = max(1, len(batches))
         cycle_len = phase.epochs * n_batches
         it = (self.epoch - phase.first_epoch) * n_batches
         ratio, cut = cfg.use_clr
-        model.train()
-        self.task.start_epoch(model)
         total, count = 0.0, 0
-        bar = tqdm(self.task.train_batches(), total=n_batches, desc=f"{self.desc} epoch {self.epoch + 1}/{self.total_epochs}",
+        bar = tqdm(batches, total=n_batches, desc=f"{self.desc} epoch {self.epoch + 1}/{self.total_epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for batch in bar:
             for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
@@ -237,6 +236,11 @@ class Trainer:
             with self.autocast:
                 out = self.task.step(model, batch)
                 loss = out.loss + ar_tar(out.raw_out, out.dropped_out, cfg.alpha, cfg.beta)
+            batch_loss = float(out.loss.detach())
+            if not math.isfinite(batch_loss):  # before any step: the weights stay those of the last good batch
+                raise FloatingPointError(
+                    f"{self.desc}: loss became {batch_loss} at epoch {self.epoch + 1}; lower the learning rate "
+                    f"(lr={cfg.lr}) or raise clipping")
             self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -250,11 +254,6 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            batch_loss = float(out.loss.detach())
-            if not math.isfinite(batch_loss):
-                raise FloatingPointError(
-                    f"{self.desc}: loss became {batch_loss} at epoch {self.epoch + 1}; lower the learning rate "
-                    f"(lr={cfg.lr}) or raise clipping")
             total += batch_loss * out.n_items
             count += out.n_items
             it += 1
@@ -263,7 +262,15 @@ class Trainer:
         return total / max(count, 1)
 
 
-def batches_to(device: torch.device, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
-    """Move every tensor of each batch tuple to ``device`` (non-tensors pass through)."""
-    for batch in batches:
-        yield tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
+class DeviceBatches:
+    """``batches`` (a sized iterable of tuples) with every tensor moved to ``device``; non-tensors pass."""
+
+    def __init__(self, batches: Iterable[Sequence[Any]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for batch in self.batches:
+            yield tuple(b.to(self.device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)

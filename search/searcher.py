@@ -1,0 +1,131 @@
+"""The searcher: Optuna (TPE, or random for a baseline) behind Ray Tune's ``OptunaSearch``, taught
+three things Ray 2.60's integration gets wrong for this service (see :class:`PruningAwareOptunaSearch`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from search import trainable as T
+from search.settings import SearchConfig
+from search.space import SearchSpace
+from ulmfit_core.config import build_recipe, to_dict
+
+logger = logging.getLogger(__name__)
+
+
+class DefineByRun:
+    """Optuna define-by-run space (picklable: Ray saves the searcher with the experiment)."""
+
+    def __init__(self, space: SearchSpace, base: dict[str, Any]):
+        self.space, self.base = space, base
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        self.space.sample(trial, self.base)  # values are captured by Ray's wrapper around `trial`
+        return None
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna what really happened to each trial.
+
+    1. **Stopped trials are PRUNED.** Ray 2.60's ``on_trial_complete`` tells every trial that has a
+       final metric as COMPLETE, including those ASHA stopped after one epoch: TPE would rank a 1-epoch
+       accuracy against 4-epoch ones. And Tune skips ``on_trial_result`` for the result that triggered a
+       stop, so that last value never became an intermediate value either. Here the final value is
+       reported at its step, and a trial whose last epoch is before its ``epochs_total`` is told as
+       PRUNED (Optuna then takes its last intermediate value as its value, which TPE uses).
+    2. **Each step is reported once.** Under FIFO the final result reaches ``on_trial_result`` and then
+       ``on_trial_complete``; it is reported only the first time.
+    3. **A retried trial counts.** A trial that errored was told to Optuna as FAIL; when a resumed
+       search (``resume_errored``) runs it again, Ray's base class ignores every later result as
+       "already finished". Here its outcome is added to the study as a new trial with the same params.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}  # trial id -> last step reported to Optuna
+        self._failed: dict[str, dict[int, float]] = {}  # trial id told FAIL -> intermediate values since
+
+    def _state(self) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+        # Searchers saved before these attributes existed come back without them.
+        if not hasattr(self, "_last_step"):
+            self._last_step, self._failed = {}, {}
+        return self._last_step, self._failed
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        last_step, failed = self._state()
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if trial_id in failed:
+            if value is not None and step is not None:
+                failed[trial_id][int(step)] = float(value)
+            return
+        super().on_trial_result(trial_id, result)
+        if step is not None and trial_id not in self._completed_trials:
+            last_step[trial_id] = int(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        last_step, failed = self._state()
+        if trial_id in failed:
+            return self._revive(trial_id, result, error)
+        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            if error and trial_id in self._ot_trials:
+                failed[trial_id] = {}
+            return None
+        ot_trial = self._ot_trials[trial_id]
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if value is not None and step is not None and int(step) > last_step.get(trial_id, 0):
+            ot_trial.report(value, step)
+        if not T.stopped_early(result):
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        from optuna.trial import TrialState
+
+        try:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        except Exception as e:  # noqa: BLE001  (as the base class: e.g. a NaN metric)
+            logger.warning("Optuna: cannot tell trial %s as pruned: %s", trial_id, e)
+        self._completed_trials.add(trial_id)
+        return None
+
+    def _revive(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """A trial told FAIL ran again (after a resume): add its outcome as a new Optuna trial."""
+        from optuna.trial import TrialState
+
+        intermediate = self._failed.pop(trial_id)
+        value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
+        if error or value is None:
+            return  # failed again: the FAIL already recorded stands
+        intermediate[int(step or 0)] = float(value)
+        number = self._ot_trials[trial_id].number
+        frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+        state = TrialState.PRUNED if T.stopped_early(result or {}) else TrialState.COMPLETE
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            state=state, value=float(value), params=frozen.params, distributions=frozen.distributions,
+            intermediate_values=intermediate, user_attrs={"ray_trial_id": trial_id, "retried": True}))
+
+
+def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
+    """OptunaSearch's sampler arguments: TPE (Ray builds ``TPESampler(seed=seed)``) or seeded random."""
+    if algorithm == "random":
+        import optuna
+
+        return {"sampler": optuna.samplers.RandomSampler(seed=seed)}
+    return {"seed": seed}
+
+
+def make_searcher(cfg: SearchConfig) -> PruningAwareOptunaSearch:
+    s = cfg.search
+    base = to_dict(build_recipe(cfg.recipe))
+    return PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
+                                    **_sampler(s.algorithm, s.seed))
+
+
+def load_study(search_dir: str | Path) -> optuna.Study:
+    """The Optuna study of a search (from Ray's saved searcher state), e.g. for optuna.visualization."""
+    searcher = PruningAwareOptunaSearch()
+    searcher.restore_from_dir(str(search_dir))
+    return searcher._ot_study

@@ -1,0 +1,72 @@
+"""The layout of one search folder, ``<search.storage>/<search.name>-<YYYYmmdd-HHMMSS>``, and its readers.
+
+Ray writes its experiment state and the trials' checkpoints there; this project adds:
+
+* ``search.json``: the resolved search config and its MLflow ids: all a resume, an export or a
+  retrain needs (:func:`write_search_json`, :func:`read_search_json`);
+* ``leaderboard.csv``: one row per trial, best first;
+* ``best.yaml``: the exported best configuration (``search/export.py``).
+
+Both ``tuner.py`` and ``export.py`` import this module (and not each other's internals).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from search.errors import SearchConfigError
+from search.settings import SearchConfig, search_config_from_dict
+from ulmfit_core import artifacts
+
+SEARCH_JSON = "search.json"
+LEADERBOARD_CSV = "leaderboard.csv"
+BEST_YAML = "best.yaml"
+
+
+def new_search_dir(cfg: SearchConfig) -> Path:
+    """A fresh folder name under the storage (not created): ``NAME-YYYYmmdd-HHMMSS[-N]``."""
+    storage = Path(cfg.search.storage).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = storage / f"{cfg.search.name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = storage / f"{cfg.search.name}-{stamp}-{n}"
+    return path
+
+
+def write_search_json(search_dir: Path, meta: dict[str, Any]) -> Path:
+    return artifacts.write_json(Path(search_dir) / SEARCH_JSON, meta)
+
+
+def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, Any]]:
+    """``(search config, metadata)`` of a search folder; clear errors for a wrong or damaged folder."""
+    path = Path(search_dir) / SEARCH_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{search_dir} is not a search folder (no {SEARCH_JSON}); give the folder "
+                                f"`search` printed, e.g. runs/search/NAME-YYYYmmdd-HHMMSS")
+    try:
+        meta = artifacts.read_json(path)
+        return search_config_from_dict(meta["config"]), meta
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise SearchConfigError(f"{path}: damaged ({e}); the search cannot be resumed or exported from it. "
+                                "Start a new search, or export from MLflow with --experiment") from None
+
+
+def leaderboard_csv(board: list[dict[str, Any]]) -> str:
+    """The leaderboard rows as CSV text (columns in first-seen order)."""
+    columns = list(dict.fromkeys(k for row in board for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows(board)
+    return buf.getvalue()
+
+
+def write_leaderboard(search_dir: Path, board: list[dict[str, Any]]) -> Path | None:
+    if not board:
+        return None
+    return artifacts.write_text(Path(search_dir) / LEADERBOARD_CSV, leaderboard_csv(board))

@@ -1,0 +1,240 @@
+"""Every file the recipe writes or reads back: models, vocabularies, configs, metrics.
+
+One writer and one reader per kind of file, all writes atomic (a temporary file in the same folder,
+then ``os.replace``), so a reader (another trial, a resumed run) never sees half a file. Weights are
+read with ``torch.load(weights_only=True)``: a file holds tensors, numbers, strings and lists, and
+loading it can never run code.
+
+Folders (names are the contract other code and users rely on):
+
+* a **language model** (``finetune_lm`` / ``pretrain`` output): ``lm.pt`` (the whole tied model) and
+  ``encoder.pt`` (what a classifier loads), each ``{"state_dict", "config"}``; ``vocab.json``;
+* a **classifier**: ``model.pt`` (``{"state_dict", "config", "labels", "tokenizer", "format"}``),
+  ``vocab.json``, ``labels.json``, ``config.yaml``;
+* both: ``metrics.json`` and a resumable ``checkpoint/`` (see :mod:`ulmfit_core.train`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import yaml
+from torch import nn
+
+LM_FILE, ENCODER_FILE, VOCAB_FILE = "lm.pt", "encoder.pt", "vocab.json"
+MODEL_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE = "model.pt", "labels.json", "config.yaml", "metrics.json"
+CHECKPOINT_SUBDIR = "checkpoint"
+#: Bump when the layout of ``model.pt`` changes.
+CLASSIFIER_FORMAT = 1
+
+
+class ArtifactError(ValueError):
+    """A saved model, vocabulary or config cannot be used; the message names the file and why."""
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The one way this project writes a file: a concurrent reader sees the old file or the new one,
+    never a mix; a failure leaves the old file and no temporary file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """``payload`` as indented JSON (numpy/torch scalars as floats)."""
+    return write_text(path, json.dumps(payload, indent=2, default=float, ensure_ascii=False))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e}); the file is damaged: write it again") from None
+
+
+def write_yaml(path: str | Path, values: Mapping[str, Any]) -> Path:
+    return write_text(path, yaml.safe_dump(dict(values), sort_keys=False))
+
+
+def save_tensors(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` of plain data (tensors, numbers, strings, lists, dicts), atomically."""
+    return atomic_write(path, lambda f: torch.save(dict(payload), f))
+
+
+def load_tensors(path: str | Path) -> dict[str, Any]:
+    """What :func:`save_tensors` wrote, on the CPU, read as data only (``weights_only=True``).
+
+    A file that would need code to load (a pickled object) or is truncated raises
+    :class:`ArtifactError` naming the file, without running anything from it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ArtifactError(f"{path}: refused: it holds more than tensors and plain data ({e}); "
+                            "only load model files from a source you trust, or re-create it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: cannot be read ({e}); the file is truncated or damaged: "
+                            "train or copy it again") from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{path}: expected a mapping of tensors, got {type(payload).__name__}")
+    return payload
+
+
+def cpu_state_dict(module: nn.Module, move: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` on the CPU with tied tensors kept as one tensor.
+
+    ``tensor.cpu()`` of a CUDA tensor makes a new copy each call, so the three names of a tied
+    embedding (encoder, its dropout wrapper, the decoder) would be saved as three tensors (three
+    times the disk, and no longer tied when loaded). Each distinct storage is moved once.
+    ``move`` replaces ``Tensor.cpu`` (tests use a copying move).
+    """
+    move = move or (lambda t: t.cpu())
+    moved: dict[tuple[int, int, tuple[int, ...]], torch.Tensor] = {}
+    out = {}
+    for key, value in module.state_dict().items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if ident not in moved:
+            moved[ident] = move(value.detach())
+        out[key] = moved[ident]
+    return out
+
+
+# --- vocabulary -----------------------------------------------------------------------------
+
+
+def write_vocab(path: str | Path, itos: Sequence[str]) -> Path:
+    """The vocabulary as JSON ``{"itos": [...]}`` (a folder gets ``vocab.json`` inside)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / VOCAB_FILE
+    return write_text(path, json.dumps({"itos": list(itos)}, ensure_ascii=False))
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    """``itos`` from a ``vocab.json`` (``{"itos": [...]}`` or a bare list); a folder means its vocab.json."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / VOCAB_FILE
+    data = read_json(path)
+    itos = data.get("itos") if isinstance(data, dict) else data
+    if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
+        raise ArtifactError(f"{path}: expected a list of strings, or {{\"itos\": [...]}}")
+    return itos
+
+
+# --- language models ------------------------------------------------------------------------
+
+
+def save_language_model(directory: str | Path, lm: nn.Module, itos: Sequence[str],
+                        config: Mapping[str, Any]) -> Path:
+    """Write ``lm.pt``, ``encoder.pt`` and ``vocab.json`` into ``directory`` (created); returns it.
+
+    ``lm`` is a :class:`~ulmfit_core.awd_lstm.LanguageModel`; ``config`` plain data (``to_dict``).
+    """
+    directory = Path(directory)
+    config = dict(config)
+    save_tensors(directory / LM_FILE, {"state_dict": cpu_state_dict(lm), "config": config})
+    save_tensors(directory / ENCODER_FILE, {"state_dict": cpu_state_dict(lm.encoder), "config": config})
+    write_vocab(directory / VOCAB_FILE, itos)
+    return directory
+
+
+def _state_payload(path: Path) -> dict[str, Any]:
+    payload = load_tensors(path)
+    if "state_dict" not in payload:
+        raise ArtifactError(f"{path}: not a model saved by this project (no 'state_dict')")
+    return payload
+
+
+def load_language_model(directory: str | Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
+    """``(state_dict, itos, config)`` of a folder written by :func:`save_language_model`."""
+    directory = Path(directory)
+    payload = _state_payload(directory / LM_FILE)
+    return payload["state_dict"], read_vocab(directory / VOCAB_FILE), payload.get("config", {})
+
+
+def load_encoder(dir_or_file: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``(encoder state_dict, itos)`` of a language-model folder (or its ``encoder.pt``)."""
+    path = Path(dir_or_file)
+    if path.is_dir():
+        path = path / ENCODER_FILE
+    return _state_payload(path)["state_dict"], read_vocab(path.parent / VOCAB_FILE)
+
+
+# --- classifiers ----------------------------------------------------------------------------
+
+
+@dataclass
+class SavedClassifier:
+    """What a classifier folder holds (see :func:`save_classifier`)."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    itos: list[str]
+    labels: list[str]
+
+
+def write_classifier_metadata(directory: str | Path, config: Mapping[str, Any], itos: Sequence[str],
+                              labels: Sequence[str]) -> None:
+    """``vocab.json``, ``labels.json`` and ``config.yaml``: what a classifier's weights need beside them."""
+    directory = Path(directory)
+    write_vocab(directory / VOCAB_FILE, itos)
+    write_json(directory / LABELS_FILE, list(labels))
+    write_yaml(directory / CONFIG_FILE, config)
+
+
+def save_classifier(directory: str | Path, model: nn.Module, config: Mapping[str, Any], itos: Sequence[str],
+                    labels: Sequence[str], tokenizer: str) -> Path:
+    """A self-contained classifier: weights (no optimizer state), vocabulary, labels, tokenizer, config."""
+    directory = Path(directory)
+    write_classifier_metadata(directory, config, itos, labels)
+    save_tensors(directory / MODEL_FILE, {"state_dict": cpu_state_dict(model), "config": dict(config),
+                                          "labels": list(labels), "tokenizer": tokenizer,
+                                          "format": CLASSIFIER_FORMAT})
+    return directory
+
+
+def load_classifier_files(directory: str | Path) -> SavedClassifier:
+    """Read what :func:`save_classifier` wrote; needs no training data."""
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise ArtifactError(f"{directory}: no {MODEL_FILE}; pass the classifier folder that train-classifier "
+                            "or run wrote (e.g. runs/recipe/classifier)")
+    payload = _state_payload(directory / MODEL_FILE)
+    return SavedClassifier(state_dict=payload["state_dict"], config=dict(payload["config"]),
+                           itos=read_vocab(directory / VOCAB_FILE), labels=list(payload["labels"]))

@@ -1,0 +1,178 @@
+"""Preparing the text a recipe reads: read, split, tokenize (cached), numericalize with one vocabulary.
+
+No stage sees test text: the language model reads the classifier's training texts plus any unlabeled
+corpus, never the validation or test documents; the vocabulary is built from the LM's training part.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import datasets
+from .config import RecipeConfig, to_dict
+from .data import DataError, check_classes, read_labeled, read_unlabeled, split_validation
+from .text import Tokenizer, Vocab, tokenize_cached
+
+# --- corpus ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    ids: list[np.ndarray]  # one int64 array of token ids per document
+    labels: np.ndarray | None  # int64 class indices, or None for unlabeled text
+
+
+@dataclass
+class Corpus:
+    """Everything the stages read, numericalized with one vocabulary."""
+
+    vocab: Vocab
+    label_names: list[str]
+    train: Split
+    valid: Split
+    test: Split | None
+    lm_train: list[np.ndarray]
+    lm_valid: list[np.ndarray]
+    fingerprint: str  # content hash of every text and label that went in (what a classifier depends on)
+    lm_fingerprint: str  # content hash of the language model's text only (never validation or test text)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    """The token cache: ``$ULMFIT_CACHE``, else ``./.cache/ulmfit``."""
+    return Path(os.environ.get("ULMFIT_CACHE", ".cache/ulmfit")).resolve()
+
+
+def content_hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def subsample(n: int, k: int | None, seed: int) -> np.ndarray:
+    """Reproducible random subset of ``range(n)`` of size ``k`` (all when ``k`` is None)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
+def label_codes(labels: Sequence[str], names: list[str], source: str) -> np.ndarray:
+    index = {n: i for i, n in enumerate(names)}
+    unseen = sorted({lab for lab in labels if lab not in index})
+    if unseen:
+        raise DataError(
+            f"{source}: labels {unseen[:5]} never occur in the training data (known: {names[:10]}); "
+            "a classifier cannot predict classes it never saw: fix the labels or add training examples")
+    return np.array([index[lab] for lab in labels], dtype=np.int64)
+
+
+def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                   progress: bool = False) -> Corpus:
+    """Read, split, tokenize (disk-cached, locked) and numericalize the data ``cfg.data`` names."""
+    d = cfg.data
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not d.dataset and not d.train:
+        raise DataError("data: the classifier needs labeled text; set data.dataset or data.train "
+                        "(only `launch.py pretrain` works from data.unlabeled alone)")
+    paths = datasets.resolve(d.dataset, d, data_dir)
+    tok = Tokenizer()
+
+    train_all = read_labeled(paths.train, d.text_cols, d.label_col)
+    keep = subsample(len(train_all.texts), d.max_train_rows, cfg.seed)
+    train_texts = [train_all.texts[i] for i in keep]
+    train_labels = [train_all.labels[i] for i in keep]
+    check_classes(train_labels)
+    if paths.valid:
+        valid = read_labeled(paths.valid, d.text_cols, d.label_col)
+        valid_texts, valid_labels = valid.texts, valid.labels
+    else:
+        tr_idx, va_idx = split_validation(train_labels, d.valid_pct, cfg.seed)
+        valid_texts = [train_texts[i] for i in va_idx]
+        valid_labels = [train_labels[i] for i in va_idx]
+        train_texts = [train_texts[i] for i in tr_idx]
+        train_labels = [train_labels[i] for i in tr_idx]
+    names = sorted(set(train_labels))
+    check_classes(train_labels)
+    y_train = label_codes(train_labels, names, str(paths.train))
+    y_valid = label_codes(valid_labels, names, str(paths.valid or paths.train))
+    test = read_labeled(paths.test, d.text_cols, d.label_col) if paths.test else None
+    y_test = label_codes(test.labels, names, str(paths.test)) if test else None
+
+    unlabeled: list[str] = []
+    if paths.unlabeled and d.use_unlabeled:
+        unlabeled = read_unlabeled(paths.unlabeled)
+        unlabeled = [unlabeled[i] for i in subsample(len(unlabeled), d.max_unlabeled_rows, cfg.seed)]
+
+    def toks(texts: list[str]) -> list[list[str]]:
+        return tokenize_cached(texts, tok, cache, progress=progress) if texts else []
+
+    t_train, t_valid, t_unlab = toks(train_texts), toks(valid_texts), toks(unlabeled)
+    t_test = toks(test.texts) if test else None
+
+    # The language model reads training and unlabeled text only (never validation or test).
+    lm_docs = t_train + t_unlab
+    lm_tr_idx, lm_va_idx = split_validation([0] * len(lm_docs), cfg.lm.valid_pct, cfg.seed)
+    vocab = Vocab.build([lm_docs[i] for i in lm_tr_idx], max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
+    num = vocab.numericalize
+    lm_ids = [num(t) for t in lm_docs]
+    fingerprint = content_hash(train_texts, train_labels, valid_texts, valid_labels, unlabeled,
+                               test.texts if test else None, tok.settings_key(), to_dict(cfg.text))
+    lm_fingerprint = content_hash(train_texts, unlabeled, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
+    return Corpus(
+        vocab=vocab,
+        label_names=names,
+        train=Split([num(t) for t in t_train], y_train),
+        valid=Split([num(t) for t in t_valid], y_valid),
+        test=Split([num(t) for t in t_test], y_test) if t_test is not None else None,
+        lm_train=[lm_ids[i] for i in lm_tr_idx],
+        lm_valid=[lm_ids[i] for i in lm_va_idx],
+        fingerprint=fingerprint,
+        lm_fingerprint=lm_fingerprint,
+        stats={"n_train": len(t_train), "n_valid": len(t_valid), "n_test": len(t_test or []),
+               "n_unlabeled": len(t_unlab), "vocab_size": len(vocab),
+               "lm_tokens": int(sum(len(x) for x in lm_ids))},
+    )
+
+
+def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                      progress: bool = False) -> Corpus:
+    """Text for language-model pretraining alone: ``data.unlabeled`` plus any labeled texts' text.
+
+    Labels are ignored; the returned corpus has empty classifier splits.
+    """
+    d = cfg.data
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    texts: list[str] = []
+    if d.dataset or d.train:
+        paths = datasets.resolve(d.dataset, d, data_dir)
+        texts += read_labeled(paths.train, d.text_cols, d.label_col).texts
+        unlabeled_path = paths.unlabeled
+    else:
+        unlabeled_path = Path(d.unlabeled) if d.unlabeled else None
+    if unlabeled_path is not None:
+        unlabeled = read_unlabeled(unlabeled_path)
+        texts += [unlabeled[i] for i in subsample(len(unlabeled), d.max_unlabeled_rows, cfg.seed)]
+    if len(texts) < 2:
+        raise DataError("data: language-model pretraining needs text; set data.unlabeled to a corpus "
+                        "(a .txt file with one document per line, a folder of .txt files, or a CSV column)")
+    tok = Tokenizer()
+    tokens = tokenize_cached(texts, tok, cache, progress=progress)
+    lm_fingerprint = content_hash(texts, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
+    tr_idx, va_idx = split_validation([0] * len(tokens), cfg.lm.valid_pct, cfg.seed)
+    vocab = Vocab.build([tokens[i] for i in tr_idx], max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
+    ids = [vocab.numericalize(t) for t in tokens]
+    empty = Split([], np.zeros(0, dtype=np.int64))
+    return Corpus(vocab=vocab, label_names=[], train=empty, valid=empty, test=None,
+                  lm_train=[ids[i] for i in tr_idx], lm_valid=[ids[i] for i in va_idx],
+                  fingerprint=lm_fingerprint, lm_fingerprint=lm_fingerprint,
+                  stats={"n_documents": len(texts), "vocab_size": len(vocab),
+                         "lm_tokens": int(sum(len(x) for x in ids))})

@@ -1,0 +1,124 @@
+"""Using trained classifiers: load, predict, evaluate, and average a forward + backward ensemble.
+
+A classifier folder (:func:`ulmfit_core.artifacts.save_classifier`) is self-contained: weights,
+vocabulary, labels and the config that made it, so nothing here needs the training data.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifacts import load_classifier_files
+from .awd_lstm import TextClassifier, build_classifier
+from .config import RecipeConfig, recipe_from_dict
+from .corpus import Split, label_codes
+from .data import classifier_batches, read_labeled
+from .metrics import confusion_matrix
+from .tasks import classification_metrics, predict_logits
+from .text import Tokenizer, Vocab, tokenize_cached
+from .train import resolve_device
+
+
+@dataclass
+class LoadedClassifier:
+    model: TextClassifier
+    vocab: Vocab
+    labels: list[str]
+    cfg: RecipeConfig
+    device: torch.device
+
+
+def load_classifier(directory: str | Path, device: str = "auto") -> LoadedClassifier:
+    """The classifier saved in ``directory``, in eval mode on ``device``."""
+    saved = load_classifier_files(directory)
+    cfg = recipe_from_dict(saved.config)
+    vocab = Vocab(saved.itos)
+    cc = cfg.classifier
+    model = build_classifier(len(vocab), cfg.model, cc.scaled_dropouts, n_classes=len(saved.labels),
+                             lin_ftrs=cc.lin_ftrs, head_p=cc.head_p, bptt=cc.bptt, max_seq=cc.max_seq,
+                             pad_idx=vocab.pad_idx)
+    model.load_state_dict(saved.state_dict)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedClassifier(model=model, vocab=vocab, labels=saved.labels, cfg=cfg, device=dev)
+
+
+def _logits(clf: LoadedClassifier, ids: list[np.ndarray], labels: np.ndarray | None = None) -> np.ndarray:
+    """(N, C) float32 logits of numericalized documents, in their order."""
+    batches = classifier_batches(ids, labels, clf.cfg.classifier, clf.vocab.pad_idx, train=False)
+    with torch.no_grad():
+        return predict_logits(clf.model, batches, clf.device)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+class Predictor:
+    """Classifiers loaded once (one, or a forward + backward ensemble) and the tokenizer, for many calls.
+
+    :meth:`predict_proba` averages the members' probabilities; every member must know the same classes.
+    """
+
+    def __init__(self, classifiers: Sequence[LoadedClassifier]) -> None:
+        if not classifiers:
+            raise ValueError("a predictor needs at least one classifier")
+        labels = classifiers[0].labels
+        for clf in classifiers[1:]:
+            if clf.labels != labels:
+                raise ValueError(f"classifiers know different classes ({clf.labels} vs {labels}); "
+                                 "an ensemble needs models trained on the same classes")
+        self.classifiers, self.labels = list(classifiers), list(labels)
+        self.tokenizer = Tokenizer()
+
+    @classmethod
+    def from_dirs(cls, model_dirs: Sequence[str | Path], device: str = "auto") -> Predictor:
+        return cls([load_classifier(d, device) for d in model_dirs])
+
+    def predict_proba(self, texts: Sequence[str], cache_dir: str | Path | None = None) -> np.ndarray:
+        """(N, C) probabilities of ``texts``, the mean over the members. ``ValueError`` for no or empty texts."""
+        if not texts:
+            raise ValueError("no texts to predict")
+        empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+        if empty:
+            raise ValueError(f"texts {empty[:5]} are empty; give each document some text")
+        texts = [str(t) for t in texts]
+        tokens = tokenize_cached(texts, self.tokenizer, cache_dir) if cache_dir else self.tokenizer.tokenize(texts)
+        probs = [_softmax(_logits(clf, [clf.vocab.numericalize(t) for t in tokens])) for clf in self.classifiers]
+        return sum(probs[1:], probs[0]) / len(probs)
+
+
+def predict_proba(model_dirs: Sequence[str | Path], texts: Sequence[str], device: str = "auto",
+                  cache_dir: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """Class names and (N, C) probabilities, averaged over ``model_dirs`` (forward + backward ensemble)."""
+    predictor = Predictor.from_dirs(model_dirs, device)
+    return predictor.labels, predictor.predict_proba(texts, cache_dir)
+
+
+def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, device: str = "auto",
+             cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Accuracy, loss, macro-F1 and confusion matrix of the model(s) on a labeled file."""
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    first = load_classifier(dirs[0], device="cpu")
+    d = first.cfg.data
+    data = read_labeled(path, d.text_cols, d.label_col)
+    y = label_codes(data.labels, first.labels, str(path))
+    labels, probs = predict_proba(dirs, data.texts, device, cache_dir)
+    logp = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
+    m: dict[str, Any] = classification_metrics(logp, y, len(labels), prefix="")
+    m["confusion_matrix"] = confusion_matrix(y, probs.argmax(1), len(labels)).tolist()
+    m["labels"] = labels
+    m["n"] = len(y)
+    return m
+
+
+def evaluate_split(result_dir: str | Path, split: Split, device: str = "auto") -> dict[str, float]:
+    """Metrics of a saved classifier on an already-numericalized split (e.g. ``corpus.test``)."""
+    clf = load_classifier(result_dir, device)
+    logits = _logits(clf, split.ids, split.labels)
+    return classification_metrics(logits, split.labels, len(clf.labels), prefix="")

@@ -1,0 +1,229 @@
+"""The two training stages of ULMFiT, and the whole recipe: LM fine-tuning -> classifier -> test.
+
+Each stage takes a ``report`` callback so the caller (the CLI, or a Ray Tune trial) decides what
+happens after every epoch. Nothing here imports Ray, Optuna or MLflow.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+import torch
+
+from . import artifacts, pretrained
+from .artifacts import CHECKPOINT_SUBDIR, METRICS_FILE
+from .awd_lstm import build_classifier, build_language_model, classifier_layer_groups, lm_layer_groups
+from .config import RecipeConfig, to_dict
+from .corpus import Corpus, content_hash, prepare_corpus
+from .inference import evaluate_split
+from .schedule import unfreeze_phases
+from .tasks import ClassifierTask, LanguageModelTask
+from .text import Tokenizer
+from .train import Trainer, resolve_device, seed_everything
+
+ReportFn = Callable[[dict[str, float], "Path | None"], None]
+
+_LM_DONE = "DONE"
+
+
+# --- language model --------------------------------------------------------------------------
+
+
+@dataclass
+class LMResult:
+    lm_dir: Path
+    trained: bool  # False when an existing fine-tuned model was reused
+    seconds: float  # wall time of the training that produced it (0 when it was only loaded)
+    metrics: dict[str, float]
+
+
+def lm_key(cfg: RecipeConfig, fingerprint: str = "") -> str:
+    """Hash of everything the language-model stage depends on (not the classifier's settings).
+
+    ``fingerprint`` is the corpus's ``lm_fingerprint``: the LM's own text, never validation or test text.
+    """
+    return content_hash("lm-v1", to_dict(cfg.data), to_dict(cfg.text), to_dict(cfg.model), to_dict(cfg.lm),
+                        cfg.seed, fingerprint)[:16]
+
+
+def _initial_lm_state(cfg: RecipeConfig, itos: list[str]) -> dict[str, torch.Tensor] | None:
+    """The pretrained weights ``lm.pretrained`` names, mapped onto ``itos``; None without one."""
+    if not cfg.lm.pretrained:
+        return None
+    state, old_itos, _sizes = pretrained.load_pretrained_lm(cfg.lm.pretrained, cfg.lm.pretrained_vocab)
+    return pretrained.map_to_vocab(state, old_itos, itos)
+
+
+def _load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{what}: the pretrained weights do not fit the configured model ({'; '.join(bad[:3])}); "
+                         "set model.preset / model.emb_sz / model.n_hid / model.n_layers to the pretrained model's sizes")
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if missing:
+        raise ValueError(f"{what}: the pretrained weights lack {missing[:5]}")
+
+
+def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: ReportFn | None = None,
+                progress: bool = False, resume: bool = True) -> LMResult:
+    """Train (or fine-tune from ``cfg.lm.pretrained``) the language model into ``out_dir``.
+
+    Writes the language-model files (:func:`ulmfit_core.artifacts.save_language_model`),
+    ``metrics.json`` and a resumable ``checkpoint/``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    lmc = cfg.lm
+    model = build_language_model(len(corpus.vocab), cfg.model, lmc.scaled_dropouts, pad_idx=corpus.vocab.pad_idx)
+    init = _initial_lm_state(cfg, corpus.vocab.itos)
+    if init is not None:
+        _load_matching(model, init, "lm.pretrained")
+    model.to(device)
+    groups = lm_layer_groups(model)
+    # A pretrained model first trains only its top group (embeddings/decoder, fastai's order) so
+    # rows for new words catch up before the LSTMs move (fastai's fine_tune(freeze_epochs=1)).
+    freeze = [lmc.freeze_epochs] if init is not None and lmc.freeze_epochs else []
+    phases = unfreeze_phases(len(groups), freeze, lmc.epochs + sum(freeze))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = LanguageModelTask(corpus.lm_train, corpus.lm_valid, lmc, device, generator)
+    trainer = Trainer(model, groups, lmc, phases, task, device=device, checkpoint_dir=out / CHECKPOINT_SUBDIR,
+                      checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, progress=progress, desc="lm")
+    if resume:
+        trainer.resume_from(out / CHECKPOINT_SUBDIR)
+
+    def on_epoch(m: dict[str, float]) -> None:
+        if report:
+            report(m, None)
+
+    fit = trainer.fit(on_epoch)
+    artifacts.save_language_model(out, model, corpus.vocab.itos, to_dict(cfg))
+    seconds = time.perf_counter() - t0
+    final = dict(fit.history[-1]) if fit.history else {}
+    artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history, "seconds": seconds,
+                                              "corpus": corpus.stats, "lm_key": lm_key(cfg, corpus.lm_fingerprint)})
+    return LMResult(lm_dir=out, trained=True, seconds=seconds, metrics=final)
+
+
+def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: ReportFn | None = None,
+              progress: bool = False) -> LMResult:
+    """The fine-tuned LM for ``cfg``, trained once under ``lm_root/<lm_key>/`` and shared.
+
+    Concurrent callers with the same key block on a file lock; the first trains, the rest reuse
+    its result (``trained=False``). Works across nodes when ``lm_root`` is shared storage.
+    """
+    key = lm_key(cfg, corpus.lm_fingerprint)
+    lm_dir = Path(lm_root) / key
+    lm_dir.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(lm_dir) + ".lock"):
+        done = lm_dir / _LM_DONE
+        if done.exists():
+            info = artifacts.read_json(lm_dir / METRICS_FILE)
+            return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
+        result = finetune_lm(cfg, corpus, lm_dir, report=report, progress=progress, resume=True)
+        artifacts.write_json(done, {"seconds": result.seconds})
+        return result
+
+
+def lm_training_seconds(lm_dir: str | Path) -> float:
+    """Wall time the LM in ``lm_dir`` took to train (what a trial saves by reusing it)."""
+    return float(artifacts.read_json(Path(lm_dir) / METRICS_FILE)["seconds"])
+
+
+# --- classifier ------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifierResult:
+    out_dir: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | None, out_dir: str | Path,
+                     report: ReportFn | None = None, resume_from: str | Path | None = None,
+                     progress: bool = False, resume: bool = True) -> ClassifierResult:
+    """Gradual unfreezing + discriminative rates + STLR on top of the LM encoder in ``lm_dir``.
+
+    ``report(metrics, checkpoint_dir)`` runs after every epoch; ``checkpoint_dir`` is a
+    self-contained directory (checkpoint, vocabulary, labels) that ``resume_from`` accepts.
+    """
+    cc = cfg.classifier
+    out = Path(out_dir)
+    ckpt_dir = out / CHECKPOINT_SUBDIR
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    n_classes = len(corpus.label_names)
+    model = build_classifier(len(corpus.vocab), cfg.model, cc.scaled_dropouts, n_classes=n_classes,
+                             lin_ftrs=cc.lin_ftrs, head_p=cc.head_p, bptt=cc.bptt, max_seq=cc.max_seq,
+                             pad_idx=corpus.vocab.pad_idx)
+    if lm_dir is not None and not cc.from_scratch:
+        pretrained.load_encoder_into(model, lm_dir, corpus.vocab.itos)
+    model.to(device)
+    groups = classifier_layer_groups(model)
+    phases = unfreeze_phases(len(groups), cc.unfreeze if not cc.from_scratch else [], cc.epochs)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    task = ClassifierTask(corpus.train.ids, corpus.train.labels, corpus.valid.ids, corpus.valid.labels, n_classes,
+                          cc, corpus.vocab.pad_idx, device, generator)
+    trainer = Trainer(model, groups, cc, phases, task, device=device, checkpoint_dir=ckpt_dir,
+                      checkpoint_meta={"config": to_dict(cfg), "stage": "classifier"}, progress=progress,
+                      desc="classifier")
+    artifacts.write_classifier_metadata(ckpt_dir, to_dict(cfg), corpus.vocab.itos, corpus.label_names)
+    if resume_from is not None:
+        if not trainer.resume_from(Path(resume_from)):
+            raise FileNotFoundError(f"resume_from={resume_from}: no checkpoint.pt there")
+    elif resume:
+        trainer.resume_from(ckpt_dir)
+
+    def on_epoch(m: dict[str, float]) -> None:
+        if report:
+            report(m, ckpt_dir)
+
+    fit = trainer.fit(on_epoch)
+    artifacts.save_classifier(out, model, to_dict(cfg), corpus.vocab.itos, corpus.label_names,
+                              Tokenizer().settings_key())
+    final = dict(fit.history[-1])
+    artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history})
+    return ClassifierResult(out_dir=out, metrics=final, history=fit.history)
+
+
+# --- the whole recipe ------------------------------------------------------------------------
+
+
+def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None = None,
+               data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+               progress: bool = False, lm_report: ReportFn | None = None) -> dict[str, Any]:
+    """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
+
+    ``report`` runs after each classifier epoch, ``lm_report`` after each language-model epoch.
+    """
+    out = Path(out_dir)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    corpus = prepare_corpus(cfg, data_dir, cache_dir, progress=progress)
+    times["data_seconds"] = time.perf_counter() - t
+    lm_dir = None
+    lm_metrics: dict[str, float] = {}
+    if not cfg.classifier.from_scratch:
+        t = time.perf_counter()
+        lm = finetune_lm(cfg, corpus, out / "lm", report=lm_report, progress=progress)
+        lm_dir, lm_metrics = lm.lm_dir, lm.metrics
+        times["lm_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    clf = train_classifier(cfg, corpus, lm_dir, out / "classifier", report=report, progress=progress)
+    times["classifier_seconds"] = time.perf_counter() - t
+    result: dict[str, Any] = {f"lm_{k}": v for k, v in lm_metrics.items() if k.startswith("valid_")}
+    result.update(clf.metrics)
+    if corpus.test is not None:
+        test = evaluate_split(out / "classifier", corpus.test, cfg.device)
+        result.update({f"test_{k}": v for k, v in test.items()})
+    result.update(times)
+    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(cfg)})
+    return result

@@ -63,6 +63,8 @@ def fastai_to_ours(state_dict: Mapping[str, Tensor]) -> StateDict:
     ``0.rnns.{i}.module.weight_hh_l0`` (v1) is dropped where ``weight_hh_l0_raw`` exists.
     Raises :class:`PretrainedError` on keys it does not know.
     """
+    if not isinstance(state_dict, Mapping):
+        raise PretrainedError(f"not a state dict: it holds a {type(state_dict).__name__}, not a mapping of tensors")
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
         state_dict = state_dict["model"]
     out: StateDict = {}
@@ -137,7 +139,10 @@ def load_fastai_lm(weights_path: str | Path, vocab_pkl_path: str | Path) -> tupl
         raw = torch.load(weights_path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as e:
         raise PretrainedError(f"cannot load {weights_path} as a state dict: {e}") from None
-    state = fastai_to_ours(raw)
+    try:
+        state = fastai_to_ours(raw)
+    except PretrainedError as e:  # name the file: the caller may be reading several
+        raise PretrainedError(f"{weights_path}: {e}") from None
     itos = read_fastai_vocab(vocab_pkl_path)
     n_rows = state["encoder.embedding.weight"].shape[0]
     if n_rows != len(itos):

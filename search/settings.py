@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, read_yaml, recipe_from_dict, to_dict
 
 from search.space import SearchSpace, SpaceError
@@ -262,12 +263,28 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
 
 def absolute_paths(recipe: dict[str, Any]) -> dict[str, Any]:
     """Make the recipe's file paths absolute (relative to the current directory). Mutates and returns."""
+    _zoo_name_to_paths(recipe)
     for section, key in PATH_KEYS:
         node = recipe.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
             p = Path(node[key]).expanduser()
             node[key] = str(p if p.is_absolute() else p.resolve())
     return recipe
+
+
+def _zoo_name_to_paths(recipe: dict[str, Any]) -> None:
+    """A zoo name in ``lm.pretrained`` becomes its fetched files' paths, found here on the driver: a
+    trial runs in its own directory, where ./models would not be found. Raises ``zoo.ZooError``
+    (with the fetch command) for a model not fetched yet, before any trial starts."""
+    lm = recipe.get("lm")
+    if not (isinstance(lm, dict) and isinstance(lm.get("pretrained"), str) and zoo.is_zoo_name(lm["pretrained"])):
+        return
+    if lm.get("pretrained_vocab"):
+        return  # left for the recipe's validation, which refuses a vocabulary beside a zoo name
+    local = zoo.resolve(lm["pretrained"])
+    lm["pretrained"] = str(local.path)
+    if local.vocab is not None:
+        lm["pretrained_vocab"] = str(local.vocab)
 
 
 #: ``--smoke-test``: the whole machinery in about a minute: 2 trials, tiny model, 300 rows, 2 epochs.

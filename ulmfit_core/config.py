@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .zoo import is_zoo_name
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the dotted key and how to fix it."""
@@ -166,7 +168,7 @@ class StageConfig:
 class LMConfig(StageConfig):
     """Language-model fine-tuning (or pretraining when ``pretrained`` is None)."""
 
-    pretrained: str | None = None  # a directory saved by this project, or a fastai .pth file
+    pretrained: str | None = None  # a zoo name (zoo.ZOO), a directory saved by this project, or a fastai .pth file
     pretrained_vocab: str | None = None  # fastai's vocabulary pickle, when ``pretrained`` is a .pth
     freeze_epochs: int = 1  # epochs training only the embeddings/decoder first (pretrained only)
     valid_pct: float = 0.1  # share of the LM text held out for perplexity
@@ -181,6 +183,9 @@ class LMConfig(StageConfig):
             _fail("lm.valid_pct", f"must be in (0, 0.5), got {self.valid_pct}")
         if self.pretrained and self.pretrained.endswith(".pth") and not self.pretrained_vocab:
             _fail("lm.pretrained_vocab", "a fastai .pth model needs its vocabulary pickle; set lm.pretrained_vocab")
+        if self.pretrained_vocab and is_zoo_name(self.pretrained):
+            _fail("lm.pretrained_vocab", f"{self.pretrained!r} is a zoo model, which brings its own vocabulary; "
+                  "remove lm.pretrained_vocab")
 
 
 @dataclass

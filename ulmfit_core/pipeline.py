@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import datasets, pretrained
+from . import datasets, pretrained, zoo
 from .awd_lstm import build_classifier, build_language_model, classifier_layer_groups, lm_layer_groups
 from .config import RecipeConfig, recipe_from_dict, to_dict
 from .data import ClassifierBatches, DataError, check_classes, read_labeled, read_unlabeled, split_validation
@@ -217,10 +217,14 @@ def _initial_lm_state(cfg: RecipeConfig, vocab: Vocab) -> dict[str, torch.Tensor
     src = cfg.lm.pretrained
     if not src:
         return None
-    if src.endswith(".pth"):
-        state, old_itos, _sizes = pretrained.load_fastai_lm(src, cfg.lm.pretrained_vocab)
+    # --- model zoo: a zoo name (e.g. wt103-fwd) stands for its fetched files, a path for itself;
+    # an unfetched name raises here, before any training, with the command that fetches it.
+    local = zoo.resolve(src)
+    if local.layout == "fastai":
+        state, old_itos, _sizes = pretrained.load_fastai_lm(local.path, local.vocab or cfg.lm.pretrained_vocab)
     else:
-        state, old_itos, _cfg = pretrained.load_language_model(src)
+        state, old_itos, _cfg = pretrained.load_language_model(local.path)
+    # --- end model zoo
     return pretrained.map_to_vocab(state, old_itos, vocab.itos)
 
 

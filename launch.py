@@ -64,6 +64,29 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from ulmfit_core import zoo
+
+    header = ("NAME", "DIRECTION", "PRESET", "LAYOUT", "FETCHED", "SOURCE")
+    rows = [(e.name, e.direction, e.preset, e.layout, str(zoo.fetched(e.name, args.dest) or "no"),
+             e.url or f"{e.source} (no public URL: fetch with --mirror)") for e in zoo.ZOO.values()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    where = args.dest or zoo.default_models_dir()
+    print(f"\nmodels directory: {where} (--dest, or ${zoo.MODELS_ENV}); "
+          "fetch one with `python launch.py models fetch NAME [--mirror DIR|URL]`")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from ulmfit_core import zoo
+
+    target = zoo.fetch(args.name, args.dest, mirror=args.mirror, progress=not args.no_progress)
+    print(f"{args.name}: ready in {target} (use it with --set lm.pretrained={args.name})")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """A general-domain LM from unlabeled text: the LM stage with no pretrained start."""
     return _lm_command(args, extra=["lm.pretrained=null"], lm_only=True)
@@ -174,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-progress", action="store_true")
     fetch.set_defaults(func=cmd_data_fetch)
 
+    _add_models_commands(sub)
+
     p = sub.add_parser("pretrain", help="train a general-domain language model from unlabeled text")
     _add_run_options(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
@@ -215,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     if search_cli is not None and hasattr(search_cli, "add_commands"):
         search_cli.add_commands(sub)
     return parser
+
+
+def _add_models_commands(sub: argparse._SubParsersAction) -> None:
+    from ulmfit_core.zoo import ZOO  # the registry only: no torch
+
+    models = sub.add_parser("models", help="pretrained language models (the model zoo): list, fetch")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    dest_help = "the models directory (default: $ULMFIT_MODELS or ./models)"
+    p = models_sub.add_parser("list", help="the zoo's models, and which are fetched")
+    p.add_argument("--dest", help=dest_help)
+    p.set_defaults(func=cmd_models_list)
+    p = models_sub.add_parser("fetch", help="download a zoo model (or copy it from a mirror) and check that it loads")
+    p.add_argument("name", choices=list(ZOO), metavar="NAME", help=", ".join(ZOO))
+    p.add_argument("--dest", help=dest_help)
+    p.add_argument("--mirror", help="a local directory (holding NAME/ or NAME.tgz) or base URL (serving NAME.tgz) "
+                                    "to take the model from instead")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_models_fetch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,16 +25,22 @@ def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
     p.add_argument("--data-dir", help="directory of named datasets (default: $ULMFIT_DATA or ./data)")
     p.add_argument("--cache-dir", help="token cache (default: $ULMFIT_CACHE or ./.cache/ulmfit)")
+    p.add_argument("--models-dir", help="where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _recipe(args: argparse.Namespace, extra: list[str] | None = None):
+def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: bool = True):
+    """The recipe to run (config file + ``--set``); ``announce`` prints which language model it starts from."""
     from ulmfit_core.config import load_recipe
+    from ulmfit_core.pretrained import describe_start
 
     overrides = (extra or []) + args.overrides
     names_data = any(o.startswith(("data.train=", "data.dataset=", "data.unlabeled=")) for o in overrides)
     base = None if args.config or names_data else {"data": dict(EMBEDDED_DEFAULT_DATA)}
-    return load_recipe(args.config, overrides, base=base)
+    cfg, start = describe_start(load_recipe(args.config, overrides, base=base), args.models_dir)
+    if announce:
+        print(start, flush=True)
+    return cfg
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -65,6 +71,29 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from ulmfit_core import zoo
+
+    header = ("NAME", "DIRECTION", "PRESET", "LAYOUT", "FETCHED", "SOURCE")
+    rows = [(e.name, e.direction, e.preset, e.layout, str(zoo.fetched(e.name, args.dest) or "no"),
+             e.url or f"{e.source} (no public URL: fetch with --mirror)") for e in zoo.ZOO.values()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    where = args.dest or zoo.default_models_dir()
+    print(f"\nmodels directory: {where} (--dest, or ${zoo.MODELS_ENV}); "
+          "fetch one with `python launch.py models fetch NAME [--mirror DIR|URL]`")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from ulmfit_core import zoo
+
+    target = zoo.fetch(args.name, args.dest, mirror=args.mirror, progress=not args.no_progress)
+    print(f"{args.name}: ready in {target} (use it with --set lm.pretrained={args.name})")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """A general-domain LM from unlabeled text: the LM stage with no pretrained start."""
     return _lm_command(args, extra=["lm.pretrained=null"], lm_only=True)
@@ -78,10 +107,11 @@ def _lm_command(args: argparse.Namespace, extra: list[str], lm_only: bool) -> in
     from ulmfit_core import corpus as corpora
     from ulmfit_core import stages
 
-    cfg = _recipe(args, extra)
+    cfg = _recipe(args, extra, announce=not lm_only)
     prepare = corpora.prepare_lm_corpus if lm_only else corpora.prepare_corpus
     corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
-    res = stages.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress)
+    res = stages.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress,
+                             models_dir=args.models_dir)
     _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
     return 0
 
@@ -118,9 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _recipe(args)
     result = stages.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
-                                 cache_dir=args.cache_dir, progress=not args.no_progress,
-                                 lm_report=_epoch_printer("lm"))
-    _print_metrics(f"recipe finished; model in {Path(args.out) / 'classifier'}, metrics in {Path(args.out) / 'metrics.json'}", result)
+                               cache_dir=args.cache_dir, progress=not args.no_progress,
+                               lm_report=_epoch_printer("lm"), models_dir=args.models_dir,
+                               directions=args.directions)
+    model = Path(args.out) if args.directions and len(set(args.directions)) > 1 else Path(args.out) / "classifier"
+    _print_metrics(f"recipe finished; model in {model}, metrics in {Path(args.out) / 'metrics.json'}", result)
     return 0
 
 
@@ -179,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-progress", action="store_true")
     fetch.set_defaults(func=cmd_data_fetch)
 
+    _add_models_commands(sub)
+
     p = sub.add_parser("pretrain", help="train a general-domain language model from unlabeled text")
     _add_run_options(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
@@ -194,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole recipe: fine-tune the LM, then the classifier, then test")
     _add_run_options(p, "runs/recipe")
+    p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
+                   help="fwd, bwd or both (ULMFiT's forward + backward ensemble; default: the config's lm.backwards)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix on a labeled file")
-    p.add_argument("--model", required=True, help="classifier directory")
+    p.add_argument("--model", required=True, help="classifier directory (or a run's folder holding ensemble.json)")
     p.add_argument("--ensemble", nargs="+", metavar="DIR", help="more classifier directories (e.g. backwards) to average")
     p.add_argument("--file", required=True, help="labeled CSV/TSV (same columns as training)")
     p.add_argument("--device", default="auto")
@@ -206,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label texts from arguments, a file (one per line) or stdin")
     p.add_argument("texts", nargs="*")
-    p.add_argument("--model", required=True, help="classifier directory")
+    p.add_argument("--model", required=True, help="classifier directory (or a run's folder holding ensemble.json)")
     p.add_argument("--ensemble", nargs="+", metavar="DIR")
     p.add_argument("--file", help="a text file, one document per line")
     p.add_argument("--device", default="auto")
@@ -220,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     if search_cli is not None and hasattr(search_cli, "add_commands"):
         search_cli.add_commands(sub)
     return parser
+
+
+def _add_models_commands(sub: argparse._SubParsersAction) -> None:
+    from ulmfit_core.zoo import ZOO  # the registry only: no torch
+
+    models = sub.add_parser("models", help="pretrained language models (the model zoo): list, fetch")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    dest_help = "the models directory (default: $ULMFIT_MODELS or ./models)"
+    p = models_sub.add_parser("list", help="the zoo's models, and which are fetched")
+    p.add_argument("--dest", help=dest_help)
+    p.set_defaults(func=cmd_models_list)
+    p = models_sub.add_parser("fetch", help="download a zoo model (or copy it from a mirror) and check that it loads")
+    p.add_argument("name", choices=list(ZOO), metavar="NAME", help=", ".join(ZOO))
+    p.add_argument("--dest", help=dest_help)
+    p.add_argument("--mirror", help="a local directory (holding NAME/ or NAME.tgz) or base URL (serving NAME.tgz) "
+                                    "to take the model from instead")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_models_fetch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,13 +41,15 @@ from typing import Any
 
 from search.errors import SearchConfigError, SpaceError, fail
 from search.space import SearchSpace
+from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, default_recipe, read_yaml, recipe_from_dict, to_dict
 from ulmfit_core.metrics import METRICS
 
 #: Recipe keys holding file paths: made absolute on the driver, because each trial runs in its own
 #: working directory (and, on a cluster, on another machine that must see the same path).
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("data", "unlabeled"),
-             ("lm", "pretrained"), ("lm", "pretrained_vocab"))
+             ("data", "unlabeled_valid"), ("lm", "pretrained"), ("lm", "pretrained_vocab"),
+             ("lm", "pretrained_backwards"))
 
 
 @dataclass
@@ -119,6 +121,7 @@ class SearchSettings:
     lm_root: str | None = None  # default <storage>/_lm_cache: LMs shared by every search in this storage
     cache_dir: str | None = None  # default <storage>/_corpus_cache
     data_dir: str | None = None  # where data.dataset names are looked up (default: $ULMFIT_DATA or ./data)
+    models_dir: str | None = None  # where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)
     object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
     verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
 
@@ -256,10 +259,11 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
 
 
 def absolute_paths(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Make the recipe's file paths absolute (relative to the current directory). Mutates and returns."""
+    """Make the recipe's file paths absolute (relative to the current directory); zoo names stay names
+    (each trial finds them in ``search.models_dir``). Mutates and returns."""
     for section, key in PATH_KEYS:
         node = recipe.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key] and not zoo.is_zoo_name(node[key]):
             p = Path(node[key]).expanduser()
             node[key] = str(p if p.is_absolute() else p.resolve())
     return recipe

@@ -21,7 +21,7 @@ from ray import tune
 from ulmfit_core.config import build_recipe
 
 RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
-RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "threads"}
+RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "models_dir", "threads"}
 
 #: Keys every report carries besides ``epoch`` and ``pipeline.METRICS``.
 EPOCH = "epoch"
@@ -64,7 +64,7 @@ def train_trial(config: dict[str, Any]) -> None:
     lm_dir = None
     if not cfg.classifier.from_scratch:
         t0 = time.perf_counter()
-        lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]))
+        lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]), models_dir=run.get("models_dir"))
         lm_dir = lm.lm_dir
         extra.update({LM_KEY: lm_dir.name, LM_TRAINED: float(lm.trained), LM_SECONDS: time.perf_counter() - t0,
                       LM_SAVED: 0.0 if lm.trained else stages.lm_training_seconds(lm_dir)})

@@ -32,7 +32,10 @@ from search import store, tracking
 from search import trainable as T
 from search.searcher import make_searcher
 from search.settings import SearchConfig
+from ulmfit_core import zoo
+from ulmfit_core.config import build_recipe, to_dict
 from ulmfit_core.metrics import METRICS
+from ulmfit_core.pretrained import describe_start
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +170,7 @@ def param_space(cfg: SearchConfig) -> dict[str, Any]:
             # Resolved here: a trial runs in its own working directory (on a cluster, on another node).
             "data_dir": str(Path(cfg.search.data_dir or os.environ.get("ULMFIT_DATA") or "data")
                             .expanduser().resolve()),
+            "models_dir": str(models_dir(cfg)),
             "threads": cfg.search.resources.threads,
         },
     }
@@ -219,10 +223,36 @@ class SearchOutcome:
     status: str = "finished"  # or "interrupted": continue with resume_search(search_dir)
 
 
+def models_dir(cfg: SearchConfig) -> Path:
+    """Where trials find zoo models: resolved on the driver (a trial runs in its own working directory)."""
+    return Path(cfg.search.models_dir or zoo.default_models_dir()).expanduser().resolve()
+
+
+def check_language_model_start(cfg: SearchConfig) -> str:
+    """Resolve ``lm.pretrained`` for every direction the search can sample, before Ray starts: a zoo model
+    not fetched fails here with the fetch command, or (``lm.pretrained_required: false``) is dropped from
+    the base recipe, so every record shows the random start that really runs. Returns the line to print."""
+    base = build_recipe(cfg.recipe)
+    directions = {base.lm.backwards}
+    for p in cfg.space.params:
+        if p.key == "lm.backwards":
+            directions |= {bool(v) for v in p.extremes()}
+    lines = []
+    for backwards in sorted(directions):
+        oriented = build_recipe(to_dict(base), {"lm.backwards": backwards, "classifier.backwards": backwards})
+        start_cfg, line = describe_start(oriented, models_dir(cfg))
+        if start_cfg.lm.pretrained is None and base.lm.pretrained is not None:
+            cfg.recipe.setdefault("lm", {})["pretrained"] = None  # not fetched, and not required
+            return line
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def run_search(cfg: SearchConfig, *, address: str | None = None,
                callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
     """Validate, check MLflow, start Ray, run every trial, export the best config. Blocks."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
+    print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
     search_dir = store.new_search_dir(cfg)

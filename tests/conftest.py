@@ -24,3 +24,11 @@ def fastai_fixtures() -> Path:
     if not (FASTAI_FIXTURES / "fastai_tiny_lm.pth").exists():
         pytest.skip(f"fastai fixtures not found at {FASTAI_FIXTURES}")
     return FASTAI_FIXTURES
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Loopback requests must not go through a proxy named in the environment."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")

@@ -26,7 +26,7 @@ def test_round_trip_through_dict():
     ({"lm": {"dropouts": {"embed_p": 1.5, "input_p": 0, "weight_p": 0, "hidden_p": 0, "output_p": 0}}}, "lm.dropouts.embed_p"),
     ({"model": {"preset": "huge"}}, "model.preset"),
     ({"classifier": {"max_seq": 10}}, "classifier.max_seq"),
-    ({"lm": {"backwards": True}}, "classifier.backwards"),
+    ({"lm": {"backwards": True}, "classifier": {"backwards": False}}, "classifier.backwards"),
     ({"classifier": {"unfreeze": ["a"]}}, "classifier.unfreeze[0]"),
     ({"classifier": {"lin_ftrs": [50.5]}}, "classifier.lin_ftrs[0]"),
     ({"classifier": {"use_clr": ["fast", 3]}}, "classifier.use_clr[0]"),

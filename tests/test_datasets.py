@@ -4,14 +4,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import http.server
 import io
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
+from loopback_http import serve
 
 from ulmfit_core import datasets
 from ulmfit_core.config import DataConfig
@@ -65,39 +64,10 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture
-def no_proxy(monkeypatch):
-    """Loopback requests must not go through a proxy named in the environment."""
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture
 def server(tmp_path, no_proxy):
-    """An HTTP server on 127.0.0.1 (a free port) serving tmp_path/www; yields (url, requests)."""
-    www = make_originals(tmp_path / "www")
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def do_GET(self):
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests, www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    """An HTTP server on 127.0.0.1 (a free port) serving tmp_path/www; yields (url, requests, www)."""
+    with serve(make_originals(tmp_path / "www")) as loopback:
+        yield loopback.url, loopback.requests, loopback.www
 
 
 def read_csv(path: Path) -> list[list[str]]:

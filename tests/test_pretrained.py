@@ -18,16 +18,17 @@ from ulmfit_core.artifacts import (
     save_language_model,
 )
 from ulmfit_core.awd_lstm import build_classifier, build_language_model
-from ulmfit_core.config import Dropouts, ModelConfig
+from ulmfit_core.config import Dropouts, LMConfig, ModelConfig
 from ulmfit_core.pretrained import (
     PretrainedError,
     fastai_to_ours,
     infer_sizes,
     load_encoder_into,
     load_fastai_lm,
-    load_pretrained_lm,
+    load_source,
     map_to_vocab,
     read_fastai_vocab,
+    resolve_source,
 )
 
 TINY = ModelConfig(preset="tiny")  # emb 64, hid 128, 2 layers: the fixture's sizes
@@ -144,7 +145,7 @@ def test_save_load_round_trip_gives_identical_logits(fastai_lm, reference, tmp_p
     again = _lm_from(loaded_state, len(loaded_itos))
     with torch.no_grad():
         assert torch.equal(again(reference["x"])[0], lm(reference["x"])[0])
-    assert load_pretrained_lm(out_dir)[1] == itos
+    assert load_source(resolve_source(LMConfig(pretrained=str(out_dir))))[1] == itos
 
 
 def test_bare_json_list_vocabulary_is_read(fastai_lm, tmp_path):
@@ -154,12 +155,28 @@ def test_bare_json_list_vocabulary_is_read(fastai_lm, tmp_path):
     assert load_language_model(tmp_path)[1] == itos
 
 
-def test_load_pretrained_lm_dispatches_on_path(fastai_fixtures, tmp_path):
-    state, itos, sizes = load_pretrained_lm(fastai_fixtures / "fastai_tiny_lm.pth",
-                                            fastai_fixtures / "fastai_tiny_vocab.pkl")
-    assert len(itos) == 104 and sizes["n_layers"] == 2
+def test_resolve_source_decides_what_lm_pretrained_names(fastai_fixtures, fastai_lm, tmp_path):
+    pth, pkl = str(fastai_fixtures / "fastai_tiny_lm.pth"), str(fastai_fixtures / "fastai_tiny_vocab.pkl")
+    source = resolve_source(LMConfig(pretrained=pth, pretrained_vocab=pkl))
+    assert source.layout == "fastai"
+    state, itos = load_source(source)
+    assert len(itos) == 104 and infer_sizes(state)["n_layers"] == 2
+    with pytest.raises(PretrainedError, match="does not exist"):
+        resolve_source(LMConfig(pretrained=str(tmp_path / "missing")))
+    (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(PretrainedError, match="vocabulary pickle"):
-        load_pretrained_lm(fastai_fixtures / "fastai_tiny_lm.pth")
+        resolve_source(LMConfig(pretrained=str(tmp_path / "weights.bin")))
+    assert resolve_source(LMConfig()) is None
+    # our own folder records its direction; a backwards LM refuses a forward start ...
+    fwd_state, fwd_itos, _ = fastai_lm
+    save_language_model(tmp_path / "fwd", _lm_from(fwd_state, len(fwd_itos)), fwd_itos, {"lm": {"backwards": False}})
+    with pytest.raises(PretrainedError, match="trained forwards"):
+        load_source(resolve_source(LMConfig(pretrained=str(tmp_path / "fwd"), backwards=True)), backwards=True)
+    # ... and takes lm.pretrained_backwards for a backwards LM
+    save_language_model(tmp_path / "bwd", _lm_from(fwd_state, len(fwd_itos)), fwd_itos, {"lm": {"backwards": True}})
+    bwd = LMConfig(pretrained=str(tmp_path / "fwd"), pretrained_backwards=str(tmp_path / "bwd"), backwards=True)
+    assert resolve_source(bwd).path == tmp_path / "bwd"
+    assert load_source(resolve_source(bwd), backwards=True)[1] == fwd_itos
 
 
 def test_encoder_loads_into_classifier_on_same_and_new_vocabulary(fastai_lm, tmp_path):

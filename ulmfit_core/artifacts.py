@@ -15,18 +15,22 @@ Folders (names are the contract other code and users rely on):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
 import yaml
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: writing text stays cheap
+    import torch
+    from torch import nn
 
 LM_FILE, ENCODER_FILE, VOCAB_FILE = "lm.pt", "encoder.pt", "vocab.json"
 MODEL_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE = "model.pt", "labels.json", "config.yaml", "metrics.json"
@@ -88,8 +92,41 @@ def write_yaml(path: str | Path, values: Mapping[str, Any]) -> Path:
     return write_text(path, yaml.safe_dump(dict(values), sort_keys=False))
 
 
+def copy_file(src: str | Path, dest: str | Path) -> Path:
+    """A copy of ``src`` at ``dest``, atomically (a present ``dest`` is a whole copy)."""
+    with open(src, "rb") as f:
+        return atomic_write(dest, lambda out: shutil.copyfileobj(f, out, 1 << 20))
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """Build a folder in a staging folder beside ``target``; on success it replaces ``target`` whole.
+
+    Readers see the old folder or the new one, never a mix of their files (e.g. weights of one run
+    beside the vocabulary of another). On an exception the staging folder is removed and ``target``
+    is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
+        if target.exists():
+            old = target.with_name(f".{target.name}.{os.getpid()}.old")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_tensors(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """``torch.save`` of plain data (tensors, numbers, strings, lists, dicts), atomically."""
+    import torch
+
     return atomic_write(path, lambda f: torch.save(dict(payload), f))
 
 
@@ -99,6 +136,8 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
     A file that would need code to load (a pickled object) or is truncated raises
     :class:`ArtifactError` naming the file, without running anything from it.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
@@ -115,7 +154,8 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def cpu_state_dict(module: nn.Module, move: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def cpu_state_dict(module: nn.Module,
+                   move: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` on the CPU with tied tensors kept as one tensor.
 
     ``tensor.cpu()`` of a CUDA tensor makes a new copy each call, so the three names of a tied

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from .zoo import is_zoo_name
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the dotted key and how to fix it."""
@@ -168,8 +170,14 @@ class StageConfig:
 class LMConfig(StageConfig):
     """Language-model fine-tuning (or pretraining when ``pretrained`` is None)."""
 
-    pretrained: str | None = None  # a directory saved by this project, or a fastai .pth file
+    #: A zoo name (``launch.py models list``; it stands for its forward/backward pair and the direction
+    #: follows ``backwards``), a folder saved by this project, or a fastai .pth file.
+    pretrained: str | None = None
     pretrained_vocab: str | None = None  # fastai's vocabulary pickle, when ``pretrained`` is a .pth
+    pretrained_backwards: str | None = None  # a path: the backwards model, for lm.backwards (a zoo name finds its own)
+    #: False: a zoo model in ``pretrained`` that is not fetched yet is left out (random weights), and
+    #: the run says so and how to fetch it; the recorded config then holds ``pretrained: null``.
+    pretrained_required: bool = True
     freeze_epochs: int = 1  # epochs training only the embeddings/decoder first (pretrained only)
     valid_pct: float = 0.1  # share of the LM text held out for perplexity
 
@@ -183,6 +191,9 @@ class LMConfig(StageConfig):
             _fail("lm.valid_pct", f"must be in (0, 0.5), got {self.valid_pct}")
         if self.pretrained and self.pretrained.endswith(".pth") and not self.pretrained_vocab:
             _fail("lm.pretrained_vocab", "a fastai .pth model needs its vocabulary pickle; set lm.pretrained_vocab")
+        if self.pretrained_vocab and is_zoo_name(self.pretrained):
+            _fail("lm.pretrained_vocab", f"{self.pretrained!r} is a zoo model, which brings its own vocabulary; "
+                  "remove lm.pretrained_vocab")
 
 
 @dataclass
@@ -199,6 +210,7 @@ class ClassifierConfig(StageConfig):
     #: top group 1 epoch, then the top two groups 1 epoch, then all groups for the rest.
     unfreeze: list[int] = field(default_factory=lambda: [1, 1, 1])
     lin_ftrs: list[int] = field(default_factory=lambda: [50])
+    backwards: bool | None = None  # None: the same direction as the language model (lm.backwards)
     head_p: float = 0.1  # dropout before each hidden head layer after the first (fastai's ps)
     max_seq: int = 1400  # gradients and pooling cover the last max_seq tokens (fastai max_len=72*20)
     max_len: int = 3000  # longer documents are truncated to their first max_len tokens, with a warning
@@ -251,6 +263,9 @@ class DataConfig:
     valid: str | None = None
     test: str | None = None
     unlabeled: str | None = None
+    #: Held-out text for the language model's perplexity when pretraining (``launch.py pretrain``), in
+    #: ``unlabeled``'s formats; default: ``lm.valid_pct`` of the documents, held out of training.
+    unlabeled_valid: str | None = None
     text_cols: list[str] = field(default_factory=lambda: ["text"])
     label_col: str = "label"
     valid_pct: float = 0.1  # held out from train when no valid file is given
@@ -289,9 +304,11 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             _fail("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.classifier.backwards is None:
+            self.classifier.backwards = self.lm.backwards
         if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:
             _fail("classifier.backwards", "must equal lm.backwards: a backwards classifier needs a backwards "
-                  "language model (set both, e.g. --set lm.backwards=true --set classifier.backwards=true)")
+                  "language model (set lm.backwards alone; classifier.backwards follows it)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

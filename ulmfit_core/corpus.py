@@ -164,15 +164,21 @@ def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cac
     if len(texts) < 2:
         raise DataError("data: language-model pretraining needs text; set data.unlabeled to a corpus "
                         "(a .txt file with one document per line, a folder of .txt files, or a CSV column)")
+    valid_texts = read_unlabeled(d.unlabeled_valid) if d.unlabeled_valid else []
     tok = Tokenizer()
     tokens = tokenize_cached(texts, tok, cache, progress=progress)
-    lm_fingerprint = content_hash(texts, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
-    tr_idx, va_idx = split_validation([0] * len(tokens), cfg.lm.valid_pct, cfg.seed)
-    vocab = Vocab.build([tokens[i] for i in tr_idx], max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
-    ids = [vocab.numericalize(t) for t in tokens]
+    lm_fingerprint = content_hash(texts, valid_texts, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
+    if valid_texts:  # a held-out file (e.g. the corpus's valid.txt.gz): every training document trains
+        train_tokens, valid_tokens = tokens, tokenize_cached(valid_texts, tok, cache, progress=progress)
+    else:
+        tr_idx, va_idx = split_validation([0] * len(tokens), cfg.lm.valid_pct, cfg.seed)
+        train_tokens, valid_tokens = [tokens[i] for i in tr_idx], [tokens[i] for i in va_idx]
+    vocab = Vocab.build(train_tokens, max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
     empty = Split([], np.zeros(0, dtype=np.int64))
+    lm_train = [vocab.numericalize(t) for t in train_tokens]
+    lm_valid = [vocab.numericalize(t) for t in valid_tokens]
     return Corpus(vocab=vocab, label_names=[], train=empty, valid=empty, test=None,
-                  lm_train=[ids[i] for i in tr_idx], lm_valid=[ids[i] for i in va_idx],
-                  fingerprint=lm_fingerprint, lm_fingerprint=lm_fingerprint,
-                  stats={"n_documents": len(texts), "vocab_size": len(vocab),
-                         "lm_tokens": int(sum(len(x) for x in ids))})
+                  lm_train=lm_train, lm_valid=lm_valid, fingerprint=lm_fingerprint, lm_fingerprint=lm_fingerprint,
+                  stats={"n_documents": len(texts), "n_valid_documents": len(valid_tokens), "vocab_size": len(vocab),
+                         "lm_tokens": int(sum(len(x) for x in lm_train)),
+                         "lm_valid_tokens": int(sum(len(x) for x in lm_valid))})

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import os
 import re
 import shutil
 import tarfile
-import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import IO
 
 from filelock import FileLock
 
+from .artifacts import atomic_write
 from .config import DataConfig
 from .data import DataError
+from .fetching import FetchError, copy_atomic, download, fetch_sums, is_url, read_sums, verify
 
 #: Environment variable naming the data directory (default ``./data``).
 DATA_ENV = "ULMFIT_DATA"
@@ -125,7 +124,8 @@ def fetch(name: str, data_dir: str | Path | None = None, mirror: str | Path | No
     layout (``NAME/train.csv`` ...) is copied from; otherwise the originals are read from
     ``mirror/FILENAME`` instead of the public URLs. A ``SHA256SUMS`` file in the mirror (lines
     ``HASH  PATH``, paths relative to the mirror) is checked against what is taken from it.
-    Nothing is done when the folder is already complete. Safe to run from several processes.
+    Nothing is done when the folder is already complete; an interrupted download is continued by
+    the next call (see :func:`ulmfit_core.fetching.download`). Safe to run from several processes.
     """
     if name not in SOURCES:
         raise DataError(f"unknown dataset {name!r}; fetch knows {', '.join(sorted(SOURCES))}. "
@@ -139,19 +139,28 @@ def fetch(name: str, data_dir: str | Path | None = None, mirror: str | Path | No
     with FileLock(str(data_dir / f".{name}.fetch.lock")):
         if _complete(target, src):  # another process fetched it while we waited
             return target
-        mirror_dir = Path(mirror) if mirror is not None and not _is_url(str(mirror)) else None
-        if mirror_dir is not None and all((mirror_dir / name / f).is_file() for f in src.outputs):
-            sums = _read_sums(mirror_dir)
-            for f in src.outputs:
-                _verify(mirror_dir / name / f, sums.get(f"{name}/{f}"))
-                _copy_atomic(mirror_dir / name / f, target / f)
-            return target
-        downloads = target / ".download"
-        downloads.mkdir(exist_ok=True)
-        originals = [_obtain(src, fname, mirror, downloads, progress) for fname in src.originals]
-        _CONVERTERS[name](originals, target)
-        shutil.rmtree(downloads, ignore_errors=True)
+        try:
+            _fill(name, src, target, mirror, progress)
+        except FetchError as e:
+            raise DataError(str(e)) from None
     return target
+
+
+def _fill(name: str, src: Source, target: Path, mirror: str | Path | None, progress: bool) -> None:
+    """Write ``src.outputs`` into ``target``: copied from a mirror's converted layout, or converted
+    from the originals."""
+    mirror_dir = Path(mirror) if mirror is not None and not is_url(str(mirror)) else None
+    if mirror_dir is not None and all((mirror_dir / name / f).is_file() for f in src.outputs):
+        sums = read_sums(mirror_dir)
+        for f in src.outputs:
+            verify(mirror_dir / name / f, sums.get(f"{name}/{f}"))
+            copy_atomic(mirror_dir / name / f, target / f)
+        return
+    downloads = target / ".download"
+    downloads.mkdir(exist_ok=True)
+    originals = [_obtain(src, fname, mirror, downloads, progress) for fname in src.originals]
+    _CONVERTERS[name](originals, target)
+    shutil.rmtree(downloads, ignore_errors=True)
 
 
 def _complete(target: Path, src: Source) -> bool:
@@ -159,113 +168,39 @@ def _complete(target: Path, src: Source) -> bool:
     return all((target / f).is_file() for f in src.outputs)
 
 
-def _is_url(s: str) -> bool:
-    return urllib.parse.urlparse(s).scheme in ("http", "https", "file", "ftp")
-
-
 def _obtain(src: Source, fname: str, mirror: str | Path | None, downloads: Path, progress: bool) -> Path:
     """The original ``fname`` as a local file: from a mirror directory, else downloaded."""
-    if mirror is not None and not _is_url(str(mirror)):
+    if mirror is not None and not is_url(str(mirror)):
         path = Path(mirror) / fname
         if not path.is_file():
             raise DataError(f"mirror {mirror} has neither the converted files nor the original {fname}; "
                             f"put {fname} there, or leave out the mirror to download from {src.base_url}")
-        _verify(path, _read_sums(Path(mirror)).get(fname))
+        verify(path, read_sums(Path(mirror)).get(fname))
         return path
     base = str(mirror).rstrip("/") + "/" if mirror is not None else src.base_url
     dest = downloads / fname
     if not dest.is_file():  # a finished download survives a failed conversion
-        _download(base + fname, dest, progress)
+        download(base + fname, dest, progress)
     if mirror is not None:
         try:
-            _verify(dest, _fetch_sums(base).get(fname))
-        except DataError:
+            verify(dest, fetch_sums(base).get(fname))
+        except FetchError:
             dest.unlink()  # so the next try downloads it again
             raise
     return dest
 
 
-def _download(url: str, dest: Path, progress: bool) -> None:
-    """Stream ``url`` to ``dest.part``, then rename: an interrupted download leaves no ``dest``."""
-    from tqdm import tqdm
-
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:  # URLError, HTTPError and timeouts are OSErrors
-        part.unlink(missing_ok=True)
-        raise DataError(f"cannot download {url}: {getattr(e, 'reason', None) or e}; check the network, "
-                        "or pass a mirror (a folder or URL holding the file)") from None
-    os.replace(part, dest)
-
-
-def _read_sums(folder: Path) -> dict[str, str]:
-    f = folder / "SHA256SUMS"
-    return _parse_sums(f.read_text(encoding="utf-8")) if f.is_file() else {}
-
-
-def _fetch_sums(base_url: str) -> dict[str, str]:
-    """The mirror's SHA256SUMS when it serves one; {} when it has none."""
-    try:
-        with urllib.request.urlopen(base_url + "SHA256SUMS", timeout=60) as resp:
-            return _parse_sums(resp.read().decode("utf-8"))
-    except OSError:
-        return {}
-
-
-def _parse_sums(text: str) -> dict[str, str]:
-    """``sha256sum`` output: ``HASH  PATH`` (or ``HASH *PATH``) per line -> {PATH: HASH}."""
-    sums = {}
-    for line in text.splitlines():
-        m = re.match(r"^([0-9a-fA-F]{64})\s+\*?(.+)$", line.strip())
-        if m:
-            sums[m.group(2).strip()] = m.group(1).lower()
-    return sums
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify(path: Path, expected: str | None) -> None:
-    if expected is None:
-        return
-    actual = _sha256(path)
-    if actual != expected:
-        raise DataError(f"{path}: sha256 {actual} does not match SHA256SUMS ({expected}); "
-                        "the file is damaged or was replaced: fetch it again")
-
-
-def _copy_atomic(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-
-
 def _write_csv(dest: Path, header: list[str], rows: Iterable[list[str]]) -> None:
     """CSV (gzipped when ``dest`` ends in .gz), ``\\n`` line ends, written to a tmp file then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            # no file name and mtime=0 in the gzip header: the same rows give the same bytes
-            raw = gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) if dest.name.endswith(".gz") else out
-            with io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(header)
-                w.writerows(rows)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(out: IO[bytes]) -> None:
+        # no file name and mtime=0 in the gzip header: the same rows give the same bytes
+        raw = gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) if dest.name.endswith(".gz") else out
+        with io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(dest, write)
 
 
 # --- converters: originals -> the dataset layout --------------------------------------------

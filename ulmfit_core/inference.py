@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import load_classifier_files
+from .artifacts import ArtifactError, load_classifier_files, read_json, write_json
 from .awd_lstm import TextClassifier, build_classifier
 from .config import RecipeConfig, recipe_from_dict
 from .corpus import Split, label_codes
@@ -22,6 +22,40 @@ from .metrics import confusion_matrix
 from .tasks import classification_metrics, predict_logits
 from .text import Tokenizer, Vocab, tokenize_cached
 from .train import resolve_device
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def write_ensemble(directory: str | Path, members: Sequence[str | Path]) -> Path:
+    """Mark ``directory`` as an ensemble of the classifier folders ``members`` (stored relative to it
+    when inside it, so the folder can move): ``predict``/``evaluate`` on ``directory`` average them."""
+    directory = Path(directory)
+    names = []
+    for m in members:
+        m = Path(m)
+        try:
+            names.append(str(m.resolve().relative_to(directory.resolve())))
+        except ValueError:
+            names.append(str(m.resolve()))
+    return write_json(directory / ENSEMBLE_FILE, {"members": names})
+
+
+def classifier_dirs(directory: str | Path) -> list[Path]:
+    """The classifier folders ``directory`` stands for: its ensemble's members, or itself."""
+    directory = Path(directory)
+    path = directory / ENSEMBLE_FILE
+    if not path.is_file():
+        return [directory]
+    members = read_json(path).get("members") if isinstance(read_json(path), dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ArtifactError(f"{path}: expected {{\"members\": [classifier folders]}}")
+    return [directory / m for m in members]
+
+
+def expand(model_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Every classifier folder behind ``model_dirs`` (ensemble folders expanded)."""
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    return [m for d in dirs for m in classifier_dirs(d)]
 
 
 @dataclass
@@ -77,8 +111,9 @@ class Predictor:
         self.tokenizer = Tokenizer()
 
     @classmethod
-    def from_dirs(cls, model_dirs: Sequence[str | Path], device: str = "auto") -> Predictor:
-        return cls([load_classifier(d, device) for d in model_dirs])
+    def from_dirs(cls, model_dirs: str | Path | Sequence[str | Path], device: str = "auto") -> Predictor:
+        """Load classifier folders (an ensemble folder stands for its members)."""
+        return cls([load_classifier(d, device) for d in expand(model_dirs)])
 
     def predict_proba(self, texts: Sequence[str], cache_dir: str | Path | None = None) -> np.ndarray:
         """(N, C) probabilities of ``texts``, the mean over the members. ``ValueError`` for no or empty texts."""
@@ -93,7 +128,7 @@ class Predictor:
         return sum(probs[1:], probs[0]) / len(probs)
 
 
-def predict_proba(model_dirs: Sequence[str | Path], texts: Sequence[str], device: str = "auto",
+def predict_proba(model_dirs: str | Path | Sequence[str | Path], texts: Sequence[str], device: str = "auto",
                   cache_dir: str | Path | None = None) -> tuple[list[str], np.ndarray]:
     """Class names and (N, C) probabilities, averaged over ``model_dirs`` (forward + backward ensemble)."""
     predictor = Predictor.from_dirs(model_dirs, device)
@@ -103,7 +138,7 @@ def predict_proba(model_dirs: Sequence[str | Path], texts: Sequence[str], device
 def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, device: str = "auto",
              cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Accuracy, loss, macro-F1 and confusion matrix of the model(s) on a labeled file."""
-    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    dirs = expand(model_dirs)
     first = load_classifier(dirs[0], device="cpu")
     d = first.cfg.data
     data = read_labeled(path, d.text_cols, d.label_col)
@@ -117,8 +152,14 @@ def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, de
     return m
 
 
-def evaluate_split(result_dir: str | Path, split: Split, device: str = "auto") -> dict[str, float]:
-    """Metrics of a saved classifier on an already-numericalized split (e.g. ``corpus.test``)."""
-    clf = load_classifier(result_dir, device)
-    logits = _logits(clf, split.ids, split.labels)
-    return classification_metrics(logits, split.labels, len(clf.labels), prefix="")
+def evaluate_split(model_dirs: str | Path | Sequence[str | Path], split: Split, device: str = "auto") -> dict[str, float]:
+    """Metrics of saved classifier(s) on an already-numericalized split (e.g. ``corpus.test``); several
+    folders (or an ensemble folder) are averaged as :class:`Predictor` does. All must share the corpus's
+    vocabulary (as the directions of one ``run_recipe`` do)."""
+    classifiers = [load_classifier(d, device) for d in expand(model_dirs)]
+    if len(classifiers) == 1:
+        logits = _logits(classifiers[0], split.ids, split.labels)
+        return classification_metrics(logits, split.labels, len(classifiers[0].labels), prefix="")
+    probs = sum(_softmax(_logits(c, split.ids, split.labels)) for c in classifiers) / len(classifiers)
+    logp = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
+    return classification_metrics(logp, split.labels, len(classifiers[0].labels), prefix="")

@@ -7,6 +7,7 @@ an unpickler that refuses every class, so a plain ``list[str]`` is all it can yi
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
@@ -17,8 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ulmfit_core.artifacts import ArtifactError, load_encoder, load_language_model, load_tensors
+from ulmfit_core import fetching, zoo
+from ulmfit_core.artifacts import LM_FILE, VOCAB_FILE, ArtifactError, load_encoder, load_language_model, load_tensors
 from ulmfit_core.awd_lstm import AWDLSTMEncoder, TextClassifier
+from ulmfit_core.config import LMConfig, RecipeConfig, recipe_from_dict, to_dict
+from ulmfit_core.zoo import LocalModel
 
 StateDict = dict[str, Tensor]
 
@@ -56,6 +60,8 @@ def fastai_to_ours(state_dict: Mapping[str, Tensor]) -> StateDict:
     ``0.rnns.{i}.module.weight_hh_l0`` (v1) is dropped where ``weight_hh_l0_raw`` exists.
     Raises :class:`PretrainedError` on keys it does not know.
     """
+    if not isinstance(state_dict, Mapping):
+        raise PretrainedError(f"not a state dict: it holds a {type(state_dict).__name__}, not a mapping of tensors")
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
         state_dict = state_dict["model"]
     out: StateDict = {}
@@ -126,7 +132,11 @@ def load_fastai_lm(weights_path: str | Path, vocab_pkl_path: str | Path) -> tupl
     Returns ``(state_dict in our layout, itos, sizes)``; ``sizes`` as :func:`infer_sizes`.
     """
     weights_path = Path(weights_path)
-    state = fastai_to_ours(load_tensors(weights_path))
+    raw = load_tensors(weights_path)
+    try:
+        state = fastai_to_ours(raw)
+    except PretrainedError as e:  # name the file: the caller may be reading several
+        raise PretrainedError(f"{weights_path}: {e}") from None
     itos = read_fastai_vocab(vocab_pkl_path)
     n_rows = state["encoder.embedding.weight"].shape[0]
     if n_rows != len(itos):
@@ -177,19 +187,97 @@ def map_to_vocab(state_dict: Mapping[str, Tensor], old_itos: Sequence[str], new_
 # --- loading either kind ----------------------------------------------------------------
 
 
-def load_pretrained_lm(path: str | Path,
-                       vocab_path: str | Path | None = None) -> tuple[StateDict, list[str], dict[str, int]]:
-    """Either kind of pretrained language model (``LMConfig.pretrained``): a directory of ours, or a
-    fastai ``.pth`` with its vocabulary pickle. Returns ``(state_dict, itos, sizes)``."""
-    path = Path(path)
+def resolve_source(lm: LMConfig, models_dir: str | Path | None = None) -> LocalModel | None:
+    """What ``lm.pretrained`` names, for the direction ``lm.backwards`` asks: the one place that decides.
+
+    * a zoo name stands for its family: the entry of the requested direction is used
+      (``general-en-small-fwd`` with ``lm.backwards: true`` is ``general-en-small-bwd``), and it must be
+      fetched into ``models_dir`` (the error says how);
+    * a folder saved by this project (``launch.py pretrain``/``finetune-lm``), or a fastai ``.pth``
+      with ``lm.pretrained_vocab``; for a backwards LM, ``lm.pretrained_backwards`` when it is set.
+
+    None without ``lm.pretrained``.
+    """
+    if not lm.pretrained:
+        return None
+    if zoo.is_zoo_name(lm.pretrained):
+        return zoo.resolve(zoo.for_direction(lm.pretrained, lm.backwards), models_dir)
+    value = lm.pretrained_backwards if lm.backwards and lm.pretrained_backwards else lm.pretrained
+    path = Path(value).expanduser()
     if path.is_dir():
-        state, itos, _ = load_language_model(path)
-    elif vocab_path is None:
-        raise PretrainedError(f"{path} is not a directory saved by this project; "
-                              "a fastai .pth needs its vocabulary pickle")
-    else:
-        state, itos, _ = load_fastai_lm(path, vocab_path)
-    return state, itos, infer_sizes(state)
+        return LocalModel(path=path, vocab=None, layout="ulmfit")
+    if not path.is_file():
+        raise PretrainedError(f"lm.pretrained: {path} does not exist; give a zoo name ({', '.join(zoo.ZOO)}; "
+                              "`python launch.py models list`), a folder written by `launch.py pretrain`, or a "
+                              "fastai .pth with lm.pretrained_vocab")
+    if not lm.pretrained_vocab:
+        raise PretrainedError(f"lm.pretrained: {path} is not a folder saved by this project; a fastai .pth "
+                              "needs its vocabulary pickle in lm.pretrained_vocab")
+    return LocalModel(path=path, vocab=Path(lm.pretrained_vocab).expanduser(), layout="fastai")
+
+
+def load_source(source: LocalModel, backwards: bool | None = None) -> tuple[StateDict, list[str]]:
+    """``(state_dict in our layout, itos)`` of a resolved pretrained model. With ``backwards`` given, a
+    folder of ours that recorded its direction must have been trained that way (fastai's files do not say)."""
+    if source.layout == "fastai":
+        assert source.vocab is not None
+        state, itos, _ = load_fastai_lm(source.path, source.vocab)
+        return state, itos
+    state, itos, config = load_language_model(source.path)
+    recorded = (config.get("lm") or {}).get("backwards") if isinstance(config, dict) else None
+    if backwards is not None and recorded is not None and bool(recorded) != backwards:
+        trained, asked = ("backwards" if recorded else "forwards"), ("backwards" if backwards else "forwards")
+        raise PretrainedError(f"lm.pretrained: {source.path} was trained {trained} but this language model reads "
+                              f"text {asked} (lm.backwards: {backwards}); use a model of the same direction "
+                              "(lm.pretrained_backwards for the backwards one)")
+    return state, itos
+
+
+def describe_start(cfg: RecipeConfig, models_dir: str | Path | None = None) -> tuple[RecipeConfig, str]:
+    """The recipe to run and one line saying which language model it starts from.
+
+    With ``lm.pretrained_required: false`` a zoo model that is not fetched yet is left out: the
+    returned recipe has ``lm.pretrained: null`` (so every record shows what really ran) and the line
+    says how to fetch the model. Any other problem raises, before any training.
+    """
+    lm = cfg.lm
+    if cfg.classifier.from_scratch:
+        return cfg, "language model: none (classifier.from_scratch: the encoder starts from random weights)"
+    if not lm.pretrained:
+        return cfg, ("language model: trained from random weights on this data (no lm.pretrained; a "
+                     "general-domain start transfers better: `python launch.py models list`)")
+    try:
+        source = resolve_source(lm, models_dir)
+    except zoo.ZooError as e:
+        if lm.pretrained_required or not zoo.is_zoo_name(lm.pretrained):
+            raise
+        name = zoo.for_direction(lm.pretrained, lm.backwards)
+        values = to_dict(cfg)
+        values["lm"]["pretrained"] = None
+        return recipe_from_dict(values), (f"language model: random weights, because {name} is not fetched "
+                                          f"({e}); lm.pretrained_required is false, so the run goes on without it")
+    assert source is not None
+    what = source.name or str(source.path)
+    return cfg, f"language model: starting from {what} ({source.path})"
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def source_fingerprint(source: LocalModel) -> str:
+    """sha256 over the content of a pretrained model's files (not their path): what the LM cache key
+    and a checkpoint's fingerprint record. Memoized per (file, size, mtime) within the process."""
+    files = [source.path, source.vocab] if source.layout == "fastai" else \
+        [source.path / LM_FILE, source.path / VOCAB_FILE]
+    h = hashlib.sha256(f"pretrained-v1|{source.layout}|".encode())
+    for f in files:
+        assert f is not None
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FINGERPRINTS:
+            _FINGERPRINTS[key] = fetching.sha256(f)
+        h.update(_FINGERPRINTS[key].encode())
+    return h.hexdigest()
 
 
 def load_encoder_into(classifier: TextClassifier | AWDLSTMEncoder, dir_or_path: str | Path, itos: Sequence[str]) -> int:

@@ -6,7 +6,7 @@ happens after every epoch. Nothing here imports Ray, Optuna or MLflow.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,9 @@ import torch
 from . import artifacts, pretrained
 from .artifacts import CHECKPOINT_SUBDIR, METRICS_FILE
 from .awd_lstm import build_classifier, build_language_model, classifier_layer_groups, lm_layer_groups
-from .config import RecipeConfig, to_dict
+from .config import RecipeConfig, build_recipe, to_dict
 from .corpus import Corpus, content_hash, prepare_corpus
-from .inference import evaluate_split
+from .inference import evaluate_split, write_ensemble
 from .schedule import unfreeze_phases
 from .tasks import ClassifierTask, LanguageModelTask
 from .text import Tokenizer
@@ -41,20 +41,33 @@ class LMResult:
     metrics: dict[str, float]
 
 
-def lm_key(cfg: RecipeConfig, fingerprint: str = "") -> str:
+#: Bump when what the LM stage writes, or how its key is made, changes.
+LM_FORMAT = "lm-v2"
+#: LM settings that name the pretrained model's files: its content fingerprint goes into the key instead.
+_PRETRAINED_PATHS = ("pretrained", "pretrained_vocab", "pretrained_backwards", "pretrained_required")
+
+
+def lm_key(cfg: RecipeConfig, fingerprint: str = "", models_dir: str | Path | None = None) -> str:
     """Hash of everything the language-model stage depends on (not the classifier's settings).
 
     ``fingerprint`` is the corpus's ``lm_fingerprint``: the LM's own text, never validation or test text.
+    A pretrained start counts by its files' content (a copy elsewhere has the same key), not its path.
     """
-    return content_hash("lm-v1", to_dict(cfg.data), to_dict(cfg.text), to_dict(cfg.model), to_dict(cfg.lm),
+    lm = {k: v for k, v in to_dict(cfg.lm).items() if k not in _PRETRAINED_PATHS}
+    source = pretrained.resolve_source(cfg.lm, models_dir)
+    start = pretrained.source_fingerprint(source) if source is not None else None
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("test", "valid")}  # never read by the LM
+    return content_hash(LM_FORMAT, data, to_dict(cfg.text), to_dict(cfg.model), lm, start,
                         cfg.seed, fingerprint)[:16]
 
 
-def _initial_lm_state(cfg: RecipeConfig, itos: list[str]) -> dict[str, torch.Tensor] | None:
-    """The pretrained weights ``lm.pretrained`` names, mapped onto ``itos``; None without one."""
-    if not cfg.lm.pretrained:
+def _initial_lm_state(cfg: RecipeConfig, itos: list[str], models_dir: str | Path | None) -> dict[str, torch.Tensor] | None:
+    """The pretrained weights ``lm.pretrained`` names (for ``lm.backwards``' direction), mapped onto
+    ``itos``; None without one."""
+    source = pretrained.resolve_source(cfg.lm, models_dir)
+    if source is None:
         return None
-    state, old_itos, _sizes = pretrained.load_pretrained_lm(cfg.lm.pretrained, cfg.lm.pretrained_vocab)
+    state, old_itos = pretrained.load_source(source, backwards=cfg.lm.backwards)
     return pretrained.map_to_vocab(state, old_itos, itos)
 
 
@@ -70,8 +83,9 @@ def _load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], what:
 
 
 def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: ReportFn | None = None,
-                progress: bool = False, resume: bool = True) -> LMResult:
-    """Train (or fine-tune from ``cfg.lm.pretrained``) the language model into ``out_dir``.
+                progress: bool = False, resume: bool = True, models_dir: str | Path | None = None) -> LMResult:
+    """Train (or fine-tune from ``cfg.lm.pretrained``, a zoo name looked up in ``models_dir``) the
+    language model into ``out_dir``.
 
     Writes the language-model files (:func:`ulmfit_core.artifacts.save_language_model`),
     ``metrics.json`` and a resumable ``checkpoint/``.
@@ -83,7 +97,7 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     device = resolve_device(cfg.device)
     lmc = cfg.lm
     model = build_language_model(len(corpus.vocab), cfg.model, lmc.scaled_dropouts, pad_idx=corpus.vocab.pad_idx)
-    init = _initial_lm_state(cfg, corpus.vocab.itos)
+    init = _initial_lm_state(cfg, corpus.vocab.itos, models_dir)
     if init is not None:
         _load_matching(model, init, "lm.pretrained")
     model.to(device)
@@ -108,18 +122,18 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     seconds = time.perf_counter() - t0
     final = dict(fit.history[-1]) if fit.history else {}
     artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history, "seconds": seconds,
-                                              "corpus": corpus.stats, "lm_key": lm_key(cfg, corpus.lm_fingerprint)})
+                                              "corpus": corpus.stats, "lm_key": lm_key(cfg, corpus.lm_fingerprint, models_dir)})
     return LMResult(lm_dir=out, trained=True, seconds=seconds, metrics=final)
 
 
 def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: ReportFn | None = None,
-              progress: bool = False) -> LMResult:
+              progress: bool = False, models_dir: str | Path | None = None) -> LMResult:
     """The fine-tuned LM for ``cfg``, trained once under ``lm_root/<lm_key>/`` and shared.
 
     Concurrent callers with the same key block on a file lock; the first trains, the rest reuse
     its result (``trained=False``). Works across nodes when ``lm_root`` is shared storage.
     """
-    key = lm_key(cfg, corpus.lm_fingerprint)
+    key = lm_key(cfg, corpus.lm_fingerprint, models_dir)
     lm_dir = Path(lm_root) / key
     lm_dir.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(lm_dir) + ".lock"):
@@ -127,7 +141,8 @@ def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: Re
         if done.exists():
             info = artifacts.read_json(lm_dir / METRICS_FILE)
             return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
-        result = finetune_lm(cfg, corpus, lm_dir, report=report, progress=progress, resume=True)
+        result = finetune_lm(cfg, corpus, lm_dir, report=report, progress=progress, resume=True,
+                             models_dir=models_dir)
         artifacts.write_json(done, {"seconds": result.seconds})
         return result
 
@@ -197,33 +212,71 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
 # --- the whole recipe ------------------------------------------------------------------------
 
 
+DIRECTIONS = ("fwd", "bwd")
+
+
+def with_direction(cfg: RecipeConfig, direction: str) -> RecipeConfig:
+    """``cfg`` reading text forwards (``fwd``) or backwards (``bwd``): the LM and the classifier both."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    backwards = direction == "bwd"
+    return build_recipe(to_dict(cfg), {"lm.backwards": backwards, "classifier.backwards": backwards})
+
+
+def _direction_dirs(out: Path, direction: str, first: bool) -> tuple[Path, Path]:
+    """(LM folder, classifier folder) of one direction: the first direction keeps the plain names."""
+    suffix = "" if first else f"_{direction}"
+    return out / f"lm{suffix}", out / f"classifier{suffix}"
+
+
 def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None = None,
                data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-               progress: bool = False, lm_report: ReportFn | None = None) -> dict[str, Any]:
+               progress: bool = False, lm_report: ReportFn | None = None,
+               models_dir: str | Path | None = None, directions: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
 
-    ``report`` runs after each classifier epoch, ``lm_report`` after each language-model epoch.
+    ``directions`` (default: the config's own) trains one classifier per direction, each on the
+    language model of its own direction (ULMFiT's forward + backward). The first direction's metrics
+    are unprefixed, another's carry its name (``bwd_test_accuracy``), and with two the averaged
+    ensemble's test metrics are ``ensemble_test_*``; ``out_dir/ensemble.json`` then lists the members,
+    so ``predict``/``evaluate --model out_dir`` use the ensemble. ``report`` runs after each classifier
+    epoch, ``lm_report`` after each language-model epoch.
     """
     out = Path(out_dir)
+    own = "bwd" if cfg.lm.backwards else "fwd"
+    directions = list(dict.fromkeys(directions or [own]))
     times: dict[str, float] = {}
     t = time.perf_counter()
     corpus = prepare_corpus(cfg, data_dir, cache_dir, progress=progress)
     times["data_seconds"] = time.perf_counter() - t
-    lm_dir = None
-    lm_metrics: dict[str, float] = {}
-    if not cfg.classifier.from_scratch:
+    result: dict[str, Any] = {}
+    members = []
+    for i, direction in enumerate(directions):
+        dcfg = cfg if direction == own else with_direction(cfg, direction)
+        lm_out, clf_out = _direction_dirs(out, direction, first=i == 0)
+        prefix = "" if i == 0 else f"{direction}_"
+        lm_dir, lm_metrics = None, {}
+        if not dcfg.classifier.from_scratch:
+            t = time.perf_counter()
+            lm = finetune_lm(dcfg, corpus, lm_out, report=lm_report, progress=progress, models_dir=models_dir)
+            lm_dir, lm_metrics = lm.lm_dir, lm.metrics
+            times[f"{prefix}lm_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
-        lm = finetune_lm(cfg, corpus, out / "lm", report=lm_report, progress=progress)
-        lm_dir, lm_metrics = lm.lm_dir, lm.metrics
-        times["lm_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    clf = train_classifier(cfg, corpus, lm_dir, out / "classifier", report=report, progress=progress)
-    times["classifier_seconds"] = time.perf_counter() - t
-    result: dict[str, Any] = {f"lm_{k}": v for k, v in lm_metrics.items() if k.startswith("valid_")}
-    result.update(clf.metrics)
-    if corpus.test is not None:
-        test = evaluate_split(out / "classifier", corpus.test, cfg.device)
-        result.update({f"test_{k}": v for k, v in test.items()})
+        clf = train_classifier(dcfg, corpus, lm_dir, clf_out, report=report, progress=progress)
+        times[f"{prefix}classifier_seconds"] = time.perf_counter() - t
+        metrics: dict[str, Any] = {f"lm_{k}": v for k, v in lm_metrics.items() if k.startswith("valid_")}
+        metrics.update(clf.metrics)
+        if corpus.test is not None:
+            test = evaluate_split(clf_out, corpus.test, dcfg.device)
+            metrics.update({f"test_{k}": v for k, v in test.items()})
+        result.update({f"{prefix}{k}": v for k, v in metrics.items()})
+        members.append(clf_out)
+    if len(members) > 1:
+        write_ensemble(out, members)
+        if corpus.test is not None:
+            ensemble = evaluate_split(members, corpus.test, cfg.device)
+            result.update({f"ensemble_test_{k}": v for k, v in ensemble.items()})
     result.update(times)
-    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(cfg)})
+    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(cfg),
+                                              "directions": directions})
     return result

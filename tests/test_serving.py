@@ -123,7 +123,8 @@ def test_logged_model_holds_weights_code_signature_and_pins(registered, tmp_path
     inputs = json.loads(mlmodel["signature"]["inputs"])
     outputs = json.loads(mlmodel["signature"]["outputs"])
     assert inputs == [{"type": "string", "name": "text", "required": True}]
-    assert [o["name"] for o in outputs][0] == "label" and len(outputs) == 1 + 6
+    assert [o["name"] for o in outputs] == ["label"] + [f"prob_{c}" for c in json.loads(
+        (local / "artifacts" / "classifier_0" / "labels.json").read_text())]
     assert mlmodel["metadata"]["ulmfit_members"] == 2
     requirements = (local / "requirements.txt").read_text().split()
     assert f"torch=={metadata.version('torch').split('+')[0]}" in requirements

@@ -27,6 +27,9 @@ def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--cache-dir", help="token cache (default: $ULMFIT_CACHE or ./.cache/ulmfit)")
     p.add_argument("--models-dir", help="where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="train from scratch in --out, instead of continuing its checkpoint (which must belong to "
+                        "the same settings and data, or the command refuses)")
 
 
 def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: bool = True):
@@ -44,20 +47,15 @@ def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: 
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
-    print(f"\n{title}")
-    for k, v in metrics.items():
-        if isinstance(v, float):
-            print(f"  {k:28s} {v:.4f}")
-        elif isinstance(v, (int, str)):
-            print(f"  {k:28s} {v}")
+    from ulmfit_core.console import metrics_table
+
+    print("\n" + metrics_table(title, metrics))
 
 
 def _epoch_printer(stage: str) -> Callable:
-    def report(metrics: dict[str, float], _checkpoint=None) -> None:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float))
-        print(f"[{stage}] epoch {int(metrics['epoch'])}: {shown}", flush=True)
+    from ulmfit_core.console import epoch_printer
 
-    return report
+    return epoch_printer(stage)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -111,7 +109,7 @@ def _lm_command(args: argparse.Namespace, extra: list[str], lm_only: bool) -> in
     prepare = corpora.prepare_lm_corpus if lm_only else corpora.prepare_corpus
     corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
     res = stages.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress,
-                             models_dir=args.models_dir)
+                             models_dir=args.models_dir, resume=not args.restart)
     _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
     return 0
 
@@ -124,7 +122,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     cfg = _recipe(args, extra)
     corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
     res = stages.train_classifier(cfg, corpus, args.lm, args.out, report=_epoch_printer("classifier"),
-                                    progress=not args.no_progress)
+                                  progress=not args.no_progress, resume=not args.restart)
     metrics = dict(res.metrics)
     if corpus.test is not None:
         test = inference.evaluate_split(res.out_dir, corpus.test, cfg.device)
@@ -150,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = stages.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
                                cache_dir=args.cache_dir, progress=not args.no_progress,
                                lm_report=_epoch_printer("lm"), models_dir=args.models_dir,
-                               directions=args.directions)
+                               directions=args.directions, resume=not args.restart)
     model = Path(args.out) if args.directions and len(set(args.directions)) > 1 else Path(args.out) / "classifier"
     _print_metrics(f"recipe finished; model in {model}, metrics in {Path(args.out) / 'metrics.json'}", result)
     return 0

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
+
+from ulmfit_core.config import ConfigError
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default from the config: sqlite:///mlflow.db)")
     p.add_argument("--storage", help="folder for Ray results, checkpoints and the shared LM cache")
     p.add_argument("--data-dir", help="where data.dataset names are looked up")
+    p.add_argument("--models-dir", help="where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)")
     p.add_argument("--smoke-test", action="store_true", help="2 trials, tiny model, 300 rows, 2 epochs")
     p.set_defaults(func=cmd_search)
 
@@ -38,10 +40,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("retrain", help="retrain a best.yaml, evaluate on test, log and register in MLflow")
     p.add_argument("--config", required=True, help="a best.yaml written by `export` (or a plain recipe YAML)")
-    p.add_argument("--out", default=None, help="model folder (default runs/retrain/<config stem>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set device=cuda (repeatable)")
+    p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
+                   help="fwd, bwd or both: both trains the forward and backward classifiers and registers their "
+                        "averaged ensemble as one model (default: the exported direction)")
+    p.add_argument("--out", default=None,
+                   help="model folder (default runs/retrain/<experiment>-<trial>: one per exported trial)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the search's)")
     p.add_argument("--model-name", default=None, help="registered model name (default ulmfit-<experiment>)")
     p.add_argument("--data-dir", default=None, help="where data.dataset names are looked up")
+    p.add_argument("--cache-dir", default=None, help="token cache (default: the search's when on this machine)")
+    p.add_argument("--models-dir", default=None, help="where zoo models named by lm.pretrained are")
     p.set_defaults(func=cmd_retrain)
 
 
@@ -49,7 +59,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search import store, tracking, tuner
     from search.errors import SearchConfigError
     from search.settings import load_search_config
-    from ulmfit_core.config import ConfigError
 
     try:
         if args.resume:
@@ -57,7 +66,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             overrides = list(args.set)
             for flag, key in ((args.tracking_uri, "mlflow.tracking_uri"), (args.storage, "search.storage"),
-                              (args.data_dir, "search.data_dir")):
+                              (args.data_dir, "search.data_dir"), (args.models_dir, "search.models_dir")):
                 if flag:
                     overrides.append(f"{key}={flag}")
             cfg = load_search_config(args.config, overrides, smoke_test=args.smoke_test)
@@ -81,7 +90,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"retrain it:    python launch.py retrain --config {outcome.best_yaml}")
     else:
         print("best config:   none (no trial completed all its epochs)")
+    if outcome.tracking_failures:
+        print(f"MLflow:        {len(outcome.tracking_failures)} writes failed for good, so MLflow misses them "
+              f"(first: {outcome.tracking_failures[0]}); the leaderboard and best.yaml above are complete")
     print(f"compare runs:  {tuner.mlflow_ui_command(outcome.tracking_uri)}")
+    if outcome.experiment_id is not None:
+        print(f"               then open {tracking.runs_page(outcome.tracking_uri, outcome.experiment_id)}")
     if outcome.status != "finished":
         print(f"interrupted:   continue with `python launch.py search --resume {outcome.search_dir}`")
         return 130
@@ -105,20 +119,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from search import tracking
     from search.export import retrain
-    from ulmfit_core.config import ConfigError
+    from ulmfit_core.console import epoch_printer, metrics_table
+    from ulmfit_core.data import DataError
 
-    out = args.out or str(Path("runs") / "retrain" / Path(args.config).stem)
+    print(f"retraining {args.config} (each epoch is printed as it ends)", flush=True)
     try:
-        res = retrain(args.config, out, tracking_uri=args.tracking_uri, model_name=args.model_name,
-                      data_dir=args.data_dir)
-    except (ConfigError, tracking.TrackingError, FileNotFoundError) as e:
+        res = retrain(args.config, args.out, tracking_uri=args.tracking_uri, model_name=args.model_name,
+                      data_dir=args.data_dir, cache_dir=args.cache_dir, models_dir=args.models_dir,
+                      overrides=args.set, directions=args.directions, report=epoch_printer("classifier"),
+                      lm_report=epoch_printer("lm"))
+    except (ConfigError, DataError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for k, v in sorted(res["metrics"].items()):
-        print(f"{k}: {v}")
+    shown = {k: v for k, v in sorted(res["metrics"].items()) if "test_" in k or k.startswith(("valid_", "lm_valid"))}
+    print("\n" + metrics_table("retrained model", shown))
     if "recorded" in res:
-        print(f"search recorded {res['recorded']}; retrained differs by {res['difference']:.3g}")
-    print(f"model: {out}; MLflow run {res['run_id']}; registered {res['model_name']} version {res['version']}")
+        print(f"\nthe search recorded {res['recorded']:.4f}; the retrain differs by {res['difference']:.3g}")
+    print(f"model folder:  {res['out_dir']}")
+    print(f"MLflow run:    {res['run_id']} ({res['tracking_uri']})")
+    print(f"registered:    {res['model_uri']}  (mlflow models serve -m {res['model_uri']} --env-manager local)")
     return 0
 
 

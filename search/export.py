@@ -20,7 +20,8 @@ epoch has no full-length result that a retrain (which trains every epoch) could 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ import yaml
 from search import store, tracking
 from search import trainable as T
 from search.errors import SearchConfigError
-from ulmfit_core.config import ConfigError, RecipeConfig, build_recipe, read_yaml, recipe_from_dict, to_dict
+from ulmfit_core.config import ConfigError, RecipeConfig, build_recipe, parse_overrides, read_yaml, to_dict
+from ulmfit_core.inference import ENSEMBLE_FILE, classifier_dirs
 from ulmfit_core.metrics import METRICS
+from ulmfit_core.stages import ReportFn
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,8 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
         "mlflow_run_id": run_id, "mlflow_parent_run_id": meta["parent_run_id"],
         "mlflow_experiment": meta["experiment"], "tracking_uri": meta["tracking_uri"],
         "search_dir": str(search_dir), "threads": best.config[T.RUN]["threads"],
-        "data_dir": best.config[T.RUN].get("data_dir"), "cache_dir": best.config[T.RUN].get("cache_dir")}}
+        "data_dir": best.config[T.RUN].get("data_dir"), "cache_dir": best.config[T.RUN].get("cache_dir"),
+        "models_dir": best.config[T.RUN].get("models_dir")}}
 
 
 def _best_from_mlflow(uri: str, experiment: str) -> dict[str, Any]:
@@ -108,24 +112,61 @@ def write_best(doc: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def read_best(path: str | Path) -> tuple[RecipeConfig, dict[str, Any]]:
-    """``(recipe, result metadata)`` from a ``best.yaml``; a plain recipe YAML gives empty metadata."""
+def read_best(path: str | Path, overrides: Sequence[str] = ()) -> tuple[RecipeConfig, dict[str, Any]]:
+    """``(recipe, result metadata)`` from a ``best.yaml`` with ``--set``-style ``overrides``; a plain
+    recipe YAML gives empty metadata. A ``best.yaml`` missing recipe sections is refused (a retrain on
+    defaults would silently be another model)."""
     values = read_yaml(path)
     if "recipe" in values:
         recipe, meta = values["recipe"], values.get("result") or {}
+        missing = [k for k in ("data", "text", "model", "lm", "classifier") if not isinstance(recipe, dict) or k not in recipe]
+        if missing:
+            raise ConfigError(f"{path}: recipe has no {', '.join(missing)} section(s); an exported best.yaml holds "
+                              "the complete recipe: export it again (`python launch.py export --search DIR`)")
     else:
         recipe, meta = values, {}
     try:
-        return recipe_from_dict(recipe), meta
+        return build_recipe(recipe, parse_overrides(list(overrides))), meta
     except ConfigError as e:
         raise ConfigError(f"{path}: recipe.{e}") from None
 
 
-def retrain(best_yaml: str | Path, out_dir: str | Path, *, tracking_uri: str | None = None,
-            model_name: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
-    """Retrain a ``best.yaml`` with ``stages.run_recipe`` (LM, classifier, test evaluation), log the
-    run to MLflow and register the model. Returns the final metrics, the registered version, and how
-    far the retrained metric is from the one the search recorded.
+def default_retrain_dir(best_yaml: str | Path, meta: Mapping[str, Any]) -> Path:
+    """``runs/retrain/<experiment>-<trial>``: one folder per exported trial, so two searches' retrains
+    never share (or resume) one folder."""
+    experiment = meta.get("mlflow_experiment") or Path(best_yaml).stem
+    trial = meta.get("trial_id") or "config"
+    return Path("runs") / "retrain" / f"{experiment}-{trial}"
+
+
+def _local_or_none(path: str | None) -> str | None:
+    """A folder recorded on the search's machine, if it exists here (never created: best.yaml is portable)."""
+    return path if path and Path(path).exists() else None
+
+
+def retrain_tracking_uri(tracking_uri: str | None, meta: Mapping[str, Any]) -> str:
+    """The store to log a retrain to: ``--tracking-uri``, else the search's (a SQLite file of another
+    machine is refused rather than created here), else the local ``sqlite:///mlflow.db``."""
+    if tracking_uri:
+        return tracking_uri
+    recorded = meta.get("tracking_uri")
+    if not recorded:
+        return "sqlite:///mlflow.db"
+    if recorded.startswith("sqlite:///") and not Path(recorded[len("sqlite:///"):]).parent.is_dir():
+        raise tracking.TrackingError(f"the search's MLflow store {recorded} is not on this machine; pass "
+                                     "--tracking-uri (e.g. sqlite:///mlflow.db or http://HOST:5000)")
+    return recorded
+
+
+def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
+            model_name: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+            models_dir: str | None = None, overrides: Sequence[str] = (), directions: Sequence[str] | None = None,
+            report: ReportFn | None = None, lm_report: ReportFn | None = None) -> dict[str, Any]:
+    """Retrain a ``best.yaml`` with ``stages.run_recipe`` (LM, classifier, test evaluation; with
+    ``directions`` ``["fwd", "bwd"]`` both and their ensemble), log the run to MLflow with its plots and
+    register the model (the ensemble as one) as a pyfunc model. The tracking store is checked before any
+    training. Returns the final metrics, the registered version, the output folder, and how far the
+    retrained metric is from the one the search recorded.
 
     The torch thread count is set to the trial's, because on CPU the reduction order (and so the
     last bits of every sum) depends on it.
@@ -134,23 +175,48 @@ def retrain(best_yaml: str | Path, out_dir: str | Path, *, tracking_uri: str | N
 
     from ulmfit_core import stages
 
-    cfg, meta = read_best(best_yaml)
+    cfg, meta = read_best(best_yaml, overrides)
+    uri = retrain_tracking_uri(tracking_uri, meta)
+    tracking.check_reachable(uri)
     if meta.get("threads"):
         torch.set_num_threads(int(meta["threads"]))
-    out_dir = Path(out_dir)
-    metrics = stages.run_recipe(cfg, out_dir, data_dir=data_dir or meta.get("data_dir"),
-                                  cache_dir=meta.get("cache_dir"))
-    uri = tracking_uri or meta.get("tracking_uri") or "sqlite:///mlflow.db"
-    tracking.check_reachable(uri)
+    out = Path(out_dir) if out_dir else default_retrain_dir(best_yaml, meta)
+    metrics = stages.run_recipe(cfg, out, report=report, lm_report=lm_report,
+                                data_dir=data_dir or _local_or_none(meta.get("data_dir")),
+                                cache_dir=cache_dir or _local_or_none(meta.get("cache_dir")),
+                                models_dir=models_dir or _local_or_none(meta.get("models_dir")),
+                                directions=directions)
+    members = classifier_dirs(out) if (out / ENSEMBLE_FILE).exists() else [out / "classifier"]
     experiment = meta.get("mlflow_experiment") or "ulmfit-retrain"
-    # The classifier folder is the self-contained model (weights, vocabulary, labels, config).
-    registered = tracking.log_retrain(
-        uri, experiment, "mlartifacts", to_dict(cfg), metrics, out_dir / "classifier",
-        model_name or f"ulmfit-{experiment}",
-        {"trial_id": meta.get("trial_id"), "run_id": meta.get("mlflow_run_id"), "config": str(best_yaml)})
-    out: dict[str, Any] = {"metrics": dict(metrics), **registered, "tracking_uri": uri}
+    with tempfile.TemporaryDirectory(prefix="ulmfit-retrain-plots-") as tmp:
+        files = test_report_plots(out, Path(tmp))
+        registered = tracking.log_retrain(
+            uri, experiment, "mlartifacts", to_dict(cfg), metrics, members, model_name or f"ulmfit-{experiment}",
+            {"trial_id": meta.get("trial_id"), "run_id": meta.get("mlflow_run_id"), "config": str(best_yaml)}, files)
+    result: dict[str, Any] = {"metrics": dict(metrics), **registered, "tracking_uri": uri, "out_dir": str(out)}
     metric = meta.get("metric")
     if metric and meta.get("value") is not None and metric in metrics:
-        out["recorded"] = float(meta["value"])
-        out["difference"] = abs(float(metrics[metric]) - float(meta["value"]))
-    return out
+        result["recorded"] = float(meta["value"])
+        result["difference"] = abs(float(metrics[metric]) - float(meta["value"]))
+    return result
+
+
+def test_report_plots(run_dir: Path, out: Path) -> list[Path]:
+    """From a run's ``test_report.json``: a confusion matrix, a per-class precision/recall/F1 chart and its
+    numbers (JSON) for each direction and the ensemble."""
+    from search import plots
+    from ulmfit_core import artifacts
+    from ulmfit_core.stages import TEST_REPORT_FILE
+
+    path = run_dir / TEST_REPORT_FILE
+    if not path.is_file():
+        return []
+    files: list[Path] = []
+    for name, rep in artifacts.read_json(path).items():
+        labels, matrix = rep["labels"], rep["confusion_matrix"]
+        files.append(plots.plot_confusion_matrix(labels, matrix, out / f"confusion_matrix_{name}.png",
+                                                 title=f"test confusion matrix ({name})"))
+        per_class = plots.classification_report(labels, matrix)
+        files.append(plots.plot_classification_report(per_class, out / f"per_class_{name}.png"))
+        files.append(artifacts.write_json(out / f"per_class_{name}.json", per_class))
+    return files

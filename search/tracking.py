@@ -1,34 +1,41 @@
-"""MLflow for the search: the only module in ``search/`` that imports mlflow.
+"""MLflow for the search: its structure, and the Tune callback that records every trial.
 
-Layout of one search in MLflow:
+Layout of one search in MLflow (what a user sees in the UI):
 
-- **experiment** ``mlflow.experiment`` (default ``search.name``); created with ``artifact_location``
-  for a local store (``./mlartifacts``), or left to the tracking server's artifact proxy.
+- **experiment** ``mlflow.experiment`` (default ``search.name``), tagged as model training (so the UI
+  opens on its runs); created with ``artifact_location`` for a local store (``./mlartifacts``), or
+  left to the tracking server's artifact proxy.
 - **parent run** per search (named like its Ray folder; tag ``search_role=parent``): the search
-  settings as params, ``search_config.yaml`` and ``search_space.yaml``; at the end the
-  ``leaderboard.csv`` / ``leaderboard.json`` table, ``best.yaml``, summary metrics and the tag
+  settings and the base recipe's key settings as params, ``search_config.yaml`` and
+  ``search_space.yaml``; at the end the ``leaderboard.csv`` / ``leaderboard.json`` table, ``best.yaml``,
+  summary metrics under ``summary/``, the search's plots under ``plots/``, and the tag
   ``search_status`` (finished | failed | interrupted).
-- **child run** per trial, nested with the ``mlflow.parentRunId`` tag and found again by its tag
-  ``ray_trial_id`` -- so a retried or resumed trial reopens its run instead of creating another:
-  sampled values as params (``[i]`` written ``.i``), the resolved ``recipe.yaml``, per-epoch metrics
-  (``step`` = epoch) sent in one ``log_batch`` per report, tags ``trial_status`` (running | completed |
-  stopped_by_asha | errored | interrupted; abandoned for the rare run retired after a resume, see
-  :meth:`MLflowTrialCallback.on_experiment_end`), ``lm_key``, ``lm_trained``, ``nodes``; the best
-  checkpoint (``checkpoint.pt``, ``vocab.json``, labels, config) under ``checkpoint/``.
+- **child run** per trial, nested with the ``mlflow.parentRunId`` tag, named by its index and key
+  values, and found again by its tag ``ray_trial_id`` (a retried or resumed trial reopens its run):
+  sampled values as params (rounded for display, ``[i]`` written ``.i``; the full values are in
+  ``recipe.yaml``), per-epoch **learning metrics only** (:data:`EPOCH_METRICS`, ``step`` = epoch), the
+  bookkeeping as tags (``trial_status``: running | completed | stopped_by_asha | errored | interrupted;
+  ``lm_key``, ``lm_trained``, ``lm_seconds``, ``lm_seconds_saved``, ``resumed_from_epoch``, ``nodes``);
+  at the end its best model (weights only, no optimizer state) under ``best_model/`` and its
+  learning curves and learning-rate schedule under ``plots/``.
 
-All of it is written from the driver by :class:`MLflowTrialCallback` (a Ray Tune ``Callback``), so
-trial processes need no MLflow access. HTTP retries are bounded (:func:`http_defaults`) and
-:func:`check_reachable` fails in seconds, before any trial runs, when the store cannot be reached.
+All of it is written from the driver by :class:`MLflowTrialCallback` (a Ray Tune ``Callback``) through
+a :class:`~search.mlflow_writer.MlflowWriter`: Tune's event loop only queues the events; a background
+thread writes them in order and retries through a store outage; what finally failed is reported in
+the search summary. :func:`check_reachable` fails in seconds, before any trial runs, when the store
+cannot be reached.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from search import trainable as T
+from search.mlflow_writer import MlflowWriter
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +53,18 @@ TRIAL_TAG = "ray_trial_id"
 ROLE_TAG = "search_role"  # parent | trial | retrain
 STATUS_TAG = "trial_status"
 SEARCH_STATUS_TAG = "search_status"
+#: MLflow 3's UI opens an experiment on its GenAI page unless it is tagged as model development.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 COMPLETED, STOPPED, ERRORED, RUNNING = "completed", "stopped_by_asha", "errored", "running"
 INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C) before the trial ended; a resume continues it
-ABANDONED = "abandoned"  # see MLflowTrialCallback.on_experiment_end
+ABANDONED = "abandoned"  # see TrialRecorder.retire_abandoned
+#: What a child run records per epoch; everything else a trial reports is bookkeeping (tags).
+EPOCH_METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss", "lr")
+SUMMARY_PREFIX = "summary/"
+#: The base recipe's settings shown on the parent run (the rest is in search_config.yaml).
+KEY_RECIPE_SETTINGS = ("data.dataset", "data.train", "data.max_train_rows", "model.preset", "text.max_vocab",
+                       "lm.pretrained", "lm.epochs", "lm.backwards", "classifier.epochs", "classifier.unfreeze",
+                       "seed", "precision")
 
 
 def outcome(result: Mapping[str, Any] | None, errored: bool = False) -> str:
@@ -66,14 +83,14 @@ class TrackingError(RuntimeError):
 
 
 def http_defaults() -> None:
-    """Bound MLflow's HTTP retries (default: 7 retries, backoff 2, 120 s timeout = many minutes of
-    waiting on a dead server). User-exported values win."""
+    """Bound MLflow's own HTTP retries (default: 7 retries, backoff 2, 120 s timeout = many minutes of
+    waiting on a dead server); the writer retries with its own backoff. User-exported values win."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def _client(uri: str):
+def _client(uri: str) -> Any:
     http_defaults()
     from mlflow.tracking import MlflowClient
 
@@ -123,25 +140,39 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
-    """The id of experiment ``name``, created (with ``artifact_location`` for a local store) if new."""
+    """The id of experiment ``name`` (tagged as model training), created if new (with
+    ``artifact_location`` for a local store)."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage != "active":
             raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
-        return exp.experiment_id
-    location = None
-    if artifact_location and not uri.startswith(("http://", "https://", "databricks")):
-        location = Path(artifact_location).expanduser().resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+        experiment_id = exp.experiment_id
+    else:
+        location = None
+        if artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+            location = Path(artifact_location).expanduser().resolve().as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment_id
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def runs_page(uri: str, experiment_id: str) -> str:
+    """Where the experiment's runs are in the MLflow UI (``mlflow ui`` serves a local store on :5000)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+# --- names and values as the UI shows them ----------------------------------------------------
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b": value}``."""
     out: dict[str, Any] = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -152,49 +183,100 @@ def mlflow_key(key: str) -> str:
     return key.replace("[", ".").replace("]", "")
 
 
-def _params(values: Mapping[str, Any]):
+def column_name(key: str) -> str:
+    """A key as a table column MLflow's table preview shows (no dots): ``classifier.lr`` -> ``classifier_lr``."""
+    return mlflow_key(key).replace(".", "_")
+
+
+def display(value: Any) -> str:
+    """A value as shown in the UI: floats to 4 significant digits (full values stay in recipe.yaml)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)[:6000]
+
+
+def trial_index(trial_id: str) -> int | None:
+    """Ray's trial ids end in the trial's index (``3c9f1_00004`` -> 4)."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def trial_run_name(trial_id: str, sampled: Mapping[str, Any], limit: int = 90) -> str:
+    """``trial 04: lr=0.0123, drop_mult=0.5, ...``: the index and the sampled values, short keys."""
+    index = trial_index(trial_id)
+    head = f"trial {index:02d}" if index is not None else f"trial {trial_id}"
+    values = ", ".join(f"{k.split('.')[-1]}={display(v)}" for k, v in sampled.items())
+    name = f"{head}: {values}" if values else head
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _params(values: Mapping[str, Any]) -> list:
     from mlflow.entities import Param
 
-    return [Param(mlflow_key(k), str(v)[:6000]) for k, v in values.items()]
+    return [Param(mlflow_key(k), display(v)) for k, v in values.items()]
 
 
-def _tags(values: Mapping[str, Any]):
+def _tags(values: Mapping[str, Any]) -> list:
     from mlflow.entities import RunTag
 
-    return [RunTag(k, str(v)) for k, v in values.items()]
+    return [RunTag(k, display(v)) for k, v in values.items()]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def log_params(client: Any, run_id: str, values: Mapping[str, Any]) -> None:
+    """``values`` as params, 100 per call (MLflow's limit per batch)."""
+    params = _params(values)
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+
+
+# --- the parent run ----------------------------------------------------------------------------
 
 
 def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
                  config: Mapping[str, Any], space: Mapping[str, Any]) -> str:
     """Create the search's parent run; returns its id."""
+    from ulmfit_core.config import build_recipe, get_value, to_dict
+
     client = _client(uri)
     run = client.create_run(experiment_id, run_name=run_name, tags={
         ROLE_TAG: "parent", SEARCH_STATUS_TAG: "running", "search_dir": str(search_dir)})
-    settings = _flatten({"search": config.get("search", {}), "mlflow": config.get("mlflow", {})})
-    client.log_batch(run.info.run_id, params=_params(settings))
+    settings = flatten({"search": config.get("search", {}), "mlflow": config.get("mlflow", {})})
+    base = to_dict(build_recipe(config["recipe"])) if config.get("recipe") else {}
+    for key in KEY_RECIPE_SETTINGS:
+        try:
+            settings[f"recipe.{key}"] = get_value(base, key)
+        except KeyError:
+            pass
+    log_params(client, run.info.run_id, settings)
     client.log_text(run.info.run_id, yaml.safe_dump(dict(config), sort_keys=False), "search_config.yaml")
     client.log_text(run.info.run_id, yaml.safe_dump(dict(space), sort_keys=False), "search_space.yaml")
     return run.info.run_id
 
 
 def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[dict[str, Any]],
-                  summary: Mapping[str, float], best_yaml: Path | None) -> None:
-    """Leaderboard table, best config, summary metrics and final status on the parent run."""
+                  summary: Mapping[str, float], best_yaml: Path | None, plots: Sequence[Path] = ()) -> None:
+    """Leaderboard table, best config, summary metrics (``summary/*``), plots and final status."""
     from mlflow.entities import Metric
+
+    from search.store import LEADERBOARD_CSV, leaderboard_csv
 
     client = _client(uri)
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _number(v)]
+    metrics = [Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, 0) for k, v in summary.items() if _number(v)]
     client.log_batch(parent_run_id, metrics=metrics, tags=_tags({SEARCH_STATUS_TAG: status}))
     if leaderboard:
-        from search.store import LEADERBOARD_CSV, leaderboard_csv
-
         columns = list(dict.fromkeys(k for row in leaderboard for k in row))
         client.log_text(parent_run_id, leaderboard_csv(leaderboard), LEADERBOARD_CSV)
-        client.log_table(parent_run_id, {c: [row.get(c) for row in leaderboard] for c in columns},
+        client.log_table(parent_run_id, {column_name(c): [row.get(c) for row in leaderboard] for c in columns},
                          "leaderboard.json")
     if best_yaml is not None and Path(best_yaml).exists():
         client.log_artifact(parent_run_id, str(best_yaml))
+    for plot in plots:
+        client.log_artifact(parent_run_id, str(plot), "plots")
     client.set_terminated(parent_run_id, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
 
@@ -203,10 +285,6 @@ def reopen_parent(uri: str, parent_run_id: str) -> None:
     client = _client(uri)
     client.update_run(parent_run_id, status="RUNNING")
     client.set_tag(parent_run_id, SEARCH_STATUS_TAG, "running")
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
@@ -222,198 +300,296 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
             return runs
 
 
+# --- trials: the Tune callback and what it records -----------------------------------------------
+
+
+@dataclass
+class TrialSnapshot:
+    """What the callback copies from a Ray ``Trial`` when an event happens (the trial object moves on)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str
+    last_result: dict[str, Any]
+    error: str | None = None
+    best_checkpoint: str | None = None  # local path of the trial's best checkpoint (None: none yet)
+    best_epoch: int | None = None
+    latest_checkpoint: str | None = None
+
+
+def snapshot(trial: Trial) -> TrialSnapshot:
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    best = getattr(manager, "best_checkpoint_result", None) if manager else None
+    latest = trial.checkpoint
+    best_ckpt = best.checkpoint if best is not None else latest
+    return TrialSnapshot(
+        trial_id=trial.trial_id, config=dict(trial.config), status=trial.status,
+        last_result=dict(trial.last_result or {}), error=getattr(trial, "error_msg", None),
+        best_checkpoint=getattr(best_ckpt, "path", None),
+        best_epoch=int(best.metrics[T.EPOCH]) if best is not None and best.metrics.get(T.EPOCH) else None,
+        latest_checkpoint=getattr(latest, "path", None))
+
+
+#: Writers of the callbacks alive in this process, by parent run: what the search summary reports.
+_WRITERS: dict[str, MlflowWriter] = {}
+
+
+def write_failures(parent_run_id: str) -> list[str]:
+    """Writes to MLflow that finally failed during this process's part of the search."""
+    writer = _WRITERS.get(parent_run_id)
+    return list(writer.failures) if writer else []
+
+
 class MLflowTrialCallback(tune.Callback):
     """Driver-side Ray Tune callback writing one MLflow child run per trial (see module docstring).
 
-    Picklable (Ray stores it in ``tuner.pkl`` and brings it back on ``Tuner.restore``): the MLflow
-    client is rebuilt lazily and the trial -> run mapping is rebuilt from run tags, so a resumed
-    search reopens runs instead of duplicating them.
+    Every hook only snapshots the trial and queues the event on a :class:`MlflowWriter`; the
+    :class:`TrialRecorder` writes it from the writer's thread. Picklable (Ray stores it in
+    ``tuner.pkl`` and brings it back on ``Tuner.restore``): the writer is rebuilt lazily and the
+    trial -> run mapping is rebuilt from run tags, so a resumed search reopens runs instead of
+    duplicating them.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metrics: Iterable[str],
-                 space_keys: Iterable[str], log_checkpoints: bool = True):
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.metrics = tuple(metrics)
-        self.space_keys = tuple(space_keys)
-        self.log_checkpoints = log_checkpoints
-        self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._last_step: dict[str, int] = {}  # run_id -> last epoch logged (replays after a restore are skipped)
-        self._nodes: dict[str, set[str]] = {}  # run_id -> node ids the trial ran on
-        self._lm_trained: dict[str, bool] = {}  # run_id -> a run of this trial trained its LM
-        self._client_obj = None
-        self._looked_up = False
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, log_checkpoints: bool = True,
+                 flush_timeout: float = 600.0):
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.log_checkpoints, self.flush_timeout = log_checkpoints, flush_timeout
+        self._writer: MlflowWriter | None = None
+        self._recorder: TrialRecorder | None = None
 
-    # -- pickling: drop the client -----------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_client_obj"] = None
-        state["_looked_up"] = False
-        return state
-
-    def get_state(self) -> dict[str, Any]:
-        return {"runs": dict(self._runs)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._runs.update(state.get("runs", {}))
+        return {**self.__dict__, "_writer": None, "_recorder": None}
 
     @property
-    def _client(self):
+    def writer(self) -> MlflowWriter:
+        if self._writer is None:
+            self._writer = _WRITERS.setdefault(self.parent_run_id, MlflowWriter())
+            self._recorder = TrialRecorder(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                           self._writer, self.log_checkpoints)
+        return self._writer
+
+    def _submit(self, what: str, method: str, *args: Any) -> None:
+        writer = self.writer
+        recorder = self._recorder
+        writer.submit(what, lambda: getattr(recorder, method)(*args))
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._submit(f"start of trial {trial.trial_id}", "start", snapshot(trial))
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        # The event time fixes the metrics' timestamps, so a write retried after a lost answer repeats
+        # exactly the same metrics (which MLflow then stores once).
+        self._submit(f"epoch {result.get(T.EPOCH)} of trial {trial.trial_id}", "result", snapshot(trial),
+                     dict(result), int(time.time() * 1000))
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        status = STOPPED if T.stopped_early(trial.last_result or {}) else COMPLETED
+        self._submit(f"end of trial {trial.trial_id}", "finish", snapshot(trial), status)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._submit(f"error of trial {trial.trial_id}", "finish", snapshot(trial), ERRORED)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._submit("end of the search", "experiment_end", [snapshot(t) for t in trials])
+        if not self.writer.flush(self.flush_timeout):
+            self.writer.failures.append(f"MLflow writes still queued after {self.flush_timeout:.0f} s at the end")
+
+
+@dataclass
+class TrialRecorder:
+    """Writes trial events into MLflow; runs on the writer's thread only (its state needs no lock)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    writer: MlflowWriter
+    log_checkpoints: bool = True
+    runs: dict[str, str] = field(default_factory=dict)  # trial_id -> run_id
+    last_step: dict[str, int] = field(default_factory=dict)  # run_id -> last epoch logged
+    tags_sent: dict[str, dict[str, str]] = field(default_factory=dict)  # run_id -> bookkeeping tags set
+    looked_up: bool = False
+    _client_obj: Any = None
+
+    @property
+    def client(self) -> Any:
         if self._client_obj is None:
             self._client_obj = _client(self.tracking_uri)
         return self._client_obj
 
-    # -- run lookup ----------------------------------------------------------------------------
-    def _lookup_all(self) -> None:
-        """Once per driver process: map trial ids to the child runs that already exist."""
-        if self._looked_up:
+    def _call(self, what: str, fn: Any) -> Any:
+        return self.writer.call(what, fn)
+
+    def lookup_all(self) -> None:
+        """Once per driver process: map trial ids to the child runs that already exist (a resume)."""
+        if self.looked_up:
             return
-        self._looked_up = True
-        for run in child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id):
+        runs = self._call("look up the search's runs",
+                          lambda: child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id))
+        if runs is None:
+            return  # tried again at the next event
+        self.looked_up = True
+        for run in runs:
             tid = run.data.tags.get(TRIAL_TAG)
             if not tid:
                 continue
-            self._runs[tid] = run.info.run_id
-            self._lm_trained[run.info.run_id] = run.data.tags.get("lm_trained") == "true"
-            nodes = run.data.tags.get("nodes", "")
-            self._nodes[run.info.run_id] = set(filter(None, nodes.split(",")))
-            if run.info.run_id not in self._last_step:
-                history = self._client.get_metric_history(run.info.run_id, self.metrics[0])
-                self._last_step[run.info.run_id] = max((m.step for m in history), default=0)
+            self.runs[tid] = run.info.run_id
+            self.tags_sent[run.info.run_id] = {k: v for k, v in run.data.tags.items()}
+            history = self._call(f"read the history of {run.info.run_id}",
+                                 lambda r=run: self.client.get_metric_history(r.info.run_id, EPOCH_METRICS[0]))
+            self.last_step[run.info.run_id] = max((m.step for m in history or []), default=0)
 
-    def run_id(self, trial: Trial) -> str:
-        """The child run of ``trial``, created on first sight (params, tags, resolved recipe)."""
-        self._lookup_all()
-        tid = trial.trial_id
-        if tid in self._runs:
-            return self._runs[tid]
+    def run_id(self, snap: TrialSnapshot) -> str | None:
+        """The child run of a trial, created on first sight (params, tags, resolved recipe)."""
+        self.lookup_all()
+        if snap.trial_id in self.runs:
+            return self.runs[snap.trial_id]
         from ulmfit_core.config import build_recipe, to_dict
 
-        sampled = T.sampled_values(trial.config)
-        run = self._client.create_run(self.experiment_id, run_name=f"trial_{tid}", tags={
-            PARENT_TAG: self.parent_run_id, TRIAL_TAG: tid, ROLE_TAG: "trial", STATUS_TAG: RUNNING})
+        sampled = T.sampled_values(snap.config)
+        run = self._call(f"create the run of trial {snap.trial_id}", lambda: self.client.create_run(
+            self.experiment_id, run_name=trial_run_name(snap.trial_id, sampled), tags={
+                PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING}))
+        if run is None:
+            return None
         run_id = run.info.run_id
-        self._runs[tid] = run_id  # first, so a failure below never leads to a second run
-        self._last_step[run_id] = 0
-        self._client.log_batch(run_id, params=_params(sampled))
-        recipe = to_dict(build_recipe(trial.config[T.RECIPE], sampled))
-        self._client.log_text(run_id, yaml.safe_dump(recipe, sort_keys=False), "recipe.yaml")
+        self.runs[snap.trial_id] = run_id  # first, so a failure below never leads to a second run
+        self.last_step[run_id] = 0
+        self.tags_sent[run_id] = {}
+        self._call(f"params of trial {snap.trial_id}", lambda: log_params(self.client, run_id, sampled))
+        recipe = to_dict(build_recipe(snap.config[T.RECIPE], sampled))
+        self._call(f"recipe of trial {snap.trial_id}", lambda: self.client.log_text(
+            run_id, yaml.safe_dump(recipe, sort_keys=False), "recipe.yaml"))
         return run_id
 
-    # -- Tune hooks ------------------------------------------------------------------------------
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard(self._start, trial)
+    # -- events ------------------------------------------------------------------------------------
+    def start(self, snap: TrialSnapshot) -> None:
+        run_id = self.run_id(snap)
+        if run_id is None:
+            return
+        run = self._call(f"status of trial {snap.trial_id}", lambda: self.client.get_run(run_id))
+        if run is not None and run.info.status != "RUNNING":  # a retried or resumed trial: reopen its run
+            self._call(f"reopen trial {snap.trial_id}", lambda: self.client.update_run(run_id, status="RUNNING"))
+            self._set_tags(run_id, {STATUS_TAG: RUNNING})
 
-    def _start(self, trial) -> None:
-        run_id = self.run_id(trial)
-        run = self._client.get_run(run_id)
-        if run.info.status != "RUNNING":  # a retried or resumed trial: reopen its run
-            self._client.update_run(run_id, status="RUNNING")
-            self._client.set_tag(run_id, STATUS_TAG, RUNNING)
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        self._guard(self._result, trial, result)
-
-    def _result(self, trial, result: Mapping[str, Any]) -> None:
+    def result(self, snap: TrialSnapshot, result: Mapping[str, Any], timestamp: int) -> None:
         from mlflow.entities import Metric
 
-        run_id = self.run_id(trial)
-        epoch = int(result.get(T.EPOCH, result.get("training_iteration", 0)))
-        tags: dict[str, Any] = {}
-        node = result.get(T.NODE_ID)
-        if node and node not in self._nodes.setdefault(run_id, set()):
-            self._nodes[run_id].add(node)
-            tags["nodes"] = ",".join(sorted(self._nodes[run_id]))
-            tags["node_ip"] = result.get("node_ip", "")
-        if T.LM_KEY in result and not self._lm_trained.get(run_id):
-            trained = bool(result.get(T.LM_TRAINED))
-            self._lm_trained[run_id] = trained
-            tags.update({"lm_key": result[T.LM_KEY], "lm_trained": str(trained).lower()})
-        if epoch <= self._last_step.get(run_id, 0):  # replayed after a restore: logged already
-            if tags:
-                self._client.log_batch(run_id, tags=_tags(tags))
+        run_id = self.run_id(snap)
+        if run_id is None:
             return
-        now = int(time.time() * 1000)
-        names = list(self.metrics) + [T.LM_SECONDS, T.LM_SAVED, T.RESUMED_FROM, "epoch_seconds"]
-        metrics = [Metric(k, float(result[k]), now, epoch) for k in names if _number(result.get(k))]
-        self._client.log_batch(run_id, metrics=metrics, tags=_tags(tags))
-        self._last_step[run_id] = epoch
+        epoch = int(result.get(T.EPOCH, result.get("training_iteration", 0)))
+        self._set_tags(run_id, self._bookkeeping(run_id, result))
+        if epoch <= self.last_step.get(run_id, 0):
+            return  # replayed from a checkpoint after a restore: logged already
+        metrics = [Metric(k, float(result[k]), timestamp, epoch) for k in EPOCH_METRICS if _number(result.get(k))]
+        if self._call(f"epoch {epoch} of trial {snap.trial_id}",
+                      lambda: self.client.log_batch(run_id, metrics=metrics)) is not None or not metrics:
+            self.last_step[run_id] = epoch
 
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        status = STOPPED if T.stopped_early(trial.last_result or {}) else COMPLETED
-        self._guard(self._finish, trial, status)
+    def _bookkeeping(self, run_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
+        """Tags from a report: the LM this trial used (trained it, or reused it and saved its time), where
+        it ran, and the epoch it resumed from. ``lm_trained`` stays true once an attempt trained the LM."""
+        sent = self.tags_sent.setdefault(run_id, {})
+        tags: dict[str, Any] = {}
+        nodes = set(filter(None, sent.get("nodes", "").split(",")))
+        node = result.get(T.NODE_ID)
+        if node and node not in nodes:
+            tags["nodes"] = ",".join(sorted(nodes | {node}))
+            tags["node_ip"] = result.get("node_ip", "")
+        if T.LM_KEY in result and sent.get("lm_trained") != "true":
+            tags.update({"lm_key": result[T.LM_KEY], "lm_trained": str(bool(result.get(T.LM_TRAINED))).lower(),
+                         T.LM_SECONDS: result.get(T.LM_SECONDS, 0.0), T.LM_SAVED: result.get(T.LM_SAVED, 0.0)})
+        if T.RESUMED_FROM in result:
+            tags[T.RESUMED_FROM] = int(result[T.RESUMED_FROM])
+        return {k: v for k, v in tags.items() if sent.get(k) != display(v)}
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard(self._finish, trial, ERRORED)
+    def _set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        if not tags:
+            return
+        if self._call(f"tags of run {run_id}", lambda: self.client.log_batch(run_id, tags=_tags(tags))) is not None:
+            self.tags_sent.setdefault(run_id, {}).update({k: display(v) for k, v in tags.items()})
 
-    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Finish runs whose trial ended while no driver was listening (killed between the two), and
-        retire runs of trials Ray no longer knows.
+    def finish(self, snap: TrialSnapshot, status: str) -> None:
+        run_id = self.run_id(snap)
+        if run_id is None:
+            return
+        tags: dict[str, Any] = {STATUS_TAG: status}
+        if status == ERRORED and snap.error:
+            tags["error"] = str(snap.error)[-4000:]
+        if snap.best_epoch is not None:
+            tags["best_checkpoint_epoch"] = snap.best_epoch
+        self._set_tags(run_id, tags)
+        if status != ERRORED:
+            if self.log_checkpoints:
+                self._log_best_model(snap, run_id)
+            self._log_plots(snap, run_id)
+        self._call(f"end the run of trial {snap.trial_id}",
+                   lambda: self.client.set_terminated(run_id, "FAILED" if status == ERRORED else "FINISHED"))
+
+    def _log_best_model(self, snap: TrialSnapshot, run_id: str) -> None:
+        """The best checkpoint's classifier, weights only (no optimizer or RNG state), under ``best_model/``."""
+        if not snap.best_checkpoint or not Path(snap.best_checkpoint).is_dir():
+            return
+        from ulmfit_core.artifacts import export_checkpoint_model
+
+        with tempfile.TemporaryDirectory(prefix="ulmfit-best-") as tmp:
+            export_checkpoint_model(snap.best_checkpoint, Path(tmp) / "best_model")
+            self._call(f"best model of trial {snap.trial_id}",
+                       lambda: self.client.log_artifacts(run_id, str(Path(tmp) / "best_model"), "best_model"))
+
+    def _log_plots(self, snap: TrialSnapshot, run_id: str) -> None:
+        """Learning curves and the learning-rate schedule the trial used, from its latest checkpoint."""
+        from search import plots
+        from ulmfit_core.artifacts import TRAIN_LOG_FILE, read_json
+
+        folder = snap.latest_checkpoint
+        if not folder or not (Path(folder) / TRAIN_LOG_FILE).is_file():
+            return
+        log = read_json(Path(folder) / TRAIN_LOG_FILE)
+        with tempfile.TemporaryDirectory(prefix="ulmfit-plots-") as tmp:
+            made = [plots.plot_learning_curves(log.get("history", []), Path(tmp) / "learning_curves.png")]
+            if log.get("lr_schedule"):
+                made.append(plots.plot_lr_schedule(log["lr_schedule"], Path(tmp) / "lr_schedule.png",
+                                                   group_names=log.get("group_names")))
+            for path in made:
+                self._call(f"plot {path.name} of trial {snap.trial_id}",
+                           lambda p=path: self.client.log_artifact(run_id, str(p), "plots"))
+
+    def experiment_end(self, snaps: list[TrialSnapshot]) -> None:
+        """Finish runs whose trial ended while no driver was listening, and retire runs of trials Ray no
+        longer knows.
 
         A driver killed within a few seconds of starting a trial can die before Ray saved that trial
-        in its experiment state (``TUNE_GLOBAL_CHECKPOINT_S``); the resumed search never continues
-        it (its searcher proposes a new trial instead). Such a run is tagged ``trial_status=abandoned``
+        in its experiment state (``TUNE_GLOBAL_CHECKPOINT_S``); the resumed search never continues it
+        (its searcher proposes a new trial instead). Such a run is tagged ``trial_status=abandoned``
         and deleted (MLflow keeps deleted runs restorable), so the experiment holds one run per trial.
         """
-        self._guard(self._retire_abandoned, {t.trial_id for t in trials})
-        for trial in trials:
-            run_id = self._runs.get(trial.trial_id)
-            if run_id is None or trial.status not in ("TERMINATED", "ERROR"):
+        self.retire_abandoned({s.trial_id for s in snaps})
+        for snap in snaps:
+            run_id = self.runs.get(snap.trial_id)
+            if run_id is None or snap.status not in ("TERMINATED", "ERROR"):
                 continue
-            try:
-                if self._client.get_run(run_id).info.status != "RUNNING":
-                    continue
-                status = outcome(trial.last_result, trial.status == "ERROR")
-                if status == INTERRUPTED:  # Ctrl-C: Tune saved the trial as running; a resume reopens the run
-                    self._client.set_tag(run_id, STATUS_TAG, INTERRUPTED)
-                    self._client.set_terminated(run_id, "KILLED")
-                else:
-                    self._finish(trial, status)
-            except Exception as e:  # noqa: BLE001
-                logger.warning("MLflow: could not finish the run of trial %s: %s", trial.trial_id, e)
+            run = self._call(f"status of trial {snap.trial_id}", lambda r=run_id: self.client.get_run(r))
+            if run is None or run.info.status != "RUNNING":
+                continue
+            status = outcome(snap.last_result, snap.status == "ERROR")
+            if status == INTERRUPTED:  # Ctrl-C: Tune saved the trial as running; a resume reopens the run
+                self._set_tags(run_id, {STATUS_TAG: INTERRUPTED})
+                self._call(f"stop the run of trial {snap.trial_id}",
+                           lambda r=run_id: self.client.set_terminated(r, "KILLED"))
+            else:
+                self.finish(snap, status)
 
-    def _retire_abandoned(self, known: set[str]) -> None:
-        self._lookup_all()
-        for tid, run_id in list(self._runs.items()):
-            if tid not in known:
-                self._client.log_batch(run_id, tags=_tags({
-                    STATUS_TAG: ABANDONED, "note": "trial started before the driver died and unknown to the "
-                                                   "resumed search (Ray's saved state predates it)"}))
-                self._client.set_terminated(run_id, "KILLED")
-                self._client.delete_run(run_id)
-                del self._runs[tid]
-
-    def _finish(self, trial, status: str) -> None:
-        run_id = self.run_id(trial)
-        tags = {STATUS_TAG: status}
-        if status == ERRORED and getattr(trial, "error_msg", None):
-            tags["error"] = str(trial.error_msg)[-4000:]
-        self._client.log_batch(run_id, tags=_tags(tags))
-        if self.log_checkpoints and status != ERRORED:
-            self._log_best_checkpoint(trial, run_id)
-        self._client.set_terminated(run_id, "FAILED" if status == ERRORED else "FINISHED")
-
-    def _log_best_checkpoint(self, trial, run_id: str) -> None:
-        manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
-        best = getattr(manager, "best_checkpoint_result", None) if manager else None
-        checkpoint = best.checkpoint if best is not None else trial.checkpoint
-        if checkpoint is None:
-            return
-        with tempfile.TemporaryDirectory(prefix="ulmfit-ckpt-") as tmp:
-            local = checkpoint.to_directory(tmp)
-            for hidden in Path(local).glob(".*"):  # Ray's own metadata files
-                hidden.unlink()
-            self._client.log_artifacts(run_id, local, "checkpoint")
-        if best is not None and best.metrics.get(T.EPOCH) is not None:
-            self._client.set_tag(run_id, "best_checkpoint_epoch", int(best.metrics[T.EPOCH]))
-
-    def _guard(self, fn, *args) -> None:
-        """Tracking never stops a search: a failed MLflow call is logged and the search goes on."""
-        try:
-            fn(*args)
-        except Exception as e:  # noqa: BLE001
-            logger.warning("MLflow tracking failed in %s: %s: %s", fn.__name__, type(e).__name__, e)
+    def retire_abandoned(self, known: set[str]) -> None:
+        self.lookup_all()
+        for tid, run_id in list(self.runs.items()):
+            if tid in known:
+                continue
+            self._set_tags(run_id, {STATUS_TAG: ABANDONED, "note": "trial started before the driver died and "
+                                    "unknown to the resumed search (Ray's saved state predates it)"})
+            self._call(f"retire the run of trial {tid}", lambda r=run_id: (
+                self.client.set_terminated(r, "KILLED"), self.client.delete_run(r)))
+            del self.runs[tid]
 
 
 # -- export and retrain ------------------------------------------------------------------------------
@@ -457,30 +633,32 @@ def run_id_of_trial(uri: str, experiment_id: str, parent_run_id: str, trial_id: 
 
 
 def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe: Mapping[str, Any],
-                metrics: Mapping[str, Any], model_dir: Path, model_name: str,
-                source: Mapping[str, Any]) -> dict[str, Any]:
-    """Log a retrained model as a run (params, final metrics, the model folder as artifacts) and
-    register it in the model registry; returns ``{"run_id", "model_name", "version", "model_uri"}``."""
+                metrics: Mapping[str, Any], model_dirs: Sequence[Path], model_name: str,
+                source: Mapping[str, Any], files: Sequence[Path] = ()) -> dict[str, Any]:
+    """Log a retrained model as a run (the recipe as params and ``recipe.yaml``, its final metrics, ``files``
+    such as plots and reports under ``plots/``) and register the classifier, or the forward + backward
+    ensemble of ``model_dirs``, as one MLflow pyfunc model (``search.serving``).
+
+    Returns ``{"run_id", "model_name", "version", "model_uri"}`` (``model_uri``: ``models:/NAME/VERSION``).
+    """
+    from mlflow.entities import Metric
+
+    from search import serving
+
     client = _client(uri)
     exp_id = ensure_experiment(uri, experiment, artifact_location)
     tags = {ROLE_TAG: "retrain", **{f"source_{k}": v for k, v in source.items() if v is not None}}
-    run = client.create_run(exp_id, run_name=f"retrain_{source.get('trial_id') or 'config'}", tags=tags)
+    name = f"retrain of trial {source['trial_id']}" if source.get("trial_id") else "retrain"
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
-    params = _flatten(recipe)
-    for i in range(0, len(params), 100):  # log_batch takes at most 100 params per call
-        chunk = dict(list(params.items())[i:i + 100])
-        client.log_batch(run_id, params=_params(chunk))
+    log_params(client, run_id, flatten(recipe))
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _number(v)])
     client.log_text(run_id, yaml.safe_dump(dict(recipe), sort_keys=False), "recipe.yaml")
-    client.log_artifacts(run_id, str(model_dir), "model")
+    for path in files:
+        client.log_artifact(run_id, str(path), "plots")
+    info = serving.log_classifier_model(run_id, list(model_dirs), tracking_uri=uri, registered_model_name=model_name)
     client.set_terminated(run_id, "FINISHED")
-    model_uri = f"runs:/{run_id}/model"
-    try:
-        client.get_registered_model(model_name)
-    except Exception:  # noqa: BLE001 (not found: create it)
-        client.create_registered_model(model_name, description="ULMFiT text classifier retrained from a search")
-    version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id)
-    return {"run_id": run_id, "model_name": model_name, "version": version.version, "model_uri": model_uri}
+    version = info.registered_model_version
+    return {"run_id": run_id, "model_name": model_name, "version": version,
+            "model_uri": f"models:/{model_name}/{version}"}

@@ -9,6 +9,7 @@ A trial's config (built by ``tuner.py``) holds the base recipe under :data:`RECI
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -19,6 +20,9 @@ from typing import Any
 from ray import tune
 
 from ulmfit_core.config import build_recipe
+from ulmfit_core.train import ResumeMismatch
+
+logger = logging.getLogger(__name__)
 
 RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
 RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "models_dir", "threads"}
@@ -85,7 +89,12 @@ def train_trial(config: dict[str, Any]) -> None:
             metrics = {**metrics, **extra}
             _report(metrics, checkpoint_dir, {EPOCH: metrics.get(EPOCH), "metrics": _plain(metrics), **lm_facts})
 
-        stages.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "model", report=report, resume_from=resume_from)
+        try:
+            stages.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "model", report=report, resume_from=resume_from)
+        except ResumeMismatch as e:  # a checkpoint of other settings (e.g. an older format): start the trial over
+            logger.warning("trial %s starts fresh: %s", tune.get_context().get_trial_id(), e)
+            extra[RESUMED_FROM] = 0
+            stages.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "fresh", report=report, resume=False)
 
 
 def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -221,6 +221,8 @@ class SearchOutcome:
     parent_run_id: str
     errors: list[str] = field(default_factory=list)
     status: str = "finished"  # or "interrupted": continue with resume_search(search_dir)
+    experiment_id: str | None = None
+    tracking_failures: list[str] = field(default_factory=list)  # MLflow writes that finally failed
 
 
 def models_dir(cfg: SearchConfig) -> Path:
@@ -264,8 +266,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     meta = {"config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri, "experiment": cfg.experiment,
             "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time()}
     store.write_search_json(search_dir, meta)
-    mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent, METRICS,
-                                             cfg.space.keys, cfg.mlflow.log_checkpoints)
+    mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent,
+                                             cfg.mlflow.log_checkpoints)
     # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
     # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
     loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
@@ -313,14 +315,39 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
     status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
     store.write_leaderboard(search_dir, board)
     summary = summarize(board, cfg)
+    failures = tracking.write_failures(parent)
+    summary["tracking_write_failures"] = len(failures)
     best_yaml = None
     errors = [str(r.error) for r in results if r.error]
     if any(row["status"] == tracking.COMPLETED for row in board):
         from search.export import export_best
 
         best_yaml = export_best(search_dir)
-    tracking.finish_parent(uri, parent, status, board, summary, best_yaml)
-    return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors, status)
+    plots = search_plots(cfg, search_dir, board)
+    tracking.finish_parent(uri, parent, status, board, summary, best_yaml, plots)
+    return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors, status,
+                         experiment_id=meta["experiment_id"], tracking_failures=failures)
+
+
+def search_plots(cfg: SearchConfig, search_dir: Path, board: list[dict[str, Any]]) -> list[Path]:
+    """The search's plots under ``search_dir/plots``: Optuna's optimization history, parallel coordinates
+    and parameter importances, and how many trials survived each ASHA rung. A plot that cannot be made
+    (too few trials) is skipped with a logged reason; a failure never fails the search."""
+    from search import plots
+    from search.searcher import load_study
+
+    out = search_dir / "plots"
+    made: list[Path] = []
+    try:
+        made += [p for p in plots.plot_study(load_study(search_dir), out).values() if p is not None]
+        s = cfg.search.scheduler
+        if s.type == "asha":
+            rungs = plots.asha_rung_epochs(s.grace_period, s.reduction_factor, cfg.max_t)
+            reached = [int(r["epochs"] or 0) for r in board]
+            made.append(plots.plot_asha_survival(reached, rungs, out / "asha_survival.png"))
+    except Exception as e:  # noqa: BLE001 (plots are a view of the results, never a reason to fail)
+        logger.warning("search plots skipped: %s: %s", type(e).__name__, e)
+    return made
 
 
 def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:

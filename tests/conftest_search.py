@@ -78,35 +78,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts) that a test can kill
+    (SIGKILL, as a crash) and start again on the same port and store."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = root, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = root / "mlflow_server.log"
+
+    def start(self, timeout: float = 90) -> str:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        mlflow_bin = str(Path(PYTHON).parent / "mlflow")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "server_artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group: no clean shutdown, as a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts), stopped afterwards."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_bin = str(Path(PYTHON).parent / "mlflow")
-    log = open(tmp_path / "mlflow_server.log", "wb")
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    server = MlflowServer(tmp_path)
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'mlflow_server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield uri
+        yield server.start()
     finally:
-        stop_group(proc)
-        log.close()
+        server.stop()
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest_search import child_runs, mlflow_server, parent_runs, ray_env, smoke_config  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_search_export_retrain_against_a_tracking_server(tmp_path, datasets_dir, ray_env, mlflow_server, capsys):
@@ -36,13 +36,13 @@ def test_search_export_retrain_against_a_tracking_server(tmp_path, datasets_dir,
         assert steps == [1, 2]
         # Artifacts come back through the server (proxied: the client never sees the server's disk).
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-        local = Path(client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path / run.info.run_id)))
+        local = Path(client.download_artifacts(run.info.run_id, "best_model", str(tmp_path / run.info.run_id)))
         vocab = json.loads((local / "vocab.json").read_text())
         trial_dir = outcome.search_dir / f"trial_{run.data.tags['ray_trial_id']}"
         kept = sorted(trial_dir.glob("checkpoint_*"))
         assert 1 <= len(kept) <= 2  # an ended trial keeps its best and its latest checkpoint
         assert all(vocab == json.loads((k / "vocab.json").read_text()) for k in kept)
-        assert (local / "checkpoint.pt").stat().st_size > 10_000
+        assert (local / "model.pt").stat().st_size > 10_000
     board = Path(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path / "p")))
     assert board.read_text().count("\n") == 3  # header + 2 trials
 
@@ -52,12 +52,17 @@ def test_search_export_retrain_against_a_tracking_server(tmp_path, datasets_dir,
     assert main(["retrain", "--config", str(best), "--out", str(tmp_path / "model"), "--tracking-uri", uri,
                  "--data-dir", str(cfg.search.data_dir), "--model-name", "ulmfit-server-test"]) == 0
     out = capsys.readouterr().out
-    assert "registered ulmfit-server-test version 1" in out
+    assert "registered:    models:/ulmfit-server-test/1" in out
     (version,) = client.search_model_versions("name = 'ulmfit-server-test'")
     retrain_run = client.get_run(version.run_id)
     assert retrain_run.data.tags["search_role"] == "retrain"
     assert "test_accuracy" in retrain_run.data.metrics
-    files = {a.path for a in client.list_artifacts(version.run_id, "model")}
-    assert {"model/model.pt", "model/vocab.json", "model/labels.json", "model/config.yaml"} <= files
-    downloaded = Path(client.download_artifacts(version.run_id, "model/model.pt", str(tmp_path / "dl")))
-    assert downloaded.read_bytes() == (tmp_path / "model" / "classifier" / "model.pt").read_bytes()
+    # the registered pyfunc model holds the retrained weights, downloaded through the server
+    import mlflow
+
+    source = client.get_model_version_download_uri("ulmfit-server-test", "1")
+    model = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "dl"),
+                                                     tracking_uri=uri))
+    assert (model / "MLmodel").is_file()
+    weights = model / "artifacts" / "classifier_0" / "model.pt"
+    assert weights.read_bytes() == (tmp_path / "model" / "classifier" / "model.pt").read_bytes()

@@ -1,6 +1,8 @@
 """The MLflow callback's bookkeeping, driven directly (no Ray trials) against a real SQLite store:
 one run per trial across driver restarts, no epoch logged twice, the three final statuses, sticky
-``lm_trained``, and runs of trials a resumed search never knew are retired."""
+``lm_trained``, learning metrics per epoch and bookkeeping as tags, readable run names, and runs of
+trials a resumed search never knew are retired. The background writer's retries are tested on
+their own (a store that fails, then works)."""
 from __future__ import annotations
 
 import pickle
@@ -43,7 +45,7 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     from mlflow.tracking import MlflowClient
 
     uri, exp, parent = store
-    cb = tracking.MLflowTrialCallback(uri, exp, parent, METRICS, ["classifier.lr", "classifier.use_clr[0]"])
+    cb = tracking.MLflowTrialCallback(uri, exp, parent)
     a, b, c, d = trial("a", 0.01), trial("b", 1e-5), trial("c", 0.5), trial("d", 0.02)
     cb.on_trial_start(0, [], a)
     cb.on_trial_result(0, [], a, result(1, 0.5, lm_trained=1.0))
@@ -51,7 +53,9 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     cb.on_trial_start(0, [], d)  # started, but the driver dies before Ray saves it
 
     # The driver dies; Ray brings the callback back from tuner.pkl in a new process.
+    assert cb.writer.flush(60)
     cb = pickle.loads(pickle.dumps(cb))
+    tracking._WRITERS.clear()  # a new process has no writer yet
     cb.on_trial_start(0, [], a)
     cb.on_trial_result(0, [], a, result(2, 0.6))  # replayed from the epoch-1 checkpoint: logged already
     cb.on_trial_result(0, [], a, result(3, 0.7))
@@ -66,7 +70,8 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     cb.on_trial_start(0, [], c)
     c.status, c.error_msg = "ERROR", "RuntimeError: loss became nan"
     cb.on_trial_error(0, [], c)
-    cb.on_experiment_end([a, b, c])
+    cb.on_experiment_end([a, b, c])  # flushes the writer
+    assert not cb.writer.failures
 
     client = MlflowClient(uri)
     runs = {r.data.tags["ray_trial_id"]: r for r in client.search_runs([exp], "tags.search_role = 'trial'")}
@@ -80,6 +85,10 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     assert runs["a"].data.tags["lm_trained"] == "true"  # a later attempt's reuse does not undo it
     assert runs["a"].data.tags["nodes"] == "node0,node1"
     assert runs["a"].data.params == {"classifier.lr": "0.01", "classifier.use_clr.0": "16"}
+    assert runs["a"].info.run_name == "trial a: lr=0.01, use_clr[0]=16"
+    # per epoch only learning metrics; the bookkeeping is in tags
+    assert set(runs["a"].data.metrics) == {"valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss"}
+    assert runs["a"].data.tags["lm_key"] == "k1" and runs["a"].data.tags["lm_seconds"] == "1.5"
     from mlflow.entities import ViewType
 
     (gone,) = client.search_runs([exp], "tags.ray_trial_id = 'd'", run_view_type=ViewType.DELETED_ONLY)
@@ -98,5 +107,56 @@ def test_finish_parent_records_the_leaderboard_and_status(store, tmp_path):
     client = MlflowClient(uri)
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and run.data.tags["search_status"] == "finished"
-    assert run.data.metrics == {"trials": 2.0, "lm_seconds_saved": 3.0}
+    assert run.data.metrics == {"summary/trials": 2.0, "summary/lm_seconds_saved": 3.0}
     assert {a.path for a in client.list_artifacts(parent)} >= {"best.yaml", "leaderboard.csv", "leaderboard.json"}
+
+
+def test_writer_retries_through_an_outage_keeps_order_and_reports_what_failed():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from search.mlflow_writer import MlflowWriter
+
+    slept: list[float] = []
+    writer = MlflowWriter(retry_seconds=30, sleep=slept.append)
+    calls: list[str] = []
+    down = {"left": 3}
+
+    def flaky(name: str) -> None:
+        if down["left"]:
+            down["left"] -= 1
+            raise MlflowException("API request failed: Connection refused")  # the server is restarting
+        calls.append(name)
+
+    for name in ("create", "epoch 1", "epoch 2"):
+        writer.submit(name, lambda n=name: writer.call(n, lambda: flaky(n)))
+    writer.submit("bad", lambda: writer.call("bad", lambda: (_ for _ in ()).throw(
+        MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE))))
+    assert writer.close(30)
+    assert calls == ["create", "epoch 1", "epoch 2"]  # in order, none lost
+    assert slept == [0.5, 1.0, 2.0]  # exponential backoff while the store was down
+    assert writer.retried == 1
+    assert len(writer.failures) == 1 and writer.failures[0].startswith("bad: MlflowException: param changed")
+
+
+def test_writer_gives_up_after_its_deadline_and_says_so():
+    from mlflow.exceptions import MlflowException
+
+    from search.mlflow_writer import MlflowWriter
+
+    clock = {"t": 0.0}
+    writer = MlflowWriter(retry_seconds=5, sleep=lambda s: clock.__setitem__("t", clock["t"] + s))
+
+    def down() -> None:
+        raise MlflowException("Connection refused")
+
+    import search.mlflow_writer as mw
+
+    real = mw.time.monotonic
+    mw.time.monotonic = lambda: clock["t"]
+    try:
+        assert writer.call("epoch 3", down) is None
+    finally:
+        mw.time.monotonic = real
+    assert writer.failures == ["epoch 3: MlflowException: Connection refused"]
+    assert 3 <= clock["t"] <= 5  # kept trying until the next wait would pass the deadline

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are read or written: writin
 LM_FILE, ENCODER_FILE, VOCAB_FILE = "lm.pt", "encoder.pt", "vocab.json"
 MODEL_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE = "model.pt", "labels.json", "config.yaml", "metrics.json"
 CHECKPOINT_SUBDIR = "checkpoint"
+#: Beside a checkpoint: the per-epoch history and the learning-rate schedule used so far (for plots).
+TRAIN_LOG_FILE = "train_log.json"
 #: Bump when the layout of ``model.pt`` changes.
 CLASSIFIER_FORMAT = 1
 
@@ -208,10 +210,24 @@ def save_language_model(directory: str | Path, lm: nn.Module, itos: Sequence[str
     """
     directory = Path(directory)
     config = dict(config)
-    save_tensors(directory / LM_FILE, {"state_dict": cpu_state_dict(lm), "config": config})
-    save_tensors(directory / ENCODER_FILE, {"state_dict": cpu_state_dict(lm.encoder), "config": config})
+    # lm.pt last: a folder holding it holds the matching vocabulary and encoder too
     write_vocab(directory / VOCAB_FILE, itos)
+    save_tensors(directory / ENCODER_FILE, {"state_dict": cpu_state_dict(lm.encoder), "config": config})
+    save_tensors(directory / LM_FILE, {"state_dict": cpu_state_dict(lm), "config": config})
     return directory
+
+
+#: A finished model's files (not its ``checkpoint/``); see :func:`remove_model_files`.
+MODEL_FOLDER_FILES = (LM_FILE, MODEL_FILE, ENCODER_FILE, VOCAB_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE,
+                      "fingerprint.json")
+
+
+def remove_model_files(directory: str | Path) -> None:
+    """Remove an earlier run's finished-model files from ``directory`` before a new run writes there, so
+    the folder never pairs one run's weights with another's vocabulary (the weights, written last by the
+    new run, mark it finished)."""
+    for name in MODEL_FOLDER_FILES:
+        (Path(directory) / name).unlink(missing_ok=True)
 
 
 def _state_payload(path: Path) -> dict[str, Any]:
@@ -278,3 +294,20 @@ def load_classifier_files(directory: str | Path) -> SavedClassifier:
     payload = _state_payload(directory / MODEL_FILE)
     return SavedClassifier(state_dict=payload["state_dict"], config=dict(payload["config"]),
                            itos=read_vocab(directory / VOCAB_FILE), labels=list(payload["labels"]))
+
+
+def export_checkpoint_model(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """A classifier folder (as :func:`save_classifier` writes) from a training checkpoint folder: the
+    weights only, without the optimizer and RNG state a checkpoint holds for resuming."""
+    checkpoint_dir = Path(checkpoint_dir)
+    state = load_tensors(checkpoint_dir / "checkpoint.pt")
+    if "model" not in state or "config" not in state:
+        raise ArtifactError(f"{checkpoint_dir / 'checkpoint.pt'}: not a classifier checkpoint (no model or config)")
+    labels = read_json(checkpoint_dir / LABELS_FILE)
+    itos = read_vocab(checkpoint_dir / VOCAB_FILE)
+    out_dir = Path(out_dir)
+    write_classifier_metadata(out_dir, state["config"], itos, labels)
+    save_tensors(out_dir / MODEL_FILE, {"state_dict": state["model"], "config": dict(state["config"]),
+                                        "labels": list(labels), "tokenizer": state.get("tokenizer", "unknown"),
+                                        "format": CLASSIFIER_FORMAT})
+    return out_dir

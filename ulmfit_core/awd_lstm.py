@@ -406,6 +406,11 @@ def lm_layer_groups(lm: LanguageModel) -> list[list[nn.Parameter]]:
     return groups
 
 
+def classifier_group_names(n_layers: int) -> list[str]:
+    """Names of :func:`classifier_layer_groups`' groups, lowest first (for plots and logs)."""
+    return ["embedding", *(f"lstm {i + 1}" for i in range(n_layers)), "head"]
+
+
 def classifier_layer_groups(clf: TextClassifier) -> list[list[nn.Parameter]]:
     """fastai's ``awd_lstm_clas_split``: ``[embedding], [rnn_0], ..., [rnn_{n-1}], [head]``.
 

@@ -152,14 +152,24 @@ def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, de
     return m
 
 
-def evaluate_split(model_dirs: str | Path | Sequence[str | Path], split: Split, device: str = "auto") -> dict[str, float]:
-    """Metrics of saved classifier(s) on an already-numericalized split (e.g. ``corpus.test``); several
-    folders (or an ensemble folder) are averaged as :class:`Predictor` does. All must share the corpus's
-    vocabulary (as the directions of one ``run_recipe`` do)."""
+def report_split(model_dirs: str | Path | Sequence[str | Path], split: Split, device: str = "auto") -> dict[str, Any]:
+    """Accuracy, loss, macro-F1, ``labels`` and ``confusion_matrix`` of saved classifier(s) on an
+    already-numericalized split (e.g. ``corpus.test``); several folders (or an ensemble folder) are
+    averaged as :class:`Predictor` does. All must share the corpus's vocabulary (as the directions of
+    one ``run_recipe`` do)."""
     classifiers = [load_classifier(d, device) for d in expand(model_dirs)]
     if len(classifiers) == 1:
-        logits = _logits(classifiers[0], split.ids, split.labels)
-        return classification_metrics(logits, split.labels, len(classifiers[0].labels), prefix="")
-    probs = sum(_softmax(_logits(c, split.ids, split.labels)) for c in classifiers) / len(classifiers)
-    logp = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
-    return classification_metrics(logp, split.labels, len(classifiers[0].labels), prefix="")
+        scores = _logits(classifiers[0], split.ids, split.labels)
+    else:
+        probs = sum(_softmax(_logits(c, split.ids, split.labels)) for c in classifiers) / len(classifiers)
+        scores = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
+    labels = classifiers[0].labels
+    report: dict[str, Any] = classification_metrics(scores, split.labels, len(labels), prefix="")
+    report["labels"] = labels
+    report["confusion_matrix"] = confusion_matrix(split.labels, scores.argmax(1), len(labels)).tolist()
+    return report
+
+
+def evaluate_split(model_dirs: str | Path | Sequence[str | Path], split: Split, device: str = "auto") -> dict[str, float]:
+    """The scores of :func:`report_split` alone (accuracy, loss, macro-F1)."""
+    return {k: v for k, v in report_split(model_dirs, split, device).items() if isinstance(v, float)}

@@ -14,20 +14,29 @@ from typing import Any
 import filelock
 import torch
 
-from . import artifacts, pretrained
+from . import artifacts, fetching, pretrained
 from .artifacts import CHECKPOINT_SUBDIR, METRICS_FILE
-from .awd_lstm import build_classifier, build_language_model, classifier_layer_groups, lm_layer_groups
+from .awd_lstm import (
+    build_classifier,
+    build_language_model,
+    classifier_group_names,
+    classifier_layer_groups,
+    lm_layer_groups,
+)
 from .config import RecipeConfig, build_recipe, to_dict
 from .corpus import Corpus, content_hash, prepare_corpus
-from .inference import evaluate_split, write_ensemble
+from .inference import report_split, write_ensemble
 from .schedule import unfreeze_phases
 from .tasks import ClassifierTask, LanguageModelTask
 from .text import Tokenizer
-from .train import Trainer, resolve_device, seed_everything
+from .train import CHECKPOINT_FILE, Trainer, resolve_device, save_checkpoint, seed_everything
 
 ReportFn = Callable[[dict[str, float], "Path | None"], None]
 
 _LM_DONE = "DONE"
+FINGERPRINT_FILE = "fingerprint.json"
+#: In a run_recipe folder: the test set's labels, confusion matrix and scores per direction and ensemble.
+TEST_REPORT_FILE = "test_report.json"
 
 
 # --- language model --------------------------------------------------------------------------
@@ -47,18 +56,46 @@ LM_FORMAT = "lm-v2"
 _PRETRAINED_PATHS = ("pretrained", "pretrained_vocab", "pretrained_backwards", "pretrained_required")
 
 
-def lm_key(cfg: RecipeConfig, fingerprint: str = "", models_dir: str | Path | None = None) -> str:
+def lm_key(cfg: RecipeConfig, data_fingerprint: str = "", models_dir: str | Path | None = None) -> str:
     """Hash of everything the language-model stage depends on (not the classifier's settings).
 
-    ``fingerprint`` is the corpus's ``lm_fingerprint``: the LM's own text, never validation or test text.
-    A pretrained start counts by its files' content (a copy elsewhere has the same key), not its path.
+    ``data_fingerprint`` is the corpus's ``lm_fingerprint``: the LM's own text, never validation or test
+    text. A pretrained start counts by its files' content (a copy elsewhere has the same key), not its path.
     """
-    lm = {k: v for k, v in to_dict(cfg.lm).items() if k not in _PRETRAINED_PATHS}
+    return content_hash(LM_FORMAT, _lm_settings(cfg), _pretrained_fingerprint(cfg, models_dir), data_fingerprint)[:16]
+
+
+def _pretrained_fingerprint(cfg: RecipeConfig, models_dir: str | Path | None) -> str | None:
     source = pretrained.resolve_source(cfg.lm, models_dir)
-    start = pretrained.source_fingerprint(source) if source is not None else None
+    return pretrained.source_fingerprint(source) if source is not None else None
+
+
+#: Bump when what a checkpoint holds, or what makes its run, changes meaning.
+CHECKPOINT_FORMAT = 2
+#: Settings that change where or how fast a run goes, not what it computes.
+_RUN_ONLY_KEYS = ("device",)
+
+
+def _lm_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """Everything the LM stage's result depends on, as plain data (paths of pretrained files excluded:
+    their content counts instead, see :func:`lm_key`)."""
+    lm = {k: v for k, v in to_dict(cfg.lm).items() if k not in _PRETRAINED_PATHS}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("test", "valid")}  # never read by the LM
-    return content_hash(LM_FORMAT, data, to_dict(cfg.text), to_dict(cfg.model), lm, start,
-                        cfg.seed, fingerprint)[:16]
+    return {"data": data, "text": to_dict(cfg.text), "model": to_dict(cfg.model), "lm": lm, "seed": cfg.seed}
+
+
+def fingerprint(stage: str, config: dict[str, Any], data: str, itos: Sequence[str], **parts: str | None) -> dict[str, Any]:
+    """What made a checkpoint or a cached model: the stage, its settings (run-only keys left out), the
+    content hash of its text, of its vocabulary, and of other inputs (``parts``: the pretrained files,
+    the language model under a classifier). Resuming compares fingerprints, never paths."""
+    return {"format": CHECKPOINT_FORMAT, "stage": stage,
+            "config": {k: v for k, v in config.items() if k not in _RUN_ONLY_KEYS},
+            "data": data, "vocab": content_hash(list(itos)), **parts}
+
+
+def _lm_fingerprint(cfg: RecipeConfig, corpus: Corpus, models_dir: str | Path | None) -> dict[str, Any]:
+    return fingerprint("lm", _lm_settings(cfg), corpus.lm_fingerprint, corpus.vocab.itos,
+                       pretrained=_pretrained_fingerprint(cfg, models_dir))
 
 
 def _initial_lm_state(cfg: RecipeConfig, itos: list[str], models_dir: str | Path | None) -> dict[str, torch.Tensor] | None:
@@ -108,21 +145,29 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     phases = unfreeze_phases(len(groups), freeze, lmc.epochs + sum(freeze))
     generator = torch.Generator().manual_seed(cfg.seed)
     task = LanguageModelTask(corpus.lm_train, corpus.lm_valid, lmc, device, generator)
+    made_by = _lm_fingerprint(cfg, corpus, models_dir)
     trainer = Trainer(model, groups, lmc, phases, task, device=device, checkpoint_dir=out / CHECKPOINT_SUBDIR,
-                      checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, progress=progress, desc="lm")
-    if resume:
-        trainer.resume_from(out / CHECKPOINT_SUBDIR)
+                      checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, fingerprint=made_by,
+                      progress=progress, desc="lm")
+    # A checkpoint of another run is refused before anything here is touched; without one, the final
+    # files of an earlier run go first, so the folder never pairs old weights with this run's vocabulary.
+    if not (resume and trainer.resume_from(out / CHECKPOINT_SUBDIR)):
+        artifacts.remove_model_files(out)
+    elif trainer.epoch >= trainer.total_epochs and (out / artifacts.LM_FILE).is_file():
+        info = artifacts.read_json(out / METRICS_FILE)  # finished before: nothing to train or to write
+        return LMResult(lm_dir=out, trained=False, seconds=0.0, metrics=info["final"])
 
     def on_epoch(m: dict[str, float]) -> None:
         if report:
             report(m, None)
 
     fit = trainer.fit(on_epoch)
-    artifacts.save_language_model(out, model, corpus.vocab.itos, to_dict(cfg))
     seconds = time.perf_counter() - t0
     final = dict(fit.history[-1]) if fit.history else {}
     artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history, "seconds": seconds,
                                               "corpus": corpus.stats, "lm_key": lm_key(cfg, corpus.lm_fingerprint, models_dir)})
+    artifacts.write_json(out / FINGERPRINT_FILE, made_by)
+    artifacts.save_language_model(out, model, corpus.vocab.itos, to_dict(cfg))  # lm.pt last: it marks a finished LM
     return LMResult(lm_dir=out, trained=True, seconds=seconds, metrics=final)
 
 
@@ -138,13 +183,26 @@ def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: Re
     lm_dir.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(lm_dir) + ".lock"):
         done = lm_dir / _LM_DONE
+        expected = _lm_fingerprint(cfg, corpus, models_dir)
+        fresh = False
         if done.exists():
-            info = artifacts.read_json(lm_dir / METRICS_FILE)
-            return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
-        result = finetune_lm(cfg, corpus, lm_dir, report=report, progress=progress, resume=True,
+            if _recorded_fingerprint(lm_dir) == expected:
+                info = artifacts.read_json(lm_dir / METRICS_FILE)
+                return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
+            # Made by something else under this key (an older format, a damaged folder): never reused.
+            done.unlink()
+            fresh = True
+        result = finetune_lm(cfg, corpus, lm_dir, report=report, progress=progress, resume=not fresh,
                              models_dir=models_dir)
         artifacts.write_json(done, {"seconds": result.seconds})
         return result
+
+
+def _recorded_fingerprint(folder: Path) -> dict[str, Any] | None:
+    try:
+        return artifacts.read_json(folder / FINGERPRINT_FILE)
+    except artifacts.ArtifactError:
+        return None
 
 
 def lm_training_seconds(lm_dir: str | Path) -> float:
@@ -187,25 +245,41 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     task = ClassifierTask(corpus.train.ids, corpus.train.labels, corpus.valid.ids, corpus.valid.labels, n_classes,
                           cc, corpus.vocab.pad_idx, device, generator)
+    encoder = None if lm_dir is None or cc.from_scratch else \
+        fetching.sha256(Path(lm_dir) / artifacts.ENCODER_FILE)
+    made_by = fingerprint("classifier", to_dict(cfg), corpus.fingerprint, corpus.vocab.itos, encoder=encoder)
+
+    def write_checkpoint(state: dict[str, Any]) -> None:
+        # The whole folder at once: its vocabulary, labels and config always belong to its weights.
+        with artifacts.staged_folder(ckpt_dir) as folder:
+            artifacts.write_classifier_metadata(folder, to_dict(cfg), corpus.vocab.itos, corpus.label_names)
+            artifacts.write_json(folder / artifacts.TRAIN_LOG_FILE, {
+                "history": trainer.history, "lr_schedule": trainer.lr_schedule,
+                "group_names": classifier_group_names(cfg.model.n_layers)})
+            save_checkpoint(folder / CHECKPOINT_FILE, state)
+
     trainer = Trainer(model, groups, cc, phases, task, device=device, checkpoint_dir=ckpt_dir,
-                      checkpoint_meta={"config": to_dict(cfg), "stage": "classifier"}, progress=progress,
-                      desc="classifier")
-    artifacts.write_classifier_metadata(ckpt_dir, to_dict(cfg), corpus.vocab.itos, corpus.label_names)
+                      checkpoint_meta={"config": to_dict(cfg), "stage": "classifier",
+                                       "tokenizer": Tokenizer().settings_key()}, fingerprint=made_by,
+                      write_checkpoint=write_checkpoint, progress=progress, desc="classifier")
     if resume_from is not None:
         if not trainer.resume_from(Path(resume_from)):
             raise FileNotFoundError(f"resume_from={resume_from}: no checkpoint.pt there")
-    elif resume:
-        trainer.resume_from(ckpt_dir)
+    elif not (resume and trainer.resume_from(ckpt_dir)):
+        artifacts.remove_model_files(out)  # an earlier run's model must not outlive this run's start
+    elif trainer.epoch >= trainer.total_epochs and (out / artifacts.MODEL_FILE).is_file():
+        info = artifacts.read_json(out / METRICS_FILE)  # finished before: nothing to train or to write
+        return ClassifierResult(out_dir=out, metrics=info["final"], history=info["history"])
 
     def on_epoch(m: dict[str, float]) -> None:
         if report:
             report(m, ckpt_dir)
 
     fit = trainer.fit(on_epoch)
-    artifacts.save_classifier(out, model, to_dict(cfg), corpus.vocab.itos, corpus.label_names,
-                              Tokenizer().settings_key())
     final = dict(fit.history[-1])
     artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history})
+    artifacts.save_classifier(out, model, to_dict(cfg), corpus.vocab.itos, corpus.label_names,
+                              Tokenizer().settings_key())  # model.pt last: it marks a finished classifier
     return ClassifierResult(out_dir=out, metrics=final, history=fit.history)
 
 
@@ -232,7 +306,8 @@ def _direction_dirs(out: Path, direction: str, first: bool) -> tuple[Path, Path]
 def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None = None,
                data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                progress: bool = False, lm_report: ReportFn | None = None,
-               models_dir: str | Path | None = None, directions: Sequence[str] | None = None) -> dict[str, Any]:
+               models_dir: str | Path | None = None, directions: Sequence[str] | None = None,
+               resume: bool = True) -> dict[str, Any]:
     """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
 
     ``directions`` (default: the config's own) trains one classifier per direction, each on the
@@ -240,7 +315,8 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     are unprefixed, another's carry its name (``bwd_test_accuracy``), and with two the averaged
     ensemble's test metrics are ``ensemble_test_*``; ``out_dir/ensemble.json`` then lists the members,
     so ``predict``/``evaluate --model out_dir`` use the ensemble. ``report`` runs after each classifier
-    epoch, ``lm_report`` after each language-model epoch.
+    epoch, ``lm_report`` after each language-model epoch. ``resume=False`` starts over in ``out_dir``
+    instead of continuing its checkpoints (which must otherwise belong to this run, or it refuses).
     """
     out = Path(out_dir)
     own = "bwd" if cfg.lm.backwards else "fwd"
@@ -250,6 +326,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     corpus = prepare_corpus(cfg, data_dir, cache_dir, progress=progress)
     times["data_seconds"] = time.perf_counter() - t
     result: dict[str, Any] = {}
+    reports: dict[str, Any] = {}  # direction (or "ensemble") -> test labels, confusion matrix, scores
     members = []
     for i, direction in enumerate(directions):
         dcfg = cfg if direction == own else with_direction(cfg, direction)
@@ -258,25 +335,28 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
         lm_dir, lm_metrics = None, {}
         if not dcfg.classifier.from_scratch:
             t = time.perf_counter()
-            lm = finetune_lm(dcfg, corpus, lm_out, report=lm_report, progress=progress, models_dir=models_dir)
+            lm = finetune_lm(dcfg, corpus, lm_out, report=lm_report, progress=progress, models_dir=models_dir,
+                             resume=resume)
             lm_dir, lm_metrics = lm.lm_dir, lm.metrics
             times[f"{prefix}lm_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
-        clf = train_classifier(dcfg, corpus, lm_dir, clf_out, report=report, progress=progress)
+        clf = train_classifier(dcfg, corpus, lm_dir, clf_out, report=report, progress=progress, resume=resume)
         times[f"{prefix}classifier_seconds"] = time.perf_counter() - t
         metrics: dict[str, Any] = {f"lm_{k}": v for k, v in lm_metrics.items() if k.startswith("valid_")}
         metrics.update(clf.metrics)
         if corpus.test is not None:
-            test = evaluate_split(clf_out, corpus.test, dcfg.device)
-            metrics.update({f"test_{k}": v for k, v in test.items()})
+            reports[direction] = report_split(clf_out, corpus.test, dcfg.device)
+            metrics.update({f"test_{k}": v for k, v in reports[direction].items() if isinstance(v, float)})
         result.update({f"{prefix}{k}": v for k, v in metrics.items()})
         members.append(clf_out)
     if len(members) > 1:
         write_ensemble(out, members)
         if corpus.test is not None:
-            ensemble = evaluate_split(members, corpus.test, cfg.device)
-            result.update({f"ensemble_test_{k}": v for k, v in ensemble.items()})
+            reports["ensemble"] = report_split(members, corpus.test, cfg.device)
+            result.update({f"ensemble_test_{k}": v for k, v in reports["ensemble"].items() if isinstance(v, float)})
     result.update(times)
+    if reports:
+        artifacts.write_json(out / TEST_REPORT_FILE, reports)
     artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(cfg),
                                               "directions": directions})
     return result

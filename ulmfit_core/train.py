@@ -33,6 +33,8 @@ from .losses import ar_tar
 from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Points of the learning-rate schedule kept per epoch (for its plot; the schedule itself is exact).
+LR_POINTS_PER_EPOCH = 50
 
 
 @dataclass
@@ -137,6 +139,43 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return load_tensors(path)
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint was made by a different run than the one asked to resume it; the message names
+    what differs and the fix."""
+
+
+def fingerprint_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """``["classifier.lr: 0.01 -> 0.02", "data: different text", ...]``: what differs between two
+    fingerprints (nested config values by dotted key; other parts by name)."""
+    if not isinstance(saved, dict):
+        return ["the checkpoint records no fingerprint (made by an older version of this project)"]
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+
+    walk(saved.get("config"), current.get("config"), "")
+    names = {"format": "checkpoint format version", "data": "the training text or labels",
+             "vocab": "the vocabulary", "pretrained": "the pretrained model's files", "stage": "the stage"}
+    for part, what in names.items():
+        if saved.get(part) != current.get(part):
+            out.append(f"{part}: {what} differ")
+    return out
+
+
+def check_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:
+    """Raise :class:`ResumeMismatch` unless the checkpoint at ``path`` was made by this run's settings."""
+    diffs = fingerprint_differences(saved, current)
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ResumeMismatch(f"{path} belongs to a different run ({shown}); it was left as it is. Write to another "
+                             "folder (--out elsewhere), or pass --restart to train from scratch in this one")
+
+
 class Trainer:
     """Runs one stage: ``phases`` of epochs over ``groups`` of parameters with ``task``.
 
@@ -147,10 +186,18 @@ class Trainer:
     def __init__(self, model: nn.Module, groups: Sequence[Sequence[nn.Parameter]], cfg: StageConfig,
                  phases: Sequence[Phase], task: Task, *, device: torch.device,
                  checkpoint_dir: Path | None = None, checkpoint_meta: dict[str, Any] | None = None,
+                 fingerprint: dict[str, Any] | None = None,
+                 write_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  progress: bool = False, desc: str = "train") -> None:
         self.model, self.groups, self.cfg, self.phases, self.task = model, groups, cfg, list(phases), task
         self.device, self.checkpoint_dir = device, checkpoint_dir
         self.checkpoint_meta = checkpoint_meta or {}
+        #: What made this run (see ``stages.fingerprint``): stored in every checkpoint, and a checkpoint
+        #: made by anything else is refused on resume (:class:`ResumeMismatch`).
+        self.fingerprint = fingerprint
+        #: Writes a checkpoint payload (default: ``checkpoint_dir/checkpoint.pt``); a stage that keeps more
+        #: files beside it (vocabulary, labels) writes them all at once.
+        self.write_checkpoint = write_checkpoint
         self.progress, self.desc = progress, desc
         self.total_epochs = sum(p.epochs for p in self.phases)
         self.optimizer = torch.optim.AdamW(
@@ -159,6 +206,10 @@ class Trainer:
         self.peak_lrs = discriminative_lrs(cfg.lr, cfg.lrm, len(groups))
         self.autocast, self.scaler = _autocast(device)
         self.history: list[dict[str, float]] = []
+        #: The rates actually used: ``{"iteration", "epoch", "lrs": per group, "trainable": per group}``,
+        #: about :data:`LR_POINTS_PER_EPOCH` points an epoch (for the learning-rate plot).
+        self.lr_schedule: list[dict[str, Any]] = []
+        self.steps_done = 0  # optimizer steps of the epochs completed
         self.epoch = 0  # epochs completed
 
     # --- checkpointing ------------------------------------------------------------------------
@@ -169,7 +220,10 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch,
             "history": self.history,
+            "lr_schedule": self.lr_schedule,
+            "steps_done": self.steps_done,
             "rng": _rng_state(self.task),
+            "fingerprint": self.fingerprint,
             **self.checkpoint_meta,
         }
 
@@ -181,6 +235,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self.lr_schedule = list(state.get("lr_schedule", []))
+        self.steps_done = int(state.get("steps_done", 0))
         _set_rng_state(self.task, state["rng"])
 
     def resume_from(self, path: Path) -> bool:
@@ -190,7 +246,10 @@ class Trainer:
             path = path / CHECKPOINT_FILE
         if not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        if self.fingerprint is not None:
+            check_fingerprint(state.get("fingerprint"), self.fingerprint, path)
+        self.load_state_dict(state)
         return True
 
     # --- the loop -----------------------------------------------------------------------------
@@ -198,13 +257,15 @@ class Trainer:
         resumed_from = self.epoch
         while self.epoch < self.total_epochs:
             t0 = time.perf_counter()
-            train_loss = self._train_one_epoch(phase_of_epoch(self.phases, self.epoch))
-            metrics = {"epoch": self.epoch + 1, "train_loss": train_loss}
+            train_loss, top_lr = self._train_one_epoch(phase_of_epoch(self.phases, self.epoch))
+            metrics = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": top_lr}
             metrics.update(self.evaluate())
             metrics["epoch_seconds"] = time.perf_counter() - t0
             self.epoch += 1
             self.history.append(metrics)
-            if self.checkpoint_dir is not None:
+            if self.write_checkpoint is not None:
+                self.write_checkpoint(self.state_dict())
+            elif self.checkpoint_dir is not None:
                 save_checkpoint(self.checkpoint_dir / CHECKPOINT_FILE, self.state_dict())
             if on_epoch_end is not None:
                 on_epoch_end(dict(metrics))
@@ -215,7 +276,8 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             return self.task.evaluate(self.model)
 
-    def _train_one_epoch(self, phase: Phase) -> float:
+    def _train_one_epoch(self, phase: Phase) -> tuple[float, float]:
+        """One epoch; returns (mean training loss, the top group's highest learning rate in it)."""
         cfg, model = self.cfg, self.model
         freeze_to(self.groups, phase.n_trainable)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -227,12 +289,21 @@ class Trainer:
         cycle_len = phase.epochs * n_batches
         it = (self.epoch - phase.first_epoch) * n_batches
         ratio, cut = cfg.use_clr
-        total, count = 0.0, 0
+        total, count, top_lr = 0.0, 0, 0.0
+        stride = max(1, n_batches // LR_POINTS_PER_EPOCH)
+        n_groups = len(self.groups)
+        unfrozen = [k >= n_groups - min(phase.n_trainable, n_groups) for k in range(n_groups)]
         bar = tqdm(batches, total=n_batches, desc=f"{self.desc} epoch {self.epoch + 1}/{self.total_epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for batch in bar:
-            for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
-                group["lr"] = stlr(it, cycle_len, peak, ratio, cut)
+            lrs = [stlr(it, cycle_len, peak, ratio, cut) for peak in self.peak_lrs]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            top_lr = max(top_lr, lrs[-1])
+            step = it - (self.epoch - phase.first_epoch) * n_batches  # 0-based within this epoch
+            if step % stride == 0 or step == n_batches - 1:
+                self.lr_schedule.append({"iteration": self.steps_done + step, "epoch": self.epoch + 1,
+                                         "lrs": lrs, "trainable": unfrozen})
             with self.autocast:
                 out = self.task.step(model, batch)
                 loss = out.loss + ar_tar(out.raw_out, out.dropped_out, cfg.alpha, cfg.beta)
@@ -259,7 +330,8 @@ class Trainer:
             it += 1
             bar.set_postfix(loss=f"{batch_loss:.3f}", refresh=False)
         bar.close()
-        return total / max(count, 1)
+        self.steps_done += n_batches
+        return total / max(count, 1), top_lr
 
 
 class DeviceBatches:

@@ -1,0 +1,49 @@
+"""Resume only what matches: a rerun into a finished ``--out`` resumes with the same settings, refuses
+(naming the key, changing nothing) with different ones, and ``--restart`` starts over."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import launch
+
+COMMON = ["--set", "data.dataset=trec", "--set", "data.max_train_rows=300", "--set", "model.preset=tiny",
+          "--set", "lm.epochs=1", "--set", "lm.bptt=20", "--set", "lm.bs=16", "--set", "classifier.epochs=1",
+          "--set", "classifier.bptt=20", "--no-progress"]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_resumes_the_same_run_and_refuses_another(tmp_path, datasets_dir, capsys):
+    out = tmp_path / "run"
+    args = ["run", *COMMON, "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert launch.main(args) == 0
+    first = _digest(out)
+    capsys.readouterr()
+
+    # the same settings: resumed at the end, no epoch runs again and the weights stay what they were
+    assert launch.main(args) == 0
+    assert "] epoch" not in capsys.readouterr().out
+    again = _digest(out)
+    for name in ("classifier/model.pt", "lm/lm.pt", "classifier/checkpoint/checkpoint.pt"):
+        assert again[name] == first[name]
+    first = again
+
+    # another learning rate: refused before anything is written, the key named, the fix given
+    assert launch.main([*args, "--set", "classifier.lr=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "classifier.lr: 0.03 -> 0.05" in err or "classifier.lr:" in err
+    assert "--restart" in err and "--out" in err
+    assert _digest(out) == first
+
+    # other training text: refused too (the LM's checkpoint names the data)
+    assert launch.main([*args[:-2], "--set", "data.max_train_rows=350", "--out", str(out)]) == 2
+    assert "the training text or labels differ" in capsys.readouterr().err
+    assert _digest(out) == first
+
+    # --restart trains the new settings from scratch in the same folder
+    assert launch.main([*args, "--set", "classifier.lr=0.05", "--restart"]) == 0
+    assert _digest(out) != first

@@ -97,6 +97,25 @@ def train_trial(config: dict[str, Any]) -> None:
             stages.train_classifier(cfg, corpus, lm_dir, Path(tmp) / "fresh", report=report, resume=False)
 
 
+def train_shared_lm(recipe: dict[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    """The language model every trial of a ``search_lm: false`` search shares, trained (or found in the
+    cache) before any trial starts: run as a Ray task with a trial's resources (see
+    ``tuner.train_shared_lm_first``), so no trial ever waits for it holding a GPU."""
+    import ray
+    import torch
+
+    from ulmfit_core import stages
+    from ulmfit_core.corpus import prepare_corpus
+
+    torch.set_num_threads(int(run["threads"]))
+    cfg = build_recipe(recipe)
+    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
+    lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]), models_dir=run.get("models_dir"))
+    seconds = lm.seconds if lm.trained else stages.lm_training_seconds(lm.lm_dir)
+    return {"lm_key": lm.lm_dir.name, "trained": lm.trained, "seconds": seconds,
+            "node_id": ray.get_runtime_context().get_node_id(), "finished_at": time.time()}
+
+
 def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-safe part of a report (checkpoint metadata is JSON)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}

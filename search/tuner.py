@@ -250,13 +250,43 @@ def check_language_model_start(cfg: SearchConfig) -> str:
     return "\n".join(lines)
 
 
+def prepare_data_first(cfg: SearchConfig) -> dict[str, Any]:
+    """Read and tokenize the base recipe's data on the driver, before Ray starts: a missing or malformed
+    dataset is one clear error here (not a retried traceback per trial), and the token cache the trials
+    read is built once. Returns the corpus's statistics."""
+    from ulmfit_core.corpus import prepare_corpus
+
+    run = param_space(cfg)[T.RUN]
+    corpus = prepare_corpus(build_recipe(cfg.recipe), data_dir=run["data_dir"], cache_dir=run["cache_dir"])
+    return dict(corpus.stats)
+
+
+def train_shared_lm_first(cfg: SearchConfig) -> dict[str, Any] | None:
+    """With ``search_lm: false`` every trial uses one language model: train it (or find it in the LM
+    cache) now, as a Ray task with one trial's resources, before any trial starts; trials then only
+    load it, so none waits for it holding an accelerator. None when trials need no LM or train their own."""
+    if cfg.search.search_lm or build_recipe(cfg.recipe).classifier.from_scratch:
+        return None
+    run = param_space(cfg)[T.RUN]
+    res = cfg.search.resources
+    task = ray.remote(T.train_shared_lm).options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)
+    print("language model: preparing the one all trials share (trained once, before the trials)", flush=True)
+    info = ray.get(task.remote(cfg.recipe, run))
+    print(f"language model: {'trained' if info['trained'] else 'found in the cache'} ({info['lm_key']}, "
+          f"{info['seconds']:.0f} s of training)", flush=True)
+    return info
+
+
 def run_search(cfg: SearchConfig, *, address: str | None = None,
                callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
-    """Validate, check MLflow, start Ray, run every trial, export the best config. Blocks."""
+    """Validate, check MLflow, prepare the data, start Ray, train the shared LM, run every trial,
+    export the best config. Blocks."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
+    prepare_data_first(cfg)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
+    shared_lm = train_shared_lm_first(cfg)
     search_dir = store.new_search_dir(cfg)
     search_dir.mkdir(parents=True)
     experiment_id = tracking.ensure_experiment(cfg.mlflow.tracking_uri, cfg.experiment,
@@ -264,7 +294,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     parent = tracking.start_parent(cfg.mlflow.tracking_uri, experiment_id, search_dir.name, search_dir,
                                    cfg.to_dict(), cfg.space.to_dict())
     meta = {"config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri, "experiment": cfg.experiment,
-            "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time()}
+            "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time(), "shared_lm": shared_lm}
     store.write_search_json(search_dir, meta)
     mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent,
                                              cfg.mlflow.log_checkpoints)
@@ -314,7 +344,7 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
     unfinished = any(row["status"] == tracking.INTERRUPTED for row in board)
     status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
     store.write_leaderboard(search_dir, board)
-    summary = summarize(board, cfg)
+    summary = summarize(board, cfg, meta.get("shared_lm"))
     failures = tracking.write_failures(parent)
     summary["tracking_write_failures"] = len(failures)
     best_yaml = None
@@ -379,11 +409,14 @@ def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any
     return sorted(rows, key=key)
 
 
-def summarize(board: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, float]:
+def summarize(board: list[dict[str, Any]], cfg: SearchConfig, shared_lm: dict[str, Any] | None = None) -> dict[str, float]:
     """Counts, the best value, and the LM compute that sharing saved: for each trial that reused an
-    LM, the seconds that LM's training took (``stages.lm_training_seconds``)."""
+    LM, the seconds that LM's training took (``stages.lm_training_seconds``). ``shared_lm``: the LM
+    trained before the trials (``train_shared_lm_first``), counted as a training when it was one."""
     trained = {row["lm_key"]: float(row.get("lm_seconds") or 0.0) for row in board
                if row.get("lm_trained") and row.get("lm_key")}
+    if shared_lm and shared_lm.get("trained"):
+        trained[shared_lm["lm_key"]] = float(shared_lm["seconds"])
     completed = [r for r in board if r["status"] == tracking.COMPLETED]
     out = {"trials": len(board), "trials_completed": len(completed),
            "trials_stopped_by_asha": sum(r["status"] == tracking.STOPPED for r in board),

@@ -1,0 +1,39 @@
+"""A search whose trials share one language model trains it once, before any trial starts, with a
+trial's resources (here a fake GPU on a local Ray): no trial waits for it holding an accelerator."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest_search import child_runs, ray_environment, smoke_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+
+def test_shared_lm_is_trained_before_the_trials_with_a_trials_gpu(tmp_path, datasets_dir):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from search import tuner
+
+    with ray_environment() as ray_tmp:
+        # One (fake) GPU: the LM task and each trial ask for half of it; everything computes on the CPU.
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 1024**2, _temp_dir=ray_tmp)
+        cfg = smoke_config(tmp_path, ["search.num_samples=2", "search.max_concurrent=2", "search.name=shared",
+                                      "search.resources={cpu: 1, gpu: 0.5}", "recipe.device=cpu"])
+        outcome = tuner.run_search(cfg)
+    meta = json.loads((outcome.search_dir / "search.json").read_text())
+    shared = meta["shared_lm"]
+    assert shared["trained"] and shared["seconds"] > 0
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    runs = child_runs(cfg.mlflow.tracking_uri, "shared")
+    assert len(runs) == 2
+    for run in runs:
+        # every trial found the LM done: it trained none, and started after the LM was finished
+        assert run.data.tags["lm_trained"] == "false" and run.data.tags["lm_key"] == shared["lm_key"]
+        assert run.info.start_time / 1000 >= shared["finished_at"]
+        assert float(run.data.tags["lm_seconds"]) < shared["seconds"]  # loading, not training or waiting
+        history = client.get_metric_history(run.info.run_id, "valid_accuracy")
+        assert len(history) >= 1
+    assert outcome.summary["lm_trainings"] == 1

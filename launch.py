@@ -154,6 +154,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """fastai's learning-rate range test for one stage: a plot, the numbers and a suggested rate."""
+    from search import plots
+    from ulmfit_core import artifacts
+    from ulmfit_core.corpus import prepare_corpus
+    from ulmfit_core.lr_find import lr_find
+
+    cfg = _recipe(args, announce=args.stage == "lm")
+    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    res = lr_find(cfg, corpus, args.stage, lm_dir=args.lm, num_it=args.num_it, models_dir=args.models_dir)
+    out = Path(args.out)
+    png = plots.plot_lr_find(res.lrs, res.losses, out / f"lr_find_{args.stage}.png", suggestion=res.suggestion)
+    artifacts.write_json(out / f"lr_find_{args.stage}.json", res.to_dict())
+    key = "lm.lr" if args.stage == "lm" else "classifier.lr"
+    print(f"{len(res.lrs)} batches from {res.lrs[0]:.1e} to {res.lrs[-1]:.1e}"
+          + (" (stopped: the loss ran away)" if res.stopped_early else ""))
+    print(f"suggested learning rate: {res.suggestion:.2e}  (--set {key}={res.suggestion:.2g}); plot: {png}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ulmfit_core import inference
 
@@ -229,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
                    help="fwd, bwd or both (ULMFiT's forward + backward ensemble; default: the config's lm.backwards)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("lr-find", help="fastai's learning-rate range test for the lm or classifier stage")
+    _add_run_options(p, "runs/lr_find")
+    p.add_argument("--stage", choices=["lm", "classifier"], default="classifier")
+    p.add_argument("--lm", help="classifier stage: a fine-tuned LM folder whose encoder it starts from")
+    p.add_argument("--num-it", type=int, default=100, help="batches, from 1e-7 to 10 (default: 100)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix on a labeled file")
     p.add_argument("--model", required=True, help="classifier directory (or a run's folder holding ensemble.json)")

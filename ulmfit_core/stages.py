@@ -119,6 +119,38 @@ def _load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], what:
         raise ValueError(f"{what}: the pretrained weights lack {missing[:5]}")
 
 
+def build_lm_stage(cfg: RecipeConfig, corpus: Corpus, device: torch.device, models_dir: str | Path | None = None
+                   ) -> tuple[torch.nn.Module, list, LanguageModelTask, Any, bool]:
+    """The language model (from ``lm.pretrained`` when set), its layer groups, its task and settings, on
+    ``device``; the last item says whether it starts from pretrained weights."""
+    lmc = cfg.lm
+    model = build_language_model(len(corpus.vocab), cfg.model, lmc.scaled_dropouts, pad_idx=corpus.vocab.pad_idx)
+    init = _initial_lm_state(cfg, corpus.vocab.itos, models_dir)
+    if init is not None:
+        _load_matching(model, init, "lm.pretrained")
+    model.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = LanguageModelTask(corpus.lm_train, corpus.lm_valid, lmc, device, generator)
+    return model, lm_layer_groups(model), task, lmc, init is not None
+
+
+def build_classifier_stage(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | None, device: torch.device
+                           ) -> tuple[torch.nn.Module, list, ClassifierTask, Any]:
+    """The classifier (its encoder from ``lm_dir`` unless ``from_scratch``), its layer groups, its task
+    and settings, on ``device``."""
+    cc = cfg.classifier
+    model = build_classifier(len(corpus.vocab), cfg.model, cc.scaled_dropouts, n_classes=len(corpus.label_names),
+                             lin_ftrs=cc.lin_ftrs, head_p=cc.head_p, bptt=cc.bptt, max_seq=cc.max_seq,
+                             pad_idx=corpus.vocab.pad_idx)
+    if lm_dir is not None and not cc.from_scratch:
+        pretrained.load_encoder_into(model, lm_dir, corpus.vocab.itos)
+    model.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    task = ClassifierTask(corpus.train.ids, corpus.train.labels, corpus.valid.ids, corpus.valid.labels,
+                          len(corpus.label_names), cc, corpus.vocab.pad_idx, device, generator)
+    return model, classifier_layer_groups(model), task, cc
+
+
 def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: ReportFn | None = None,
                 progress: bool = False, resume: bool = True, models_dir: str | Path | None = None) -> LMResult:
     """Train (or fine-tune from ``cfg.lm.pretrained``, a zoo name looked up in ``models_dir``) the
@@ -133,18 +165,11 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     lmc = cfg.lm
-    model = build_language_model(len(corpus.vocab), cfg.model, lmc.scaled_dropouts, pad_idx=corpus.vocab.pad_idx)
-    init = _initial_lm_state(cfg, corpus.vocab.itos, models_dir)
-    if init is not None:
-        _load_matching(model, init, "lm.pretrained")
-    model.to(device)
-    groups = lm_layer_groups(model)
+    model, groups, task, _, pretrained_start = build_lm_stage(cfg, corpus, device, models_dir)
     # A pretrained model first trains only its top group (embeddings/decoder, fastai's order) so
     # rows for new words catch up before the LSTMs move (fastai's fine_tune(freeze_epochs=1)).
-    freeze = [lmc.freeze_epochs] if init is not None and lmc.freeze_epochs else []
+    freeze = [lmc.freeze_epochs] if pretrained_start and lmc.freeze_epochs else []
     phases = unfreeze_phases(len(groups), freeze, lmc.epochs + sum(freeze))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    task = LanguageModelTask(corpus.lm_train, corpus.lm_valid, lmc, device, generator)
     made_by = _lm_fingerprint(cfg, corpus, models_dir)
     trainer = Trainer(model, groups, lmc, phases, task, device=device, checkpoint_dir=out / CHECKPOINT_SUBDIR,
                       checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, fingerprint=made_by,
@@ -233,18 +258,8 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
     ckpt_dir = out / CHECKPOINT_SUBDIR
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    n_classes = len(corpus.label_names)
-    model = build_classifier(len(corpus.vocab), cfg.model, cc.scaled_dropouts, n_classes=n_classes,
-                             lin_ftrs=cc.lin_ftrs, head_p=cc.head_p, bptt=cc.bptt, max_seq=cc.max_seq,
-                             pad_idx=corpus.vocab.pad_idx)
-    if lm_dir is not None and not cc.from_scratch:
-        pretrained.load_encoder_into(model, lm_dir, corpus.vocab.itos)
-    model.to(device)
-    groups = classifier_layer_groups(model)
+    model, groups, task, _ = build_classifier_stage(cfg, corpus, lm_dir, device)
     phases = unfreeze_phases(len(groups), cc.unfreeze if not cc.from_scratch else [], cc.epochs)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    task = ClassifierTask(corpus.train.ids, corpus.train.labels, corpus.valid.ids, corpus.valid.labels, n_classes,
-                          cc, corpus.vocab.pad_idx, device, generator)
     encoder = None if lm_dir is None or cc.from_scratch else \
         fetching.sha256(Path(lm_dir) / artifacts.ENCODER_FILE)
     made_by = fingerprint("classifier", to_dict(cfg), corpus.fingerprint, corpus.vocab.itos, encoder=encoder)

@@ -81,13 +81,22 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts), stopped afterwards."""
+    with mlflow_server_process(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def mlflow_server_process(backend_store_uri: str, workdir: Path, env: dict[str, str] | None = None):
+    """``mlflow server`` on a free port of 127.0.0.1 backed by ``backend_store_uri``, artifacts proxied to
+    ``workdir/server_artifacts``; yields its URI once ``/health`` answers, stops its process group after."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     mlflow_bin = str(Path(PYTHON).parent / "mlflow")
-    log = open(tmp_path / "mlflow_server.log", "wb")
+    log_path = workdir / "mlflow_server.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1",
+        [mlflow_bin, "server", "--backend-store-uri", backend_store_uri,
+         "--artifacts-destination", str(workdir / "server_artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -101,7 +110,7 @@ def mlflow_server(tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'mlflow_server.log').read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield uri
     finally:

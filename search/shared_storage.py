@@ -76,7 +76,8 @@ def check_storage_shared(folder: str | Path, key: str = "search.storage", timeou
 
 
 def not_shared_message(key: str, folder: Path, blind: list[NodeAnswer], n_nodes: int) -> str:
-    which = "; ".join(f"node {a.node_id[:12]} ({a.address}): {a.problem}" for a in blind)
+    which = "; ".join(f"node {a.node_id[:12]} ({a.address}): {a.problem or 'read something else there'}"
+                      for a in blind)
     return (f"{key}: {folder} is not shared by all {n_nodes} Ray nodes: {len(blind)} cannot see the file the "
             f"driver wrote there [{which}]. Put {key} on a file system every node mounts at the same path "
             f"(NFS, EFS; cluster.yaml mounts one at /mnt/shared)")

@@ -30,8 +30,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from search import store, tracking
 from search import trainable as T
+from search.local_ray import start_local_ray
 from search.searcher import make_searcher
 from search.settings import SearchConfig
+from search.shared_storage import check_storage_shared
 from ulmfit_core import zoo
 from ulmfit_core.config import build_recipe, to_dict
 from ulmfit_core.metrics import METRICS
@@ -101,10 +103,13 @@ def _state_save_period() -> float:
 
 
 def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
-    """Connect to ``address`` or start a local Ray (``num_cpus`` <= cores); returns cluster resources.
+    """Connect to ``address`` or start a local Ray (``num_cpus`` <= cores, every port on 127.0.0.1:
+    ``search.local_ray``); returns cluster resources.
 
-    Refuses a trial larger than the cluster; warns when ``max_concurrent`` x CPUs exceeds it (Ray then
-    runs fewer trials at once -- never more threads than cores, since a trial's threads = its CPUs).
+    On several nodes, checks that ``search.storage`` (and a separate ``search.lm_root``) is one folder
+    every node sees (``search.shared_storage``). Refuses a trial larger than the cluster; warns when
+    ``max_concurrent`` x CPUs exceeds it (Ray then runs fewer trials at once -- never more threads than
+    cores, since a trial's threads = its CPUs).
     """
     s = cfg.search
     if not ray.is_initialized():
@@ -112,14 +117,9 @@ def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
             _check_ray_address(address)
             ray.init(address=address, log_to_driver=False)
         else:
-            cores = os.cpu_count() or 1
-            num_cpus = s.num_cpus or cores
-            if num_cpus > cores:
-                warnings.warn(f"search.num_cpus={num_cpus} > {cores} cores: trials would oversubscribe "
-                              f"the CPU; using {cores}", stacklevel=2)
-                num_cpus = cores
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=s.object_store_mb * 1024 * 1024)
+            start_local_ray(_local_num_cpus(s.num_cpus), s.object_store_mb * 1024 * 1024)
+    for key, folder in _folders_every_node_needs(cfg).items():
+        check_storage_shared(folder, key)  # returns at once on a single node
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     autoscaling = bool(address)
@@ -132,6 +132,24 @@ def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
         logger.warning("max_concurrent=%d trials x %g CPUs > %g CPUs: at most %d trials run at once",
                        s.max_concurrent, s.resources.cpu, cpus, int(cpus // s.resources.cpu))
     return resources
+
+
+def _local_num_cpus(requested: int | None) -> int:
+    cores = os.cpu_count() or 1
+    num_cpus = requested or cores
+    if num_cpus > cores:
+        warnings.warn(f"search.num_cpus={num_cpus} > {cores} cores: trials would oversubscribe "
+                      f"the CPU; using {cores}", stacklevel=3)
+        num_cpus = cores
+    return num_cpus
+
+
+def _folders_every_node_needs(cfg: SearchConfig) -> dict[str, Path]:
+    """Checkpoints (retries resume on another node) and the shared LM cache (its file locks)."""
+    folders = {"search.storage": Path(cfg.search.storage)}
+    if cfg.search.lm_root:
+        folders["search.lm_root"] = Path(cfg.search.lm_root)
+    return folders
 
 
 def _check_ray_address(address: str, timeout: float = 5.0) -> None:

@@ -82,18 +82,21 @@ class MlflowServer:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts) that a test can kill
     (SIGKILL, as a crash) and start again on the same port and store."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None,
+                 env: dict[str, str] | None = None):
         self.root, self.port = root, port or free_port()
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'server.db'}"
+        self.env = env or {}
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log_path = root / "mlflow_server.log"
 
     def start(self, timeout: float = 90) -> str:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         mlflow_bin = str(Path(PYTHON).parent / "mlflow")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            [mlflow_bin, "server", "--backend-store-uri", self.backend_store_uri,
              "--artifacts-destination", str(self.root / "server_artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -124,7 +127,15 @@ class MlflowServer:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts), stopped afterwards."""
-    server = MlflowServer(tmp_path)
+    with mlflow_server_process(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def mlflow_server_process(backend_store_uri: str, workdir: Path, env: dict[str, str] | None = None):
+    """``mlflow server`` on a free port of 127.0.0.1 backed by ``backend_store_uri``, artifacts proxied to
+    ``workdir/server_artifacts``; yields its URI once ``/health`` answers, stops its process group after."""
+    server = MlflowServer(workdir, backend_store_uri=backend_store_uri, env=env)
     try:
         yield server.start()
     finally:

@@ -205,3 +205,30 @@ def test_baselines_smoke_with_minilm(bench, tmp_path, datasets_dir):
     r = json.loads(out.read_text())
     assert r["results"]["minilm"]["embedding_dim"] == 384
     assert r["results"]["minilm"]["test_accuracy_mean"] > 0.5
+
+
+def test_transfer_trec_smoke(bench, tmp_path, datasets_dir):
+    out = tmp_path / "transfer.json"
+    bench("transfer_trec").main(["--smoke", "--starts", "random", "--seeds", "0", "--data-dir", str(datasets_dir),
+                                 "--out", str(out)])
+    r = _check_provenance(out, "transfer_trec")
+    (run,) = r["runs"]
+    assert set(run["test_accuracy"]) == {"fwd", "bwd", "ensemble"}
+    assert all(0.0 < v <= 1.0 for v in run["test_accuracy"].values())
+    assert run["test_accuracy"]["fwd"] != run["test_accuracy"]["bwd"] or run["valid_accuracy"]["fwd"] != \
+        run["valid_accuracy"]["bwd"]  # two different classifiers really ran
+    assert r["summary"]["random"]["ensemble"]["mean"] == run["test_accuracy"]["ensemble"]
+
+
+def test_pretrain_general_smoke(bench, tmp_path):
+    corpus = ROOT.parent / "shared" / "corpora" / "general-en" / "train.txt.gz"
+    if not corpus.exists():
+        pytest.skip(f"general-en corpus not found at {corpus}")
+    out = tmp_path / "pretrain.json"
+    bench("pretrain_general").main(["--smoke", "--directions", "fwd", "bwd", "--out", str(out)])
+    r = _check_provenance(out, "pretrain_general")
+    fwd, bwd = r["models"]
+    assert (fwd["direction"], bwd["direction"]) == ("fwd", "bwd")
+    for m in (fwd, bwd):
+        # measured on the corpus's own held-out documents, far better than uniform over the vocabulary
+        assert 1 < m["valid_perplexity"] < 2000 and m["tokens_per_second"] > 0 and m["epochs"] == 1

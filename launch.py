@@ -33,17 +33,33 @@ def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
 
 
 def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: bool = True):
-    """The recipe to run (config file + ``--set``); ``announce`` prints which language model it starts from."""
+    """The recipe to run (config file + ``--set``), checked before any work: its values, its device, its
+    pretrained start, and that ``--out`` and ``--cache-dir`` can be written. ``announce`` prints which
+    language model it starts from."""
     from ulmfit_core.config import load_recipe
     from ulmfit_core.pretrained import describe_start
+    from ulmfit_core.train import resolve_device
 
     overrides = (extra or []) + args.overrides
     names_data = any(o.startswith(("data.train=", "data.dataset=", "data.unlabeled=")) for o in overrides)
     base = None if args.config or names_data else {"data": dict(EMBEDDED_DEFAULT_DATA)}
-    cfg, start = describe_start(load_recipe(args.config, overrides, base=base), args.models_dir)
+    cfg = load_recipe(args.config, overrides, base=base)
+    resolve_device(cfg.device)  # `device: cuda` on a machine without CUDA fails now, not after tokenizing
+    _check_output_folders(args)
+    cfg, start = describe_start(cfg, args.models_dir)
     if announce:
         print(start, flush=True)
     return cfg
+
+
+def _check_output_folders(args: argparse.Namespace) -> None:
+    """``--out`` and the token cache must be writable: checked up front, so no run fails at its first save."""
+    from ulmfit_core.artifacts import check_writable_folder
+    from ulmfit_core.corpus import default_cache_dir
+
+    check_writable_folder(args.out, "--out")
+    check_writable_folder(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
+                          "--cache-dir (default $ULMFIT_CACHE or ./.cache/ulmfit)")
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -194,11 +210,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ulmfit_core import inference
+    from ulmfit_core.data import read_lines
 
     if args.texts:
         texts = list(args.texts)
     elif args.file:
-        texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [line for line in read_lines(args.file, what="predict --file") if line.strip()]
     else:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     labels, probs = inference.predict_proba([args.model] + (args.ensemble or []), texts, device=args.device)
@@ -303,14 +320,12 @@ def _add_models_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ulmfit_core.config import ConfigError
-    from ulmfit_core.data import DataError
+    from ulmfit_core.console import USER_ERRORS, report_user_error
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # a bad value, file or folder: its message names it and the fix
+        return report_user_error(e)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last epoch's checkpoint", file=sys.stderr)
         return 130

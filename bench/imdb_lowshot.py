@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
     base = {
-        "data": {"dataset": "imdb", "max_unlabeled_rows": args.unlabeled},
+        # data.train/valid/test are the draws below; a data.dataset beside them would be refused (two sources)
+        "data": {"unlabeled": str(args.data_dir / "imdb" / "unsup.csv.gz"), "max_unlabeled_rows": args.unlabeled},
         "text": {"max_vocab": 10000, "min_freq": 2},  # the softmax dominates a tiny model's cost on CPU
         "model": {"preset": args.preset},
         # Trained from random weights: a higher rate and smaller batches than fine-tuning uses (more steps

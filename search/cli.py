@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from ulmfit_core.config import ConfigError
+from ulmfit_core.console import USER_ERRORS, report_user_error
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -55,10 +55,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_retrain)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What the search commands report as one ``error:`` line and exit 2: the core's user errors, and a
+    tracking store that cannot be used."""
+    from search.tracking import TrackingError
+
+    return (*USER_ERRORS, TrackingError)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from search import store, tracking, tuner
-    from search.errors import SearchConfigError
     from search.settings import load_search_config
+    from ulmfit_core.artifacts import check_writable_folder
 
     try:
         if args.resume:
@@ -70,10 +78,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if flag:
                     overrides.append(f"{key}={flag}")
             cfg = load_search_config(args.config, overrides, smoke_test=args.smoke_test)
+            check_writable_folder(cfg.search.storage, "--storage (search.storage)")
             outcome = tuner.run_search(cfg, address=args.address)
-    except (SearchConfigError, ConfigError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _user_errors() as e:
+        return report_user_error(e)
     cfg, _ = store.read_search_json(outcome.search_dir)
     s = outcome.summary
     print()
@@ -103,24 +111,19 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search import tracking
-    from search.errors import SearchConfigError
     from search.export import export_best
 
     try:
         path = export_best(args.search, experiment=args.experiment, tracking_uri=args.tracking_uri, out=args.out)
-    except (SearchConfigError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _user_errors() as e:
+        return report_user_error(e)
     print(path)
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from search import tracking
     from search.export import retrain
     from ulmfit_core.console import epoch_printer, metrics_table
-    from ulmfit_core.data import DataError
 
     print(f"retraining {args.config} (each epoch is printed as it ends)", flush=True)
     try:
@@ -128,9 +131,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                       data_dir=args.data_dir, cache_dir=args.cache_dir, models_dir=args.models_dir,
                       overrides=args.set, directions=args.directions, report=epoch_printer("classifier"),
                       lm_report=epoch_printer("lm"))
-    except (ConfigError, DataError, tracking.TrackingError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _user_errors() as e:
+        return report_user_error(e)
     shown = {k: v for k, v in sorted(res["metrics"].items()) if "test_" in k or k.startswith(("valid_", "lm_valid"))}
     print("\n" + metrics_table("retrained model", shown))
     if "recorded" in res:

@@ -30,6 +30,7 @@ import yaml
 from search import store, tracking
 from search import trainable as T
 from search.errors import SearchConfigError
+from ulmfit_core import artifacts
 from ulmfit_core.config import ConfigError, RecipeConfig, build_recipe, parse_overrides, read_yaml, to_dict
 from ulmfit_core.inference import ENSEMBLE_FILE, classifier_dirs
 from ulmfit_core.metrics import METRICS
@@ -54,17 +55,25 @@ def export_best(search: str | Path | None = None, *, experiment: str | None = No
     return write_best(doc, path)
 
 
+#: What Ray Tune writes in a search folder once the trials start (``experiment_state-<time>.json``).
+_RAY_STATE_GLOB = "experiment_state-*.json"
+_NOTHING_TO_EXPORT = ("no trial completed all its epochs, so there is no best configuration to export; continue "
+                      "the search (`python launch.py search --resume {dir}`) or start one with more trials")
+
+
 def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
+    cfg, meta = store.read_search_json(search_dir)
+    if not any(search_dir.glob(_RAY_STATE_GLOB)):  # the driver stopped before the first trial started
+        raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")
     from ray.tune import ExperimentAnalysis
 
-    cfg, meta = store.read_search_json(search_dir)
     s = cfg.search
     analysis = ExperimentAnalysis(str(search_dir), default_metric=s.metric, default_mode=s.mode)
     done = [t for t in analysis.trials
             if t.status == "TERMINATED" and t.last_result and not T.stopped_early(t.last_result)
             and isinstance(t.last_result.get(s.metric), (int, float))]
     if not done:
-        raise SearchConfigError(f"{search_dir}: no trial completed all its epochs; nothing to export")
+        raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")
     sign = 1 if s.mode == "max" else -1
     best = max(done, key=lambda t: sign * t.last_result[s.metric])
     sampled = T.sampled_values(best.config)
@@ -176,11 +185,12 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
     from ulmfit_core import stages
 
     cfg, meta = read_best(best_yaml, overrides)
+    out = Path(out_dir) if out_dir else default_retrain_dir(best_yaml, meta)
+    artifacts.check_writable_folder(out, "--out")
     uri = retrain_tracking_uri(tracking_uri, meta)
     tracking.check_reachable(uri)
     if meta.get("threads"):
         torch.set_num_threads(int(meta["threads"]))
-    out = Path(out_dir) if out_dir else default_retrain_dir(best_yaml, meta)
     metrics = stages.run_recipe(cfg, out, report=report, lm_report=lm_report,
                                 data_dir=data_dir or _local_or_none(meta.get("data_dir")),
                                 cache_dir=cache_dir or _local_or_none(meta.get("cache_dir")),
@@ -205,7 +215,6 @@ def test_report_plots(run_dir: Path, out: Path) -> list[Path]:
     """From a run's ``test_report.json``: a confusion matrix, a per-class precision/recall/F1 chart and its
     numbers (JSON) for each direction and the ensemble."""
     from search import plots
-    from ulmfit_core import artifacts
     from ulmfit_core.stages import TEST_REPORT_FILE
 
     path = run_dir / TEST_REPORT_FILE

@@ -42,7 +42,7 @@ from typing import Any
 from search.errors import SearchConfigError, SpaceError, fail
 from search.space import SearchSpace
 from ulmfit_core import zoo
-from ulmfit_core.config import ConfigError, apply_overrides, default_recipe, read_yaml, recipe_from_dict, to_dict
+from ulmfit_core.config import ConfigError, apply_overrides, coerce, default_recipe, read_yaml, recipe_from_dict, to_dict
 from ulmfit_core.metrics import METRICS
 
 #: Recipe keys holding file paths: made absolute on the driver, because each trial runs in its own
@@ -226,10 +226,29 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         sub = {"resources": Resources, "scheduler": AshaSettings}.get(f.name)
         if sub and f.name in kwargs and not dataclasses.is_dataclass(kwargs[f.name]):
             kwargs[f.name] = _build(sub, kwargs[f.name], f"{prefix}.{f.name}")
+        elif f.name in kwargs:
+            kwargs[f.name] = _checked_scalar(kwargs[f.name], str(f.type), f"{prefix}.{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise SearchConfigError(f"{prefix}: {e}") from None
+
+
+#: Field annotations checked as the recipe's are (``ulmfit_core.config.coerce``); lists and unions check themselves.
+_SCALAR_TYPES = ("int", "float", "bool", "str")
+
+
+def _checked_scalar(value: Any, type_name: str, key: str) -> Any:
+    """``value`` of a scalar field type-checked (``num_samples: many`` names ``search.num_samples``, instead of
+    failing later at a comparison with a message that names no key). A whole number given for a float field
+    stays as written, so the recorded config keeps ``cpu: 1``."""
+    if type_name.removesuffix("| None").strip() not in _SCALAR_TYPES:
+        return value
+    try:
+        checked = coerce(value, type_name, key)
+    except ConfigError as e:
+        raise SearchConfigError(str(e)) from None
+    return value if isinstance(checked, float) and isinstance(value, int) else checked
 
 
 def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = None) -> SearchConfig:

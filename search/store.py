@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,17 @@ def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, An
         raise FileNotFoundError(f"{search_dir} is not a search folder (no {SEARCH_JSON}); give the folder "
                                 f"`search` printed, e.g. runs/search/NAME-YYYYmmdd-HHMMSS")
     try:
-        meta = artifacts.read_json(path)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError("it holds no search config")
         return search_config_from_dict(meta["config"]), meta
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise SearchConfigError(f"{path}: damaged ({e}); the search cannot be resumed or exported from it. "
-                                "Start a new search, or export from MLflow with --experiment") from None
+    except json.JSONDecodeError as e:
+        problem: Exception | str = f"not valid JSON: {e}"
+    # ValueError: not UTF-8, no config, or a config that does not validate (SearchConfigError, ConfigError)
+    except (OSError, ValueError, TypeError) as e:
+        problem = e
+    raise SearchConfigError(f"{path}: damaged ({problem}); the search cannot be resumed or exported from it. "
+                            "Start a new search, or export from MLflow with --experiment") from None
 
 
 def leaderboard_csv(board: list[dict[str, Any]]) -> str:

@@ -27,6 +27,7 @@ cannot be reached.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import yaml
 from ray import tune
 from ray.tune.experiment import Trial
@@ -97,12 +99,36 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+#: How long :func:`check_reachable` waits for another process creating the same SQLite store.
+SQLITE_CREATE_TIMEOUT_S = 300.0
+
+
+def _check_sqlite_writable(uri: str, db: Path) -> None:
+    """SQLite writes the database and its journal beside it, so the folder must be writable (and the file,
+    when it exists). Checked before MLflow opens it: given a read-only store, MLflow retries for minutes."""
+    folder = db.parent
+    while not folder.exists():  # a folder not there yet is created below: its nearest existing parent decides
+        folder = folder.parent
+    problem = None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"the folder {folder} is not writable"
+    elif db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        problem = f"the database file {db} is read-only"
+    if problem:
+        raise TrackingError(f"MLflow tracking store {uri} cannot be written: {problem}; give --tracking-uri a "
+                            "sqlite:/// path in a writable folder (e.g. sqlite:///mlflow.db), or make it writable")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingError` within ~``timeout`` s unless the tracking store answers.
 
-    HTTP(S): ``GET /health`` with a short timeout, then one API call. SQLite: the database folder is
-    created and the schema opened (the first open of a new database takes a few seconds).
+    HTTP(S): ``GET /health`` with a short timeout, then one API call. SQLite: the folder must be writable;
+    it is created and the schema opened (the first open of a new database takes a few seconds) under a
+    file lock beside the database (``mlflow.db.lock``), so that two searches starting at once on a new
+    store do not both run MLflow's schema migrations (which fails: "Online migration expected to match
+    one row").
     """
+    lock: Any = contextlib.nullcontext()
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -117,18 +143,21 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 f"./mlartifacts`), fix --tracking-uri, or omit it to use the local sqlite:///mlflow.db") from None
         env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout) + 1)}
     elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        _check_sqlite_writable(uri, db)
         try:
-            db.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TrackingError(f"cannot create the folder of the MLflow database {uri}: {e}") from None
+        lock = filelock.FileLock(f"{db}.lock", timeout=SQLITE_CREATE_TIMEOUT_S)
         env = {}
     else:
         env = {}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        _client(uri).search_experiments(max_results=1)
+        with lock:
+            _client(uri).search_experiments(max_results=1)
     except Exception as e:  # any failure here means no trial could be tracked
         raise TrackingError(f"MLflow tracking store {uri} does not work: {type(e).__name__}: {e}") from None
     finally:

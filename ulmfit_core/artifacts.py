@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +66,40 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable_folder(path: str | Path, what: str) -> None:
+    """Raise ``PermissionError`` (``NotADirectoryError`` when a file is in the way) unless files can be
+    written in folder ``path``: it exists and is writable, or it can be created in its nearest existing
+    parent. ``what`` names the setting in the message (``--out``, ``--cache-dir``). Creates nothing.
+
+    Commands call this before any work, so a run that cannot save fails at once, not at its first write.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = path
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as e:  # a parent this user may not even look into
+        raise PermissionError(f"{what} {path}: cannot look into {existing} ({e.strerror}); choose another "
+                              f"folder with {what}") from None
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {existing} is a file, not a folder; choose another folder "
+                                 f"with {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system
+        where = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise PermissionError(f"{what} {path} {where} (by user {_user()}); choose another folder with {what}, "
+                              "or make it writable")
+
+
+def _user() -> str:
+    """This process's user name (what a permission depends on; the login name can differ under sudo)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):  # no pwd (Windows) or an unnamed uid (containers)
+        return str(getattr(os, "geteuid", lambda: "?")())
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -146,14 +181,22 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ArtifactError(f"{path}: refused: it holds more than tensors and plain data ({e}); "
-                            "only load model files from a source you trust, or re-create it") from None
+        wanted = re.search(r"GLOBAL (\S+)", str(e))  # torch's paragraph names what the file asked for
+        what = f"it asks for {wanted.group(1)}" if wanted else _first_sentence(e)
+        raise ArtifactError(f"{path}: refused: it holds more than tensors and plain data, and loading it would run "
+                            f"code ({what}); only load model files from a source you trust, or re-create it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: cannot be read ({e}); the file is truncated or damaged: "
+        raise ArtifactError(f"{path}: cannot be read ({_first_sentence(e)}); the file is truncated or damaged: "
                             "train or copy it again") from None
     if not isinstance(payload, dict):
         raise ArtifactError(f"{path}: expected a mapping of tensors, got {type(payload).__name__}")
     return payload
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an error: torch appends paragraphs of advice that do not apply here."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def cpu_state_dict(module: nn.Module,

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,6 +77,10 @@ class ModelConfig:
             _fail("model.n_layers", f"must be >= 1, got {self.n_layers}")
 
 
+#: The highest a dropout gets after scaling by ``drop_mult``: a dropout of 1 would zero every activation.
+DROPOUT_CAP = 0.95
+
+
 @dataclass
 class Dropouts:
     """The five AWD-LSTM dropouts, named as in fastai, before scaling by ``drop_mult``.
@@ -97,8 +102,13 @@ class Dropouts:
             _check_prob(prefix, f.name, getattr(self, f.name))
 
     def scaled(self, drop_mult: float) -> Dropouts:
-        """Each dropout times ``drop_mult`` (clipped below 1 so a large multiplier stays valid)."""
-        return Dropouts(**{f.name: min(getattr(self, f.name) * drop_mult, 0.95) for f in fields(self)})
+        """Each dropout times ``drop_mult``, capped at :data:`DROPOUT_CAP` so a large multiplier stays valid."""
+        return Dropouts(**{f.name: min(getattr(self, f.name) * drop_mult, DROPOUT_CAP) for f in fields(self)})
+
+    def capped_by(self, drop_mult: float) -> list[str]:
+        """The dropouts that ``drop_mult`` would push past :data:`DROPOUT_CAP`, as ``name p x m = q``."""
+        return [f"{f.name} {getattr(self, f.name):g} x {drop_mult:g} = {getattr(self, f.name) * drop_mult:.3g}"
+                for f in fields(self) if getattr(self, f.name) * drop_mult > DROPOUT_CAP]
 
 
 def _lm_dropouts() -> Dropouts:  # fastai v2 awd_lstm_lm_config
@@ -160,6 +170,17 @@ class StageConfig:
         _check_positive(p, "beta", self.beta, allow_zero=True)
         _check_positive(p, "drop_mult", self.drop_mult, allow_zero=True)
         self.dropouts.validate(f"{p}.dropouts")
+        self._warn_capped_dropouts()
+
+    def _warn_capped_dropouts(self) -> None:
+        """A warning, not an error: a search space may sample a large ``drop_mult`` (the default goes to 2.0),
+        and the capped model still trains; but the user should know the dropout is not the product."""
+        capped = self.dropouts.capped_by(self.drop_mult)
+        if capped:
+            p = self._prefix
+            warnings.warn(f"{p}.drop_mult: {self.drop_mult:g} pushes {p}.dropouts past {DROPOUT_CAP} "
+                          f"({'; '.join(capped)}), so they are capped at {DROPOUT_CAP}; lower {p}.drop_mult "
+                          f"or those dropouts to train with the values you mean", UserWarning, stacklevel=2)
 
     @property
     def scaled_dropouts(self) -> Dropouts:
@@ -279,6 +300,10 @@ class DataConfig:
         if not self.dataset and not self.train and not self.unlabeled:
             _fail("data", "give data.dataset (a name such as 'trec') or data.train (a CSV/TSV file or folder); "
                   "pretraining alone may give only data.unlabeled")
+        if self.dataset and self.train:  # one would silently win over the other
+            _fail("data.train", f"given together with data.dataset ({self.dataset!r}), whose folder has its own "
+                  "training file; give one of them: remove data.dataset (--set data.dataset=null) to train on "
+                  f"{self.train}, or remove data.train")
         if not self.text_cols:
             _fail("data.text_cols", "needs at least one column name")
         if not 0 < self.valid_pct < 0.5:
@@ -342,6 +367,13 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # e.g. a required field missing
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def coerce(value: Any, type_name: str, key: str) -> Any:
+    """``value`` type-checked against the annotation ``type_name`` (``int``, ``float | None``, ``list[int]``,
+    ...) and converted where that loses nothing; :class:`ConfigError` naming ``key`` otherwise. The search
+    settings check their scalar fields with it too."""
+    return _coerce(value, type_name, key)
 
 
 def _coerce(value: Any, type_name: str, key: str) -> Any:

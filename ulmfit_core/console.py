@@ -1,9 +1,27 @@
-"""What the command-line tools print while training and after: one line per epoch, a results table."""
+"""What the command-line tools print while training and after: one line per epoch, a results table,
+and the one-line message of an error the user can fix."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+#: Errors caused by what the user gave (a value, a file, a folder), whose message names it and the fix: the
+#: command-line tools print that message as one line and exit with :data:`USER_ERROR_EXIT`, no traceback.
+#: ``ValueError`` covers ConfigError, DataError, ArtifactError (and PretrainedError), ZooError,
+#: SearchConfigError and ResumeMismatch; ``FloatingPointError`` is a diverged loss (train.py); the OS errors
+#: are outputs that cannot be written and inputs that are not there.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FloatingPointError, FileNotFoundError, PermissionError,
+                                                NotADirectoryError, IsADirectoryError)
+USER_ERROR_EXIT = 2
+
+
+def report_user_error(error: BaseException) -> int:
+    """Print ``error: MESSAGE`` as one line on stderr; returns :data:`USER_ERROR_EXIT`."""
+    lines = (line.strip() for line in str(error).splitlines())
+    print("error: " + " ".join(line for line in lines if line), file=sys.stderr)
+    return USER_ERROR_EXIT
 
 
 def epoch_printer(stage: str) -> Callable[[dict[str, float], Path | None], None]:

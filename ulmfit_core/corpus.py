@@ -90,7 +90,7 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
     keep = subsample(len(train_all.texts), d.max_train_rows, cfg.seed)
     train_texts = [train_all.texts[i] for i in keep]
     train_labels = [train_all.labels[i] for i in keep]
-    check_classes(train_labels)
+    check_classes(train_labels, str(paths.train))
     if paths.valid:
         valid = read_labeled(paths.valid, d.text_cols, d.label_col)
         valid_texts, valid_labels = valid.texts, valid.labels
@@ -101,7 +101,7 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
         train_texts = [train_texts[i] for i in tr_idx]
         train_labels = [train_labels[i] for i in tr_idx]
     names = sorted(set(train_labels))
-    check_classes(train_labels)
+    check_classes(train_labels, f"{paths.train} (after holding out validation rows)")
     y_train = label_codes(train_labels, names, str(paths.train))
     y_valid = label_codes(valid_labels, names, str(paths.valid or paths.train))
     test = read_labeled(paths.test, d.text_cols, d.label_col) if paths.test else None

@@ -11,6 +11,7 @@ All randomness goes through a ``torch.Generator``, so saving its state saves the
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -84,17 +86,42 @@ def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         start = 1
         try:
             for row in reader:
+                if any("\x00" in field for field in row):
+                    _refuse_nul(path, start)
                 yield start, row
                 start = reader.line_num + 1
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}: line {reader.line_num + 1}: not valid UTF-8 ({e.reason}); "
-                            "save the file as UTF-8") from None
+            line = _first_bad_utf8_line(path) or reader.line_num + 1
+            raise DataError(f"{path}: line {line}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from None
         except (OSError, EOFError) as e:  # a truncated or corrupt .gz
             raise DataError(f"{path}: cannot read past line {reader.line_num}: {e}; "
                             "the file is damaged, download or write it again") from None
         except csv.Error as e:
             raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({e}); "
                             "quote fields that hold the delimiter, quotes or newlines (RFC 4180)") from None
+
+
+def _first_bad_utf8_line(path: Path) -> int | None:
+    """The line holding the first byte that is not UTF-8. The text stream decodes ahead in chunks of
+    several lines, so its error comes with the line being parsed, not the line of the bad byte."""
+    _, gz = _suffixes(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return line + chunk[:e.start].count(b"\n")
+            line += chunk.count(b"\n")
+    return None
+
+
+def _refuse_nul(path: Path, line: int) -> NoReturn:
+    """A NUL byte is never text: the file is binary, or in an encoding with zero bytes (UTF-16) that
+    happened to decode as UTF-8. Reading on would train on garbage, so stop at the first one."""
+    raise DataError(f"{path}: line {line}: a NUL byte (\\x00) in a field; this is not UTF-8 text (a binary file, "
+                    "or UTF-16?): save the file as UTF-8 CSV/TSV")
 
 
 def _read_table(path: Path, wanted: Sequence[str]) -> tuple[list[str], Iterator[tuple[int, list[str]]], list[int]]:
@@ -169,6 +196,23 @@ def read_labeled(path: str | Path, text_cols: Sequence[str] = ("text",), label_c
     if not texts:
         raise DataError(f"{path}: a header but no rows; expected one row per example")
     return LabeledTexts(texts, labels, str(path))
+
+
+def read_lines(path: str | Path, what: str = "file") -> list[str]:
+    """The lines of a UTF-8 text file (a BOM is allowed), without line ends. Errors are :class:`DataError`
+    naming ``what`` (e.g. ``predict --file``), the file, and for bad bytes their line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{what} {path}: cannot read it ({e.strerror or e}); give a text file, one document "
+                        "per line") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{what} {path}: line {line}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from None
+    return text.splitlines()
 
 
 def _read_text_file(path: Path) -> str:

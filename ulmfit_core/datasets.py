@@ -27,7 +27,7 @@ from typing import IO
 
 from filelock import FileLock
 
-from .artifacts import atomic_write
+from .artifacts import atomic_write, check_writable_folder
 from .config import DataConfig
 from .data import DataError
 from .fetching import FetchError, copy_atomic, download, fetch_sums, is_url, read_sums, verify
@@ -135,6 +135,7 @@ def fetch(name: str, data_dir: str | Path | None = None, mirror: str | Path | No
     target = data_dir / name
     if _complete(target, src):
         return target
+    check_writable_folder(data_dir, "--data-dir")  # before any download: it would have nowhere to go
     target.mkdir(parents=True, exist_ok=True)
     with FileLock(str(data_dir / f".{name}.fetch.lock")):
         if _complete(target, src):  # another process fetched it while we waited

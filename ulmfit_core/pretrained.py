@@ -7,6 +7,7 @@ an unpickler that refuses every class, so a plain ``list[str]`` is all it can yi
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import pickle
@@ -106,7 +107,9 @@ def read_fastai_vocab(path: str | Path) -> list[str]:
     except OSError as e:
         raise PretrainedError(f"cannot read vocabulary {path}: {e.strerror}") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise PretrainedError(f"{path}: not a pickled list of strings: {e}") from None
+        raise PretrainedError(f"{path}: not a pickled list of strings: {e}; lm.pretrained_vocab must be fastai's "
+                              "vocabulary pickle (a plain list of words, e.g. itos_wt103.pkl) from a source you "
+                              "trust") from None
     if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
         raise PretrainedError(f"{path}: expected a pickled list of strings, got {type(itos).__name__}")
     return itos
@@ -207,6 +210,10 @@ def resolve_source(lm: LMConfig, models_dir: str | Path | None = None) -> LocalM
     if path.is_dir():
         return LocalModel(path=path, vocab=None, layout="ulmfit")
     if not path.is_file():
+        close = difflib.get_close_matches(str(value), list(zoo.ZOO), n=1)
+        if close:  # a misspelt zoo name reads as a path
+            raise PretrainedError(f"lm.pretrained: {value!r} is neither a file nor a zoo model; did you mean "
+                                  f"{close[0]}? (`python launch.py models list`)")
         raise PretrainedError(f"lm.pretrained: {path} does not exist; give a zoo name ({', '.join(zoo.ZOO)}; "
                               "`python launch.py models list`), a folder written by `launch.py pretrain`, or a "
                               "fastai .pth with lm.pretrained_vocab")

@@ -159,8 +159,7 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     Writes the language-model files (:func:`ulmfit_core.artifacts.save_language_model`),
     ``metrics.json`` and a resumable ``checkpoint/``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # created by its first write: a start that fails (weights of another size) leaves nothing
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -334,6 +333,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     instead of continuing its checkpoints (which must otherwise belong to this run, or it refuses).
     """
     out = Path(out_dir)
+    resolve_device(cfg.device)  # a missing CUDA device fails before the data is read
     own = "bwd" if cfg.lm.backwards else "fwd"
     directions = list(dict.fromkeys(directions or [own]))
     times: dict[str, float] = {}

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .artifacts import load_tensors, save_tensors
-from .config import StageConfig
+from .config import ConfigError, StageConfig
 from .losses import ar_tar
 from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 
@@ -90,11 +90,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _require_cuda_device(device: torch.device) -> None:
+    """A CUDA device this machine lacks is a configuration error, found before any data is read (torch would
+    otherwise fail at the first tensor moved there, after tokenizing, with a message naming no setting)."""
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {str(device)!r} asks for CUDA, but this machine has none "
+                          "(torch.cuda.is_available() is False); set device to auto (CUDA when present, else CPU) or cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"device: {str(device)!r} does not exist; this machine has {count} CUDA device(s), "
+                          f"cuda:0 to cuda:{count - 1}: set one of them, or auto")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU. A device that is not there (``cuda`` without CUDA, or an
+    unknown name given to ``--device``) raises :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N; got {name!r}")
+    if device.type == "cuda":
+        _require_cuda_device(device)
+    return device
 
 
 def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:

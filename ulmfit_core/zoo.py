@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 from filelock import FileLock
 
-from .artifacts import ENCODER_FILE, LM_FILE, VOCAB_FILE, ArtifactError, staged_folder
+from .artifacts import ENCODER_FILE, LM_FILE, VOCAB_FILE, ArtifactError, check_writable_folder, staged_folder
 from .fetching import FetchError, download, fetch_sums, is_url, read_sums, verify
 
 #: Environment variable naming the models directory (default ``./models``).
@@ -204,6 +204,7 @@ def fetch(name: str, dest: str | Path | None = None, mirror: str | Path | None =
     target = dest / name
     if target.is_dir():  # renamed into place only when complete and checked
         return target
+    check_writable_folder(dest, "--dest")  # before any download: it would have nowhere to go
     dest.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest / f".{name}.lock")):
         if target.is_dir():  # another process fetched it while we waited

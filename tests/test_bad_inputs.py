@@ -1,0 +1,636 @@
+"""The catalogue of bad inputs (docs/TROUBLESHOOTING.md lists every case with its message).
+
+Each case runs a real command line in-process (``launch.main`` or ``search.cli.main``) and must:
+exit with 2; print exactly one ``error:`` line on stderr, no traceback; name the problem (a key, a file,
+a value) and the fix in that line; and change nothing that was there (every file and folder of the
+case's workspace, and of a trained run it uses, hashes the same afterwards; no output folder appears).
+
+Almost every case fails in validation, before any training. The few that need a model share one tiny
+run (300 TREC-6 rows, 1 epoch per stage, bptt 20), trained once for the module.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import select
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest_search import SMOKE, free_port
+
+import launch
+from search import cli as search_cli
+from ulmfit_core.config import default_recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TROUBLESHOOTING = ROOT / "docs" / "TROUBLESHOOTING.md"
+#: The uid/gid an unprivileged child runs as when the tests run as root (who ignores permission bits).
+NOBODY = 65534
+
+#: A recipe small enough to train in seconds: the tiny model on 300 TREC-6 rows, one epoch per stage.
+TINY = ["--set", "data.dataset=trec", "--set", "data.max_train_rows=300", "--set", "model.preset=tiny",
+        "--set", "text.max_vocab=2000", "--set", "lm.epochs=1", "--set", "lm.bptt=20", "--set", "lm.bs=16",
+        "--set", "classifier.epochs=1", "--set", "classifier.bptt=20", "--set", "classifier.unfreeze=[]",
+        "--no-progress"]
+
+
+# --- the workspace a case runs in --------------------------------------------------------------------------
+
+
+class Workspace:
+    """One case's folder, the inputs it writes there, and the shared things it may use.
+
+    The folder is world-readable (not under pytest's private tmp folder) so that a case run as an
+    unprivileged user (the read-only cases, when the tests run as root) can reach it.
+    """
+
+    def __init__(self, root: Path, request: pytest.FixtureRequest, datasets: Path, cache: Path):
+        self.root, self.data, self.cache = root, datasets, cache
+        self._request = request
+        self.uses_trained = False
+        self.read_only_folder = False
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        return path
+
+    def csv(self, name: str, rows: list[tuple[str, str]], header: str = "label,text") -> Path:
+        return self.file(name, "\n".join([header, *(f"{label},{text}" for label, text in rows)]) + "\n")
+
+    def two_classes(self, name: str = "train.csv") -> Path:
+        return self.csv(name, [(lab, f"{word} question number {i} ?") for i in range(30)
+                               for lab, word in (("A", "apple"), ("B", "river"))])
+
+    @property
+    def trained(self) -> Path:
+        """The module's trained run (``run --out``): its ``classifier/`` is a finished model."""
+        self.uses_trained = True
+        return self._request.getfixturevalue("trained_run")
+
+    @property
+    def fastai(self) -> Path:
+        return self._request.getfixturevalue("fastai_fixtures")
+
+    @property
+    def ro(self) -> Path:
+        """A folder no one but root may write in."""
+        self.read_only_folder = True
+        folder = self.root / "read-only"
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o555)
+        return folder
+
+    @property
+    def rw(self) -> Path:
+        """A folder anyone may write in (for outputs a read-only case needs besides the read-only one)."""
+        folder = self.root / "writable"
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o777)
+        return folder
+
+    def training(self, command: str, *sets: str, out: Path | str | None = None,
+                 cache: Path | None = None) -> list[str]:
+        """``command`` with the tiny recipe, this workspace's data, cache and (default) ``out`` folder."""
+        return [command, *TINY, *[a for s in sets for a in ("--set", s)], "--data-dir", str(self.data),
+                "--cache-dir", str(cache or self.cache), "--out", str(out or self.path("out"))]
+
+    def search(self, *sets: str, tracking_uri: str | None = None, storage: Path | None = None,
+               space: str | None = None) -> list[str]:
+        """``search`` of the smoke config; ``space``: YAML lines that replace its search space."""
+        config = SMOKE
+        if space is not None:  # a space key is dotted itself, so --set cannot reach one
+            smoke = yaml.safe_load(SMOKE.read_text())
+            smoke.pop("space")
+            config = self.file("space.yaml", yaml.safe_dump(smoke) + "space:\n" + space + "\n")
+        return ["search", "--config", str(config), "--storage", str(storage or self.path("runs")),
+                "--tracking-uri", tracking_uri or f"sqlite:///{self.path('mlflow.db')}", "--data-dir", str(self.data),
+                *[a for s in sets for a in ("--set", s)]]
+
+    def search_folder(self, name: str = "search", edit: Callable[[dict], object] | None = None) -> Path:
+        """A search folder as `search` leaves it before the first trial: ``search.json`` and nothing else."""
+        from search.settings import load_search_config
+
+        cfg = load_search_config(SMOKE, [f"search.storage={self.path('runs')}"])
+        meta = {"config": cfg.to_dict(), "tracking_uri": f"sqlite:///{self.path('mlflow.db')}",
+                "experiment": "smoke", "experiment_id": "1", "parent_run_id": "0" * 32, "created": 0.0,
+                "shared_lm": None}
+        if edit is not None:
+            edit(meta)
+        self.file(f"{name}/search.json", json.dumps(meta))
+        return self.path(name)
+
+
+class RunsCode:
+    """Unpickling this calls ``os.mkdir(marker)``: if the marker folder appears, a loader ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _truncated_copy(w: Workspace) -> Path:
+    model = w.path("truncated")
+    shutil.copytree(w.trained / "classifier", model, ignore=shutil.ignore_patterns("checkpoint"))
+    data = (model / "model.pt").read_bytes()
+    (model / "model.pt").write_bytes(data[: len(data) // 2])
+    return model
+
+
+def _model_that_runs_code(w: Workspace) -> Path:
+    model = w.path("evil-model")
+    shutil.copytree(w.trained / "classifier", model, ignore=shutil.ignore_patterns("checkpoint"))
+    torch.save({"state_dict": RunsCode(w.path("code-ran"))}, model / "model.pt")
+    return model
+
+
+def _checkpoint_that_runs_code(w: Workspace) -> Path:
+    out = w.path("out")
+    torch.save({"model": RunsCode(w.path("code-ran"))}, w.file("out/checkpoint/checkpoint.pt", b""))
+    return out
+
+
+def _complete_best_yaml(w: Workspace) -> Path:
+    recipe = default_recipe()
+    recipe["data"] = {**recipe["data"], "dataset": "trec"}
+    return w.file("best.yaml", yaml.safe_dump({"recipe": recipe, "result": {"metric": "valid_accuracy",
+                                                                               "value": 0.5}}))
+
+
+FIELD_COUNT_CSV = "label,text\nA,fine\nB,one, two\n"  # line 3: an unquoted comma
+NUL_CSV = b"label,text\nA,fine\nB,bro\x00ken\n"  # line 3: a NUL byte
+LATIN1_CSV = "label,text\nA,caf\xe9\n".encode("latin-1")  # line 2: not UTF-8
+
+
+def _set_num_samples(meta: dict) -> None:
+    meta["config"]["search"]["num_samples"] = "many"
+
+
+# --- the catalogue ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    #: The command line, built from the workspace (writing any input files it needs there).
+    argv: Callable[[Workspace], list]
+    #: Fragments the one error line must hold: what is wrong (a key, a file, a value) and the fix.
+    says: tuple[str, ...]
+    #: ``launch`` (launch.main) or ``search`` (search.cli.main: search, export, retrain).
+    cli: str = "launch"
+
+
+CASES = [
+    # --- configuration values (ulmfit_core/config.py) ---
+    Case("config-unknown-key", lambda w: w.training("run", "classifier.lrr=0.01"),
+         ("classifier.lrr: unknown key", "did you mean classifier.lr?")),
+    Case("config-not-a-number", lambda w: w.training("run", "classifier.lr=fast"),
+         ("classifier.lr: must be a number", "'fast'")),
+    Case("config-lrm-below-one", lambda w: w.training("run", "classifier.lrm=0.5"),
+         ("classifier.lrm: must be >= 1", "0.5")),
+    Case("config-bptt-too-short", lambda w: w.training("run", "lm.bptt=4"),
+         ("lm.bptt: must be >= 8", "got 4")),
+    Case("config-unknown-preset", lambda w: w.training("run", "model.preset=huge"),
+         ("model.preset: unknown preset 'huge'", "choose one of")),
+    Case("config-unfreeze-not-integers", lambda w: w.training("run", 'classifier.unfreeze=["a"]'),
+         ("classifier.unfreeze[0]: must be an integer", "'a'")),
+    Case("config-lin-ftrs-fraction", lambda w: w.training("run", "classifier.lin_ftrs=[50.5]"),
+         ("classifier.lin_ftrs[0]: must be an integer", "50.5")),
+    Case("config-use-clr-words", lambda w: w.training("run", "classifier.use_clr=[a, b]"),
+         ("classifier.use_clr[0]: must be a number", "'a'")),
+    Case("config-use-clr-nested", lambda w: w.training("run", "classifier.use_clr=[[1, 2], 3]"),
+         ("classifier.use_clr[0]: must be a number", "[1, 2]")),
+    Case("config-use-clr-one-value", lambda w: w.training("run", "classifier.use_clr=[32]"),
+         ("classifier.use_clr: must be [ratio >= 1, cut > 1]", "e.g. [32, 10]")),
+    Case("config-dropout-out-of-range", lambda w: w.training("run", "classifier.dropouts.input_p=1.5"),
+         ("classifier.dropouts.input_p: must be a probability in [0, 1)", "1.5")),
+    Case("config-max-seq-below-bptt", lambda w: w.training("run", "classifier.max_seq=10"),
+         ("classifier.max_seq: must be >= classifier.bptt (20)", "got 10")),
+    Case("config-classifier-direction", lambda w: w.training("run", "classifier.backwards=true"),
+         ("classifier.backwards: must equal lm.backwards", "set lm.backwards alone")),
+    Case("config-set-without-equals", lambda w: [*w.training("run"), "--set", "classifier.lr"],
+         ("--set 'classifier.lr': expected key=value", "--set classifier.lr=0.01")),
+    Case("config-malformed-yaml", lambda w: ["run", "--config", str(w.file("bad.yaml", "model:\n  preset: tiny\n"
+                                                                              "lm: {epochs: 1\nclassifier: {}\n")),
+                                             "--out", str(w.path("out"))],
+         ("bad.yaml:", "invalid YAML")),
+    Case("config-unknown-key-in-file", lambda w: ["run", "--config", str(w.file("typo.yaml", "data: {dataset: trec}\n"
+                                                                                  "classifier:\n  lrr: 0.01\n")),
+                                                  "--out", str(w.path("out"))],
+         ("typo.yaml:3: classifier.lrr: unknown key", "did you mean classifier.lr?")),
+    Case("config-dataset-and-train", lambda w: w.training("run", f"data.train={w.two_classes()}"),
+         ("data.train: given together with data.dataset ('trec')", "--set data.dataset=null")),
+    Case("config-unknown-device", lambda w: w.training("run", "device=tpu"),
+         ("device: must be auto, cpu, cuda or cuda:N", "'tpu'")),
+    # cuda:N with N = the number of CUDA devices never exists: no CUDA at all here, or one too many there
+    Case("config-cuda-missing", lambda w: w.training("run", f"device=cuda:{torch.cuda.device_count()}"),
+         (f"device: 'cuda:{torch.cuda.device_count()}'", "set device to auto" if not torch.cuda.is_available()
+          else "set one of them")),
+    # --- pretrained language models (pretrained.py, zoo.py) ---
+    Case("pretrained-fastai-without-vocab", lambda w: w.training("run", f"lm.pretrained={w.file('lm.pth', b'')}"),
+         ("lm.pretrained_vocab: a fastai .pth model needs its vocabulary pickle", "set lm.pretrained_vocab")),
+    Case("pretrained-misspelt-zoo-name", lambda w: w.training("run", "lm.pretrained=wt103-fwdd"),
+         ("lm.pretrained: 'wt103-fwdd' is neither a file nor a zoo model", "did you mean wt103-fwd?")),
+    Case("pretrained-missing-path", lambda w: w.training("run", f"lm.pretrained={w.path('no-such-model')}"),
+         ("no-such-model does not exist", "give a zoo name")),
+    Case("pretrained-zoo-not-fetched",
+         lambda w: [*w.training("run", "lm.pretrained=wt103-fwd"), "--models-dir", str(w.path("models"))],
+         ("zoo model 'wt103-fwd' is not fetched yet", "python launch.py models fetch wt103-fwd --dest")),
+    Case("pretrained-vocab-runs-code",
+         lambda w: w.training("finetune-lm", f"lm.pretrained={w.fastai / 'fastai_tiny_lm.pth'}",
+                              f"lm.pretrained_vocab={w.file('evil.pkl', pickle.dumps(RunsCode(w.path('code-ran'))))}"),
+         ("evil.pkl: not a pickled list of strings", "refusing to load", "lm.pretrained_vocab must be")),
+    Case("pretrained-wrong-sizes",
+         lambda w: w.training("finetune-lm", "model.preset=small", f"lm.pretrained={w.fastai / 'fastai_tiny_lm.pth'}",
+                              f"lm.pretrained_vocab={w.fastai / 'fastai_tiny_vocab.pkl'}"),
+         ("lm.pretrained: the pretrained weights do not fit the configured model", "set model.preset")),
+    # --- data (data.py, datasets.py, corpus.py) ---
+    Case("data-dataset-not-fetched", lambda w: [*w.training("run"), "--data-dir", str(w.path("data"))],
+         ("dataset 'trec' not found", "run `python launch.py data fetch trec --data-dir")),
+    Case("data-unknown-dataset", lambda w: [*w.training("run", "data.dataset=mine"), "--data-dir", str(w.path("data"))],
+         ("dataset 'mine' not found", "put train.csv (and test.csv) in")),
+    Case("data-missing-train-file",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.path('nope.csv')}"),
+         ("data.train:", "nope.csv does not exist", "fix the path")),
+    Case("data-missing-label-column",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}", "data.label_col=category"),
+         ("train.csv: no column 'category'", "Set data.text_cols / data.label_col")),
+    Case("data-single-class",
+         lambda w: w.training("run", "data.dataset=null",
+                              f"data.train={w.csv('one.csv', [('A', f'text number {i}') for i in range(20)])}"),
+         ("one.csv: only the label 'A' in 20 rows", "at least two different labels")),
+    Case("data-wrong-field-count",
+         lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("fields.csv", FIELD_COUNT_CSV))),
+         ("fields.csv: line 3: 3 fields where the header has 2", "must be quoted")),
+    Case("data-empty-file", lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("empty.csv", ""))),
+         ("empty.csv: the file is empty", "expected a header row")),
+    Case("data-header-only",
+         lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("header.csv", "label,text\n"))),
+         ("header.csv: a header but no rows", "one row per example")),
+    Case("data-nul-byte", lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("nul.csv", NUL_CSV))),
+         ("nul.csv: line 3: a NUL byte", "save the file as UTF-8")),
+    Case("data-not-utf8",
+         lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("latin1.csv", LATIN1_CSV))),
+         ("latin1.csv: line 2: not valid UTF-8", "save the file as UTF-8")),
+    Case("data-empty-text",
+         lambda w: w.training("run", "data.dataset=null",
+                              f"data.train={w.csv('blank.csv', [('A', 'fine'), ('B', ' '), ('A', 'also fine')])}"),
+         ("blank.csv: empty text (column 'text') at line 3", "remove these rows or fill in their text")),
+    # --- trained models: predict and evaluate (inference.py, artifacts.py) ---
+    Case("evaluate-unseen-labels",
+         lambda w: ["evaluate", "--model", str(w.trained / "classifier"), "--file",
+                    str(w.csv("eval.csv", [("NEWCLASS", "a question ?"), ("HUM", "who is it ?")]))],
+         ("labels ['NEWCLASS'] never occur in the training data", "fix the labels or add training examples")),
+    Case("evaluate-empty-text",
+         lambda w: ["evaluate", "--model", str(w.trained / "classifier"), "--file",
+                    str(w.csv("eval.csv", [("HUM", ""), ("HUM", "who is it ?")]))],
+         ("eval.csv: empty text", "remove these rows")),
+    Case("evaluate-truncated-model",
+         lambda w: ["evaluate", "--model", str(_truncated_copy(w)), "--file", str(w.data / "trec" / "test.csv")],
+         ("truncated/model.pt: cannot be read (PytorchStreamReader", "truncated or damaged: train or copy it again")),
+    Case("predict-truncated-model", lambda w: ["predict", "--model", str(_truncated_copy(w)), "who is it ?"],
+         ("truncated/model.pt: cannot be read", "truncated or damaged: train or copy it again")),
+    Case("predict-model-runs-code", lambda w: ["predict", "--model", str(_model_that_runs_code(w)), "who is it ?"],
+         ("evil-model/model.pt: refused", "loading it would run code", "only load model files from a source you trust")),
+    Case("predict-not-a-model-folder", lambda w: ["predict", "--model", str(w.file("empty/readme.txt", "x").parent),
+                                                  "who is it ?"],
+         ("empty: no model.pt", "pass the classifier folder")),
+    Case("predict-file-not-utf8",
+         lambda w: ["predict", "--model", str(w.trained / "classifier"), "--file",
+                    str(w.file("texts.txt", "who is it ?\ncaf\xe9 ?\n".encode("latin-1")))],
+         ("predict --file", "texts.txt: line 2: not valid UTF-8", "save the file as UTF-8")),
+    Case("predict-file-missing",
+         lambda w: ["predict", "--model", str(w.trained / "classifier"), "--file", str(w.path("nothing.txt"))],
+         ("predict --file", "nothing.txt: cannot read it", "one document per line")),
+    Case("predict-unknown-device",
+         lambda w: ["predict", "--model", str(w.trained / "classifier"), "--device", "gpu", "who is it ?"],
+         ("device: must be auto, cpu, cuda or cuda:N", "'gpu'")),
+    # --- training: resume and divergence (train.py, stages.py) ---
+    Case("resume-changed-value",
+         lambda w: w.training("run", "classifier.dropouts.input_p=0.3", "classifier.lr=0.05", out=w.trained),
+         ("belongs to a different run", "classifier.lr: 0.02 -> 0.05", "pass --restart")),
+    Case("resume-checkpoint-runs-code",
+         lambda w: w.training("train-classifier", out=_checkpoint_that_runs_code(w)),
+         ("checkpoint/checkpoint.pt: refused", "loading it would run code", "from a source you trust")),
+    Case("training-diverged", lambda w: w.training("train-classifier", "classifier.lr=1e30", "classifier.clip=null"),
+         ("classifier: loss became nan", "lower the learning rate")),
+    # --- output folders (artifacts.check_writable_folder, tracking.check_reachable) ---
+    Case("out-is-a-file", lambda w: w.training("run", out=w.file("taken", "x")),
+         ("--out", "taken is a file, not a folder", "choose another folder with --out")),
+    Case("out-under-a-file", lambda w: w.training("run", out=w.file("taken", "x") / "run"),
+         ("--out", "taken is a file, not a folder", "choose another folder with --out")),
+    Case("cache-dir-is-a-file", lambda w: w.training("run", cache=w.file("cache", "x")),
+         ("--cache-dir", "cache is a file, not a folder", "choose another folder with --cache-dir")),
+    Case("read-only-out", lambda w: w.training("run", out=w.ro / "run", cache=w.rw / "cache"),
+         ("--out", "read-only/run cannot be created", "is not writable", "choose another folder with --out")),
+    Case("read-only-cache-dir", lambda w: w.training("run", out=w.rw / "run", cache=w.ro / "cache"),
+         ("--cache-dir", "read-only/cache cannot be created", "choose another folder with --cache-dir")),
+    Case("read-only-data-fetch-dir",
+         lambda w: ["data", "fetch", "trec", "--data-dir", str(w.ro / "data"), "--mirror", str(w.data), "--no-progress"],
+         ("--data-dir", "read-only/data cannot be created", "choose another folder with --data-dir")),
+    Case("read-only-models-fetch-dest",
+         lambda w: ["models", "fetch", "wt103-fwd", "--dest", str(w.ro / "models"), "--no-progress"],
+         ("--dest", "read-only/models cannot be created", "choose another folder with --dest")),
+    Case("read-only-search-storage", lambda w: w.search(storage=w.ro / "runs"),
+         ("--storage (search.storage)", "read-only/runs cannot be created"), cli="search"),
+    Case("read-only-sqlite-store",
+         lambda w: w.search(tracking_uri=f"sqlite:///{w.ro / 'mlflow.db'}", storage=w.rw / "runs"),
+         ("MLflow tracking store sqlite:///", "read-only is not writable", "in a writable folder"),
+         cli="search"),
+    # --- search configs (search/settings.py, search/space.py) ---
+    Case("search-num-samples-not-integer", lambda w: w.search("search.num_samples=many"),
+         ("search_smoke.yaml: search.num_samples: must be an integer", "'many'"), cli="search"),
+    Case("search-cpu-not-a-number", lambda w: w.search("search.resources.cpu=two"),
+         ("search.resources.cpu: must be a number", "'two'"), cli="search"),
+    Case("search-unknown-setting", lambda w: w.search("search.num_sample=4"),
+         ("search.num_sample: unknown key", "did you mean search.num_samples?"), cli="search"),
+    Case("search-unknown-metric", lambda w: w.search("search.metric=valid_acc"),
+         ("search.metric: must be one of", "'valid_acc'"), cli="search"),
+    Case("search-grace-period-too-long", lambda w: w.search("search.scheduler.grace_period=9"),
+         ("search.scheduler.grace_period: 9 epochs is more than the 3 a trial runs", "lower it"), cli="search"),
+    Case("search-invalid-recipe", lambda w: w.search("recipe.classifier.epochs=0"),
+         ("recipe.classifier.epochs: must be >= 1",), cli="search"),
+    Case("search-space-unknown-key", lambda w: w.search(space="  classifier.dropmult: {type: uniform, low: 0.2, high: 1}"),
+         ("space.yaml: space.classifier.dropmult", "did you mean classifier.drop_mult"), cli="search"),
+    Case("search-space-low-above-high",
+         lambda w: w.search(space="  classifier.lr: {type: loguniform, low: 0.1, high: 0.001}"),
+         ("space.classifier.lr: low must be < high", "low=0.1, high=0.001"), cli="search"),
+    Case("search-space-unknown-type", lambda w: w.search(space="  classifier.lr: {type: gaussian, low: 0.1, high: 1}"),
+         ("space.classifier.lr: type must be one of", "'gaussian'"), cli="search"),
+    Case("search-space-value-the-recipe-refuses",
+         lambda w: w.search(space="  classifier.lrm: {type: uniform, low: 0.5, high: 3}"),
+         ("space.classifier.lrm: value 0.5 does not make a valid recipe", "classifier.lrm: must be >= 1"),
+         cli="search"),
+    Case("search-unreachable-tracking-server", lambda w: w.search(tracking_uri=f"http://127.0.0.1:{free_port()}"),
+         ("MLflow tracking server http://127.0.0.1:", "is unreachable", "Start it"), cli="search"),
+    # --- resume, export and retrain of a search (search/store.py, search/export.py) ---
+    Case("search-resume-not-a-search", lambda w: ["search", "--resume", str(w.file("plain/notes.txt", "x").parent)],
+         ("plain is not a search folder (no search.json)", "give the folder `search` printed"), cli="search"),
+    Case("search-resume-damaged-json",
+         lambda w: ["search", "--resume", str(w.file("s/search.json", '{"config": {"recipe": ').parent)],
+         ("search.json: damaged (not valid JSON", "Start a new search"), cli="search"),
+    Case("search-resume-invalid-setting-in-json",
+         lambda w: ["search", "--resume", str(w.search_folder(edit=_set_num_samples))],
+         ("search.json: damaged (search.num_samples: must be an integer", "Start a new search"), cli="search"),
+    Case("export-damaged-json", lambda w: ["export", "--search", str(w.file("s/search.json", "[]").parent)],
+         ("search.json: damaged (it holds no search config)", "export from MLflow with --experiment"), cli="search"),
+    Case("export-no-completed-trial", lambda w: ["export", "--search", str(w.search_folder())],
+         ("no trial completed all its epochs", "python launch.py search --resume"), cli="search"),
+    Case("retrain-best-yaml-missing-sections",
+         lambda w: ["retrain", "--config", str(w.file("best.yaml", "recipe:\n  data: {dataset: trec}\nresult: {}\n")),
+                    "--out", str(w.path("out"))],
+         ("best.yaml: recipe has no text, model, lm, classifier section(s)", "export it again"), cli="search"),
+    Case("retrain-out-is-a-file",
+         lambda w: ["retrain", "--config", str(_complete_best_yaml(w)), "--out", str(w.file("taken", "x"))],
+         ("--out", "taken is a file, not a folder"), cli="search"),
+]
+
+
+# --- running a case --------------------------------------------------------------------------------------
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file's sha256 and every folder, by relative path: what "nothing changed" compares."""
+    return {p.relative_to(folder).as_posix(): "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def _call(cli: str, argv: list[str]) -> int:
+    main = launch.main if cli == "launch" else search_cli.main
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        return int(e.code or 0)
+
+
+def _run_in_process(cli: str, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    rc = _call(cli, argv)
+    return rc, capsys.readouterr().err
+
+
+def _run_as_nobody(cli: str, argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
+    """Run the command in a forked child that has dropped root's privileges: root writes into any folder
+    whatever its mode, so only another user meets a read-only folder as a user would."""
+    import search.tuner  # noqa: F401  (imported here, not in the child: the child may not write Ray's caches)
+
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(reader)
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        except OSError as e:
+            os.write(writer, json.dumps({"setuid": str(e)}).encode())
+            os._exit(0)
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = _call(cli, argv)
+            payload = {"rc": rc, "err": err.getvalue()}
+        except BaseException as e:  # noqa: BLE001 (reported to the parent, which fails the test)
+            payload = {"rc": None, "err": f"{err.getvalue()}\nTraceback: {type(e).__name__}: {e}"}
+        os.write(writer, json.dumps(payload).encode())
+        os._exit(0)
+    os.close(writer)
+    chunks = []
+    try:
+        while select.select([reader], [], [], timeout)[0]:
+            chunk = os.read(reader, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)  # the child we forked, hung
+            pytest.fail(f"the unprivileged child did not answer in {timeout} s")
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks))
+    if "setuid" in result:
+        pytest.skip(f"running as root and cannot drop to an unprivileged user ({result['setuid']}), so a "
+                    "read-only folder cannot be made: root writes into it regardless")
+    return result["rc"], result["err"]
+
+
+def _run(case: Case, w: Workspace, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    if not w.read_only_folder:
+        return _run_in_process(case.cli, argv, capsys)
+    if os.geteuid() == 0:
+        if not hasattr(os, "fork"):
+            pytest.skip("running as root without os.fork: a read-only folder cannot be made for root")
+        return _run_as_nobody(case.cli, argv)
+    if os.access(w.ro, os.W_OK):  # e.g. a capability that overrides permissions
+        pytest.skip("this user can write into a folder of mode 0555, so a read-only folder cannot be made here")
+    return _run_in_process(case.cli, argv, capsys)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, datasets_dir, shared_cache) -> Path:
+    """A finished tiny ``run`` (LM + classifier), with one dropout set alone (the others keep their defaults)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = [*TINY, "--set", "classifier.dropouts.input_p=0.3", "--data-dir", str(datasets_dir),
+            "--cache-dir", str(shared_cache), "--out", str(out)]
+    assert launch.main(["run", *args]) == 0
+    return out
+
+
+@pytest.fixture
+def workspace(request, datasets_dir, shared_cache):
+    root = Path(tempfile.mkdtemp(prefix="ulmfit-bad-input-"))
+    root.chmod(0o755)  # readable by the unprivileged child of the read-only cases
+    try:
+        yield Workspace(root, request, datasets_dir, shared_cache)
+    finally:
+        for folder in root.rglob("*"):  # a read-only folder left by the case: make it removable
+            if folder.is_dir() and not folder.is_symlink():
+                folder.chmod(folder.stat().st_mode | stat.S_IWUSR)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_with_one_clear_line_and_changes_nothing(case: Case, workspace: Workspace, capsys):
+    argv = case.argv(workspace)
+    watched = [workspace.root] + ([workspace.trained] if workspace.uses_trained else [])
+    capsys.readouterr()  # what building the workspace printed (the trained run's epochs)
+    before = [_digest(f) for f in watched]
+
+    rc, err = _run(case, workspace, argv, capsys)
+
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    for fragment in case.says:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    assert [_digest(f) for f in watched] == before, "the failed command changed files or folders"
+
+
+# --- beside the catalogue -----------------------------------------------------------------------------------
+
+
+def test_catalogue_is_large_and_documented():
+    ids = [c.id for c in CASES]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    doc = TROUBLESHOOTING.read_text(encoding="utf-8")
+    missing = [i for i in ids if f"`{i}`" not in doc]
+    assert not missing, f"docs/TROUBLESHOOTING.md lacks {missing}"
+    assert "docs/TROUBLESHOOTING.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_one_dropout_set_alone_trains_with_the_others_at_their_defaults(trained_run):
+    saved = yaml.safe_load((trained_run / "classifier" / "config.yaml").read_text())["classifier"]["dropouts"]
+    assert saved == {"embed_p": 0.05, "input_p": 0.3, "weight_p": 0.5, "hidden_p": 0.3, "output_p": 0.4}
+    assert (trained_run / "classifier" / "model.pt").is_file()
+
+
+def test_a_cuda_device_past_the_last_one_is_named(monkeypatch):
+    """The branch for machines with CUDA (the catalogue's machine may have none)."""
+    from ulmfit_core.config import ConfigError
+    from ulmfit_core.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"device: 'cuda:2' does not exist; this machine has 2 CUDA device\(s\), "
+                                          r"cuda:0 to cuda:1: set one of them, or auto"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_a_message_of_several_lines_is_printed_as_one(capsys):
+    from ulmfit_core.console import report_user_error
+
+    assert report_user_error(ValueError("first line\n  second line\n")) == 2
+    assert capsys.readouterr().err == "error: first line second line\n"
+
+
+def test_drop_mult_past_the_cap_warns_naming_the_key_and_the_capped_value():
+    with pytest.warns(UserWarning) as caught:
+        cfg = load_recipe(None, ["data.dataset=trec", "classifier.drop_mult=2.0"])
+    message = " ".join(str(w.message) for w in caught)
+    assert "classifier.drop_mult: 2 pushes classifier.dropouts past 0.95" in message
+    assert "weight_p 0.5 x 2 = 1" in message and "lower classifier.drop_mult" in message
+    assert cfg.classifier.scaled_dropouts.weight_p == 0.95  # capped, and said so
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # below the cap: no warning
+        load_recipe(None, ["data.dataset=trec", "classifier.drop_mult=1.5"])
+
+
+def test_default_search_space_stays_valid_with_drop_mult_up_to_two():
+    from search.settings import load_search_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its top end is capped (and warns); it must not fail
+        cfg = load_search_config(SMOKE)
+    assert max(p.extremes()[-1] for p in cfg.space.params if p.key == "classifier.drop_mult") == 2.0
+
+
+def _open_store_in_a_child(uri: str, go: float) -> int:
+    """Fork a process that, at time ``go``, opens the store at ``uri`` with ``check_reachable``; its pid.
+    Forked, not spawned: a fresh interpreter spends a minute importing Ray and MLflow on a loaded machine."""
+    from search.tracking import check_reachable
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            time.sleep(max(0.0, go - time.time()))  # both start together, as two searches launched at once
+            check_reachable(uri)
+            code = 0
+        except BaseException as e:  # noqa: BLE001 (the exit code tells the parent)
+            print(f"check_reachable failed: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    return pid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_two_searches_creating_one_new_sqlite_store_at_once_both_succeed(tmp_path):
+    """Two processes open one new SQLite store at the same moment: without the lock beside the database,
+    MLflow's schema migrations race ("Online migration expected to match one row"); with it, both work."""
+    import mlflow  # noqa: F401  (imported before forking, so both children start their clocks ready)
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    go = time.time() + 0.5
+    pids = [_open_store_in_a_child(uri, go) for _ in range(2)]
+    codes = []
+    deadline = time.monotonic() + 240
+    for pid in pids:
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)  # a child this test forked, hung
+            os.waitpid(pid, 0)
+            codes.append(None)
+        else:
+            codes.append(os.waitstatus_to_exitcode(done[1]))
+    assert codes == [0, 0]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(uri).search_experiments()  # the store works: its Default experiment is there

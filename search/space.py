@@ -158,6 +158,32 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take (a choice offered; a number in range, on its step)."""
+        if self.type == "choice":
+            return any(_same(value, v) for v in self.values)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.type == "int" and int(value) != value:
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return abs(steps - round(steps)) < 1e-9
+
+    def distribution(self) -> Any:
+        """The Optuna distribution :meth:`suggest` draws from (to add trials that ran elsewhere)."""
+        import optuna
+
+        if self.type == "choice":
+            return optuna.distributions.CategoricalDistribution(list(self.values))
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def extremes(self) -> list[Any]:
         """The values validation builds a recipe with: both bounds, or every choice."""
         return list(self.values) if self.type == "choice" else [self.low, self.high]
@@ -224,6 +250,21 @@ class SearchSpace:
     @property
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
+
+    def param(self, key: str) -> Param | None:
+        return next((p for p in self.params if p.key == key), None)
+
+    def outside(self, values: Mapping[str, Any]) -> str | None:
+        """Why ``values`` ({key: value}) is not a point of this space (a key it does not search, a choice it
+        does not offer, a number out of range), or None when every value is one the space can draw."""
+        for key, value in values.items():
+            p = self.param(key)
+            if p is None:
+                return f"{key} is not searched (the space has {', '.join(self.keys)})"
+            if not p.contains(value):
+                allowed = list(p.values) if p.type == "choice" else f"[{p.low}, {p.high}]"
+                return f"{key}={value!r} is outside the space ({p.type} {allowed})"
+        return None
 
     def touches_lm_stage(self) -> list[str]:
         """Searched keys that change the language-model stage (and so its sharing key)."""

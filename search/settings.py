@@ -23,7 +23,8 @@
                                     # rungs: unfreeze (ASHA decides where an unfreezing phase ends) or [2, 4]
       warm_start: [runs/search/trec_demo-20250101-120000, trec_demo]   # earlier searches (folder or
                                     # MLflow experiment) whose trials TPE starts from (docs/SEARCH.md)
-      points_to_evaluate: [{classifier.lr: 0.01, classifier.drop_mult: 0.7}]   # tried first
+      points_to_evaluate: [paper, {classifier.lr: 0.01, classifier.drop_mult: 0.7}]   # tried first;
+                                    # paper: the paper's values (space.PAPER_POINT)
       max_failures: 2               # retries of a failed trial, each from its last checkpoint
       storage: runs/search          # Ray results, checkpoints, shared LM and corpus caches
     mlflow:
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import SearchConfigError, SpaceError, fail
-from search.space import SearchSpace
+from search.space import PAPER, SearchSpace
 from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, default_recipe, read_yaml, recipe_from_dict, to_dict
 from ulmfit_core.metrics import METRICS
@@ -183,8 +184,9 @@ class SearchSettings:
         self.warm_start = [_warm_start_entry(i, e) for i, e in enumerate(_as_list("search.warm_start", self.warm_start))]
         self.points_to_evaluate = _as_list("search.points_to_evaluate", self.points_to_evaluate)
         for i, point in enumerate(self.points_to_evaluate):
-            if not isinstance(point, Mapping) or not point:
-                fail(f"search.points_to_evaluate[{i}]", f"must be a mapping {{space key: value}}; got {point!r}")
+            if point != PAPER and (not isinstance(point, Mapping) or not point):
+                fail(f"search.points_to_evaluate[{i}]", f"must be a mapping {{space key: value}} or {PAPER!r} "
+                                                        f"(the paper's values); got {point!r}")
 
 
 def _as_list(key: str, value: Any) -> list:
@@ -315,6 +317,7 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
     cfg = SearchConfig(recipe=recipe, space=space,
                        search=_build(SearchSettings, values.get("search"), "search"),
                        mlflow=_build(TrackingSettings, values.get("mlflow"), "mlflow"))
+    cfg.search.points_to_evaluate = [space.paper_point() if p == PAPER else p for p in cfg.search.points_to_evaluate]
     try:
         cfg.validate()
     except SpaceError as e:

@@ -54,6 +54,16 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "classifier.wd": {"type": "loguniform", "low": 1e-4, "high": 0.3},
 }
 
+#: The paper's values for the default space's keys (ULMFiT sections 3-4): the classifier's dropouts as
+#: in the paper (fastai's base classifier dropouts x 1.0), lr 0.01, discriminative factor 2.6, STLR ratio 32
+#: and cut_frac 0.1; weight decay 0.01 is fastai's (the paper does not give one). ``search.points_to_evaluate:
+#: [paper]`` tries them first (restricted to the keys a space searches and can draw).
+PAPER_POINT: dict[str, Any] = {
+    "classifier.drop_mult": 1.0, "classifier.lrm": 2.6, "classifier.use_clr[0]": 32, "classifier.use_clr[1]": 10,
+    "classifier.lr": 0.01, "classifier.wd": 0.01,
+}
+PAPER = "paper"  # the name of PAPER_POINT in search.points_to_evaluate
+
 #: Recipe sections the language-model stage depends on (what ``pipeline.lm_key`` hashes). Searching
 #: them gives each trial its own LM, so it needs ``search.search_lm: true``.
 LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed")
@@ -265,6 +275,10 @@ class SearchSpace:
                 allowed = list(p.values) if p.type == "choice" else f"[{p.low}, {p.high}]"
                 return f"{key}={value!r} is outside the space ({p.type} {allowed})"
         return None
+
+    def paper_point(self) -> dict[str, Any]:
+        """:data:`PAPER_POINT` restricted to what this space searches and can draw (the rest is sampled)."""
+        return {k: v for k, v in PAPER_POINT.items() if self.param(k) is not None and self.param(k).contains(v)}
 
     def touches_lm_stage(self) -> list[str]:
         """Searched keys that change the language-model stage (and so its sharing key)."""

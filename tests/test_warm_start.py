@@ -126,3 +126,12 @@ def test_mlflow_params_map_back_to_space_keys_and_values():
     assert W.space_key("classifier.use_clr.0") == "classifier.use_clr[0]"
     assert W.space_key("classifier.lr") == "classifier.lr"
     assert [W.parse_param(v) for v in ("0.0123", "16", "True", "None", "adam")] == [0.0123, 16, True, None, "adam"]
+
+
+def test_the_paper_point_is_reachable_by_name():
+    from search.space import PAPER_POINT
+
+    cfg = search_config_from_dict({"recipe": RECIPE, "search": {"points_to_evaluate": ["paper"]}})  # default space
+    assert cfg.search.points_to_evaluate == [PAPER_POINT]
+    narrow = _config(points_to_evaluate=["paper"])  # searches lr and the STLR ratio only
+    assert narrow.search.points_to_evaluate == [{"classifier.lr": 0.01, "classifier.use_clr[0]": 32}]

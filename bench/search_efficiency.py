@@ -19,7 +19,7 @@ and wall time (read from its stored Optuna study: ``optuna.db``; only completed 
 configuration retrained (``best.yaml`` -> ``search.export.retrain``; the search never sees test text),
 and the trial-epochs it needed to reach random search's final best on the same seed.
 
-    python bench/search_efficiency.py --seeds 0 1 2          # all six, 24 trials each: ~3 hours on 2 cores
+    python bench/search_efficiency.py --seeds 0 1 2          # all six, 24 trials each: ~1.5 hours on 2 quiet cores
     python bench/search_efficiency.py --seeds 3 --add        # another search seed, kept beside the earlier ones
     python bench/search_efficiency.py --smoke                # 1-2 minutes: 2 trials on 300 rows, one shared LM
 """

@@ -58,6 +58,7 @@ class EarlierSearch:
     metric: str
     mode: str
     trials: tuple[EarlierTrial, ...]
+    search_dir: str | None  # the search's folder (an MLflow parent run's search_dir tag), to spot a repeat
 
 
 # -- reading earlier searches ------------------------------------------------------------------------
@@ -66,13 +67,17 @@ class EarlierSearch:
 def read_earlier_searches(cfg: SearchConfig) -> list[EarlierSearch]:
     """Every ``search.warm_start`` entry, read and checked (same metric and mode). Call before this
     search's own MLflow parent run exists: an experiment's newest search must be an earlier one."""
-    searches = []
+    searches: list[EarlierSearch] = []
     for i, entry in enumerate(cfg.search.warm_start):
         key = f"search.warm_start[{i}]"
         search = _read(entry, cfg.mlflow.tracking_uri, key)
         if (search.metric, search.mode) != (cfg.search.metric, cfg.search.mode):
             fail(key, f"{search.source} optimised {search.metric} ({search.mode}), this search "
                       f"{cfg.search.metric} ({cfg.search.mode}); warm start only from searches of the same metric and mode")
+        if search.search_dir and search.search_dir in {s.search_dir for s in searches}:
+            logger.warning("warm start: %s is %s again (listed twice, as a folder and an experiment?); read once",
+                           entry, search.search_dir)
+            continue
         searches.append(search)
     return searches
 
@@ -100,7 +105,8 @@ def from_search_dir(search_dir: Path) -> EarlierSearch:
         EarlierTrial(f"trial {t.number}", dict(t.params), t.state, float(t.value), dict(t.intermediate_values))
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if SOURCE_ATTR not in t.user_attrs and t.value is not None)
-    return EarlierSearch(str(search_dir), str(Path(search_dir).resolve()), cfg.search.metric, cfg.search.mode, trials)
+    folder = str(Path(search_dir).resolve())
+    return EarlierSearch(str(search_dir), folder, cfg.search.metric, cfg.search.mode, trials, folder)
 
 
 def from_experiment(tracking_uri: str, experiment: str) -> EarlierSearch:
@@ -116,7 +122,8 @@ def from_experiment(tracking_uri: str, experiment: str) -> EarlierSearch:
         trials.append(EarlierTrial(f"run {run['run_id']}", params, state, float(run["history"][steps[-1]]),
                                    {int(s): float(run["history"][s]) for s in steps}))
     source = f"experiment {experiment}, run {data['parent_run_id']}"
-    return EarlierSearch(experiment, source, data["metric"], data["mode"], tuple(trials))
+    folder = str(Path(data["search_dir"]).resolve()) if data.get("search_dir") else None
+    return EarlierSearch(experiment, source, data["metric"], data["mode"], tuple(trials), folder)
 
 
 _ELEMENT = re.compile(r"\.(\d+)$")

@@ -6,6 +6,8 @@ Small on purpose: tiny model, 300 rows, 3 + 2 trials of 3 epochs on a local Ray 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 from conftest_search import ray_environment, smoke_config
@@ -76,6 +78,9 @@ def test_the_mlflow_reader_gives_the_same_trials_as_the_folder(searches):
                        tuple(sorted(t.intermediate))) for t in trials)
 
     assert len(from_mlflow.trials) == 3 and facts(from_mlflow.trials) == facts(from_folder.trials)
+    assert from_mlflow.search_dir == from_folder.search_dir  # so listing both reads the search once
+    twice = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, warm_start=[str(first.search_dir), "first"]))
+    assert len(warm_start.read_earlier_searches(twice)) == 1
 
 
 def test_a_resumed_warm_started_search_adds_nothing_twice(searches):

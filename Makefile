@@ -45,7 +45,8 @@ bench: setup peers
 	$(PEERS_PY) bench/baselines.py
 	$(PEERS_PY) bench/accuracy_vs_fastai.py
 	$(BIN)/python bench/imdb_lowshot.py
-	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/search_efficiency.py --seeds 0 1 2
+	$(BIN)/python bench/space_evidence.py
 	$(BIN)/python bench/search_scaling.py
 	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.json
 	cd bench && ../$(BIN)/python report.py

@@ -223,8 +223,15 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+SEARCH_LABELS = {
+    "random_fifo": "random search, no early stopping", "tpe_fifo": "TPE, no early stopping",
+    "tpe_asha": "TPE + ASHA (Ray's rungs; the default)", "tpe_asha_unfreeze": "TPE + ASHA at the unfreezing rungs",
+    "tpe_asha_warm": "TPE + ASHA, warm-started from another seed's search", "tpe_hyperband": "TPE + HyperBand",
+}
+
+
 def search_efficiency(r: dict[str, Any]) -> list[str]:
-    label = {"tpe_asha": "TPE + ASHA (ours, the default)", "random_fifo": "random search, no early stopping"}
+    label = SEARCH_LABELS
     rows = ["| search | seed | best valid accuracy | test accuracy of the best config (retrained) | trial-epochs "
             "(of all-run) | trials stopped early | wall time (min) | LM trainings | LM compute saved by sharing (s) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -232,11 +239,41 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
         best = x.get("best_valid_accuracy")
         test = x.get("best_test_accuracy")
         rows.append(f"| {label.get(x['variant'], x['variant'])} | {x['search_seed']} | "
-                    f"{best:.4f} | {test:.4f} | {x['trial_epochs']} ({x['trial_epochs_if_all_ran']}) | "
+                    f"{_num(best)} | {_num(test)} | {x['trial_epochs']} ({x['trial_epochs_if_all_ran']}) | "
                     f"{x['trials_stopped_by_asha']} | {x['wall_seconds'] / 60:.1f} | {x['lm_trainings']} | "
-                    f"{x['lm_seconds_saved']:.0f} |" if best is not None and test is not None else
-                    f"| {x['variant']} | {x['search_seed']} | – | – | {x['trial_epochs']} | | "
-                    f"{x['wall_seconds'] / 60:.1f} | | |")
+                    f"{x['lm_seconds_saved']:.0f} |")
+    summary = r.get("summary")
+    if summary:
+        rows += ["", "Over the search seeds (means): \"to random's best\" is the share of random search's trial-epochs a "
+                 "search needed before its best completed trial matched random search's final best on the same seed "
+                 "(averaged over the seeds where it did; \"reached\" counts them).", "",
+                 "| search | seeds | best valid accuracy | test accuracy (retrained) | trial-epochs | minutes | "
+                 "reached random's best | trial-epochs to random's best (share of random's) |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for variant, m in summary.items():
+            rows.append(f"| {label.get(variant, variant)} | {m['seeds']} | {_num(m['best_valid_accuracy_mean'])} | "
+                        f"{_num(m['best_test_accuracy_mean'])} | {_num(m['trial_epochs_mean'], '.0f')} | "
+                        f"{_num(m['minutes_mean'], '.1f')} | {m['reached_random_best']} | "
+                        f"{_num(m['epochs_to_random_best_share_mean'], '.2f')} |")
+        if r.get("plot"):
+            rows += ["", f"![best-so-far validation accuracy against trial-epochs and wall time](../bench/results/{r['plot']})"]
+    else:
+        rows += _search_efficiency_means(r, label)
+    rows += ["", f"{r['num_samples']} trials per search, 2 at a time (1 CPU each). \"LM compute saved\": for each "
+             "trial that reused the search's fine-tuned LM, the seconds that LM took to train (it would otherwise "
+             "have trained its own). A warm-started search's trial-epochs leave out those of the search it started "
+             "from. One TREC-6 test score has a standard error of ~1.5 points; each search seed is one draw (the "
+             "seed also picks the validation split, so validation figures differ between seeds)."]
+    return rows
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _search_efficiency_means(r: dict[str, Any], label: dict[str, str]) -> list[str]:
+    """Mean rows for a result written before summaries (two variants, no curves)."""
+    rows: list[str] = []
     seeds = sorted({x["search_seed"] for x in r["runs"]})
     if len(seeds) > 1:
         for variant in dict.fromkeys(x["variant"] for x in r["runs"]):
@@ -248,10 +285,22 @@ def search_efficiency(r: dict[str, Any]) -> list[str]:
                             f"**{mean('best_valid_accuracy'):.4f}** | **{mean('best_test_accuracy'):.4f}** | "
                             f"{mean('trial_epochs'):.0f} | {mean('trials_stopped_by_asha'):.0f} | "
                             f"{mean('wall_seconds') / 60:.1f} | | {mean('lm_seconds_saved'):.0f} |")
-    rows += ["", f"{r['num_samples']} trials per search, 2 at a time (1 CPU each). \"LM compute saved\": for each "
-             "trial that reused the search's fine-tuned LM, the seconds that LM took to train (it would otherwise "
-             "have trained its own). One TREC-6 test score has a standard error of ~1.5 points; each search seed "
-             "is one draw (the seed also picks the validation split, so validation figures differ between seeds)."]
+    return rows
+
+
+def space_evidence(r: dict[str, Any]) -> list[str]:
+    rows = ["| parameter | importance (pooled) | best trials span (share of the searched range) | best trials at an edge |",
+            "| --- | --- | --- | --- |"]
+    region = r["best_region"]
+    for key, share in sorted(r["pooled_importances"].items(), key=lambda kv: -kv[1]):
+        best = region.get(key, {})
+        span = (f"{best['min']:.3g} – {best['max']:.3g} (median {best['median']:.3g}; {best['share_of_range']:.0%})"
+                if "min" in best else ", ".join(f"{c}: {n}" for c, n in best.get("counts", {}).items()))
+        rows.append(f"| `{key}` | {share:.0%} | {span} | {', '.join(best.get('at_edge', [])) or '–'} |")
+    per = ", ".join(f"{label} ({s['trials']})" for label, s in r["per_search"].items())
+    rows += ["", f"{r['trials_completed']} completed trials from: {per}. Importance: Optuna's fANOVA over the pooled "
+             f"completed trials; \"best trials\": the top {r['top']:.0%} by validation accuracy (counts per choice for "
+             "the STLR ratio and cut). docs/SEARCH.md says what the default space takes from this."]
     return rows
 
 
@@ -330,12 +379,18 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "reviews has a standard error under one point; seeds also draw different labeled reviews, and at 100 reviews "
      "that draw moves the score by several points.",
      imdb_lowshot),
-    ("search_efficiency", "Search efficiency on TREC-6: TPE + ASHA against random search",
+    ("search_efficiency", "Search efficiency on TREC-6: ways to search against random search",
      "The demo search (`configs/search_trec_demo.yaml`: tiny model, default space, 8 classifier epochs per trial) "
-     "with the same number of trials and seeds, once with Optuna's TPE and ASHA, once with Optuna's random sampler "
-     "and no early stopping (`python bench/search_efficiency.py`). Each search's best configuration (by validation "
-     "accuracy) is exported and retrained, then tested on the 500 test questions.",
+     "with the same number of trials and seeds: Optuna's random sampler without early stopping, TPE without early "
+     "stopping, TPE + ASHA at Ray's rungs, TPE + ASHA at the unfreezing rungs, TPE + ASHA warm-started from another "
+     "seed's search, and TPE + HyperBand (`python bench/search_efficiency.py`; docs/SEARCH.md explains each). Each "
+     "search's best configuration (by validation accuracy) is exported and retrained, then tested on the 500 test "
+     "questions.",
      search_efficiency),
+    ("space_evidence", "Which parameters of the default search space matter",
+     "Optuna's fANOVA importances and the region of the best trials, over the completed trials of the search "
+     "efficiency benchmark's searches (`python bench/space_evidence.py`; rerun it after that benchmark).",
+     space_evidence),
     ("search_scaling", "Search throughput and the service's overhead (CPU)",
      "A fixed set of demo-recipe trials run directly, then as a search with 1 and with 2 workers on this 2-core "
      "machine (`python bench/search_scaling.py`).",

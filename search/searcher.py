@@ -1,5 +1,9 @@
 """The searcher: Optuna (TPE, or random for a baseline) behind Ray Tune's ``OptunaSearch``, taught
 three things Ray 2.60's integration gets wrong for this service (see :class:`PruningAwareOptunaSearch`).
+
+The study lives in the search folder (``optuna.db``, SQLite, named after the folder; ``search/store.py``):
+every ask, report and tell goes to that database, ``optuna-dashboard sqlite:///DIR/optuna.db`` shows it,
+and a resumed search continues it (:meth:`PruningAwareOptunaSearch.restore`).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from search import store
 from search import trainable as T
 from search.settings import SearchConfig
 from search.space import SearchSpace
@@ -43,18 +48,55 @@ class PruningAwareOptunaSearch(OptunaSearch):
     3. **A retried trial counts.** A trial that errored was told to Optuna as FAIL; when a resumed
        search (``resume_errored``) runs it again, Ray's base class ignores every later result as
        "already finished". Here its outcome is added to the study as a new trial with the same params.
+
+    And it continues the stored study after a restore (Ray pickles the study with the searcher; see
+    :meth:`restore`), and accepts HyperBand's pause notices (``on_pause``; Ray's base class lacks them).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_step: dict[str, int] = {}  # trial id -> last step reported to Optuna
         self._failed: dict[str, dict[int, float]] = {}  # trial id told FAIL -> intermediate values since
+        self._last_result: dict[str, dict[str, Any]] = {}  # trial id -> what its last result said
 
     def _state(self) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
         # Searchers saved before these attributes existed come back without them.
         if not hasattr(self, "_last_step"):
             self._last_step, self._failed = {}, {}
+        if not hasattr(self, "_last_result"):
+            self._last_result = {}
         return self._last_step, self._failed
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def on_pause(self, trial_id: str) -> None:
+        """HyperBand paused the trial at a milestone; it resumes or is stopped later: nothing to tell yet."""
+
+    def on_unpause(self, trial_id: str) -> None:
+        """The paused trial runs on; its next results are reported as usual."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's restore unpickles the study as it was at the last save, with the storage's cache of that
+        moment. Reopen it from its database instead, so trials told after that save are seen as told."""
+        super().restore(checkpoint_path)
+        self._reopen_study()
+
+    def _reopen_study(self) -> None:
+        url = _database_url(self._ot_study)
+        if url is None:  # an in-memory study (a search from before optuna.db): the pickle is the study
+            return
+        study = optuna.load_study(study_name=self._ot_study.study_name, storage=study_storage(url),
+                                  sampler=self._ot_study.sampler, pruner=optuna.pruners.NopPruner())
+        stored = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+        for ray_id, old in list(self._ot_trials.items()):
+            self._ot_trials[ray_id] = optuna.Trial(study, old._trial_id)
+            if stored[old._trial_id].state.is_finished():
+                self._completed_trials.add(ray_id)  # told after the last save: results replayed now are old
+        self._ot_study = study
+        known = {t._trial_id for t in self._ot_trials.values()}
+        _abandon_unknown_running(study, known)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         last_step, failed = self._state()
@@ -63,12 +105,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
             if value is not None and step is not None:
                 failed[trial_id][int(step)] = float(value)
             return
+        if trial_id in self._completed_trials:  # replayed after a restore; the study already has it
+            return
         super().on_trial_result(trial_id, result)
+        self._last_result[trial_id] = {k: result.get(k) for k in (self.metric, "training_iteration",
+                                                                  T.EPOCH, T.EPOCHS_TOTAL)}
         if step is not None and trial_id not in self._completed_trials:
             last_step[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         last_step, failed = self._state()
+        if result is None and not error:  # a paused trial stopped by HyperBand: Ray passes no result
+            result = self._last_result.get(trial_id)
+        self._last_result.pop(trial_id, None)
         if trial_id in failed:
             return self._revive(trial_id, result, error)
         if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -117,15 +166,50 @@ def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
     return {"seed": seed}
 
 
-def make_searcher(cfg: SearchConfig) -> PruningAwareOptunaSearch:
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``. Only the driver writes, but a dashboard may read alongside:
+    SQLite then waits for its lock (30 s) instead of failing at once."""
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _database_url(study: optuna.Study) -> str | None:
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    return backend.url if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def _abandon_unknown_running(study: optuna.Study, known: set[int]) -> None:
+    """Trials asked after Ray's last save of the searcher: Ray's restored state never runs them, so they
+    would stay RUNNING in the study forever. They are told FAIL, marked ``abandoned``."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id not in known:
+            optuna.Trial(study, t._trial_id).set_user_attr(
+                "abandoned", "asked before the driver died, after Ray's last saved state; never run")
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def make_searcher(cfg: SearchConfig, search_dir: Path | None = None) -> PruningAwareOptunaSearch:
+    """The searcher; with ``search_dir`` its study is stored there (``optuna.db``), else in memory."""
     s = cfg.search
     base = to_dict(build_recipe(cfg.recipe))
+    stored: dict[str, Any] = {}
+    if search_dir is not None:
+        stored = {"storage": study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
     return PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                    **_sampler(s.algorithm, s.seed))
+                                    **_sampler(s.algorithm, s.seed), **stored)
 
 
 def load_study(search_dir: str | Path) -> optuna.Study:
-    """The Optuna study of a search (from Ray's saved searcher state), e.g. for optuna.visualization."""
+    """The Optuna study of a search, e.g. for optuna.visualization or warm start: from its ``optuna.db``,
+    or for a search made before studies were stored, from Ray's saved searcher state."""
+    if (Path(search_dir) / store.OPTUNA_DB).exists():
+        storage = study_storage(store.study_url(search_dir))
+        names = optuna.get_all_study_names(storage)
+        name = store.study_name(search_dir)
+        return optuna.load_study(study_name=name if name in names or len(names) != 1 else names[0], storage=storage)
     searcher = PruningAwareOptunaSearch()
     searcher.restore_from_dir(str(search_dir))
     return searcher._ot_study

@@ -19,7 +19,12 @@
       algorithm: tpe                # Optuna sampler: tpe, or random
       search_lm: false              # searching lm.*/model.*/text.*/data.*/seed gives each trial its own LM
       scheduler: {grace_period: 1, reduction_factor: 2}   # ASHA; time unit = classifier epoch
-                                    # {type: fifo}: no early stopping
+                                    # {type: fifo}: no early stopping; {type: hyperband}: HyperBand
+                                    # rungs: unfreeze (ASHA decides where an unfreezing phase ends) or [2, 4]
+      warm_start: [runs/search/trec_demo-20250101-120000, trec_demo]   # earlier searches (folder or
+                                    # MLflow experiment) whose trials TPE starts from (docs/SEARCH.md)
+      points_to_evaluate: [paper, {classifier.lr: 0.01, classifier.drop_mult: 0.7}]   # tried first;
+                                    # paper: the paper's values (space.PAPER_POINT)
       max_failures: 2               # retries of a failed trial, each from its last checkpoint
       storage: runs/search          # Ray results, checkpoints, shared LM and corpus caches
     mlflow:
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import SearchConfigError, SpaceError, fail
-from search.space import SearchSpace
+from search.space import PAPER, SearchSpace
 from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, coerce, default_recipe, read_yaml, recipe_from_dict, to_dict
 from ulmfit_core.metrics import METRICS
@@ -75,19 +80,27 @@ class Resources:
 #: ``search.algorithm``: how Optuna samples values. ``random`` (with ``scheduler.type: fifo``) is the
 #: plain random search that the benchmarks compare TPE + ASHA against.
 ALGORITHMS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "hyperband")
+#: ``search.scheduler.rungs: unfreeze``: ASHA's decision points at the ends of the unfreezing phases.
+UNFREEZE_RUNGS = "unfreeze"
 
 
 @dataclass
 class AshaSettings:
-    """The trial scheduler: ASHA (async successive halving; the default) or ``fifo`` (no early stopping,
-    every trial runs all its epochs). ``max_t`` defaults to the recipe's ``classifier.epochs``."""
+    """The trial scheduler: ASHA (async successive halving; the default), ``fifo`` (no early stopping,
+    every trial runs all its epochs) or ``hyperband`` (HyperBand's brackets; search/schedulers.py).
+    ``max_t`` defaults to the recipe's ``classifier.epochs``.
+
+    ``rungs`` (ASHA only) replaces ASHA's decision points (``grace_period x reduction_factor**k``) with
+    the epochs where the recipe changes (``unfreeze``: the end of each gradual-unfreezing phase) or an
+    explicit list of epochs; rungs before ``grace_period`` are dropped."""
 
     type: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 2
     brackets: int = 1
     max_t: int | None = None
+    rungs: str | list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in SCHEDULERS:
@@ -100,6 +113,25 @@ class AshaSettings:
             fail("search.scheduler.brackets", f"must be >= 1; got {self.brackets}")
         if self.max_t is not None and self.max_t < self.grace_period:
             fail("search.scheduler.max_t", f"must be >= grace_period ({self.grace_period}); got {self.max_t}")
+        self._check_rungs()
+        if self.type == "hyperband" and self.brackets != 1:
+            fail("search.scheduler.brackets", "is ASHA's; HyperBand builds its own brackets from max_t and "
+                                              "reduction_factor. Remove it")
+
+    def _check_rungs(self) -> None:
+        if self.rungs is None:
+            return
+        if self.type != "asha":
+            fail("search.scheduler.rungs", f"places ASHA's decision points; scheduler.type is {self.type!r}. "
+                                           f"Remove rungs, or set type: asha")
+        if self.rungs == UNFREEZE_RUNGS:
+            return
+        if (not isinstance(self.rungs, list) or not self.rungs
+                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.rungs)):
+            fail("search.scheduler.rungs", f"must be {UNFREEZE_RUNGS!r} or a list of epochs >= 1 such as [2, 4]; "
+                                           f"got {self.rungs!r}")
+        if sorted(set(self.rungs)) != self.rungs:
+            fail("search.scheduler.rungs", f"list the epochs in increasing order, each once; got {self.rungs}")
 
 
 @dataclass
@@ -124,6 +156,11 @@ class SearchSettings:
     models_dir: str | None = None  # where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)
     object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
     verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
+    # Earlier searches (a search folder, or an MLflow experiment: its newest search) whose finished and
+    # pruned trials seed this search's study before its first trial (search/warm_start.py).
+    warm_start: list[str] = field(default_factory=list)
+    # Configurations tried first, e.g. the paper's values ({space key: value}; keys left out are sampled).
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -144,6 +181,28 @@ class SearchSettings:
             fail("search.max_failures", f"must be >= 0 (or -1: retry forever); got {self.max_failures}")
         if self.num_cpus is not None and self.num_cpus < 1:
             fail("search.num_cpus", f"must be >= 1; got {self.num_cpus}")
+        self.warm_start = [_warm_start_entry(i, e) for i, e in enumerate(_as_list("search.warm_start", self.warm_start))]
+        self.points_to_evaluate = _as_list("search.points_to_evaluate", self.points_to_evaluate)
+        for i, point in enumerate(self.points_to_evaluate):
+            if point != PAPER and (not isinstance(point, Mapping) or not point):
+                fail(f"search.points_to_evaluate[{i}]", f"must be a mapping {{space key: value}} or {PAPER!r} "
+                                                        f"(the paper's values); got {point!r}")
+
+
+def _as_list(key: str, value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        fail(key, f"must be a list; got {value!r}")
+    return value
+
+
+def _warm_start_entry(i: int, entry: Any) -> str:
+    """A search folder (made absolute, so a resume or a later reader finds it) or an MLflow experiment name."""
+    if not isinstance(entry, str) or not entry.strip():
+        fail(f"search.warm_start[{i}]", f"must be a search folder or an MLflow experiment name; got {entry!r}")
+    path = Path(entry).expanduser()
+    return str(path.resolve()) if path.is_dir() else entry
 
 
 @dataclass
@@ -206,6 +265,13 @@ class SearchConfig:
                 f"search.scheduler.grace_period: {self.search.scheduler.grace_period} epochs is more than the "
                 f"{self.max_t} a trial runs (recipe.classifier.epochs); lower it")
         self.space.validate(self.recipe, self.search.search_lm)
+        for i, point in enumerate(self.search.points_to_evaluate):
+            problem = self.space.outside(point)
+            if problem:
+                fail(f"search.points_to_evaluate[{i}]", problem)
+        from search.rungs import check_scheduler  # needs the validated recipe and space
+
+        check_scheduler(self)
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
@@ -270,6 +336,7 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
     cfg = SearchConfig(recipe=recipe, space=space,
                        search=_build(SearchSettings, values.get("search"), "search"),
                        mlflow=_build(TrackingSettings, values.get("mlflow"), "mlflow"))
+    cfg.search.points_to_evaluate = [space.paper_point() if p == PAPER else p for p in cfg.search.points_to_evaluate]
     try:
         cfg.validate()
     except SpaceError as e:

@@ -54,6 +54,16 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "classifier.wd": {"type": "loguniform", "low": 1e-4, "high": 0.3},
 }
 
+#: The paper's values for the default space's keys (ULMFiT sections 3-4): the classifier's dropouts as
+#: in the paper (fastai's base classifier dropouts x 1.0), lr 0.01, discriminative factor 2.6, STLR ratio 32
+#: and cut_frac 0.1; weight decay 0.01 is fastai's (the paper does not give one). ``search.points_to_evaluate:
+#: [paper]`` tries them first (restricted to the keys a space searches and can draw).
+PAPER_POINT: dict[str, Any] = {
+    "classifier.drop_mult": 1.0, "classifier.lrm": 2.6, "classifier.use_clr[0]": 32, "classifier.use_clr[1]": 10,
+    "classifier.lr": 0.01, "classifier.wd": 0.01,
+}
+PAPER = "paper"  # the name of PAPER_POINT in search.points_to_evaluate
+
 #: Recipe sections the language-model stage depends on (what ``pipeline.lm_key`` hashes). Searching
 #: them gives each trial its own LM, so it needs ``search.search_lm: true``.
 LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed")
@@ -158,6 +168,32 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take (a choice offered; a number in range, on its step)."""
+        if self.type == "choice":
+            return any(_same(value, v) for v in self.values)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.type == "int" and int(value) != value:
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return abs(steps - round(steps)) < 1e-9
+
+    def distribution(self) -> Any:
+        """The Optuna distribution :meth:`suggest` draws from (to add trials that ran elsewhere)."""
+        import optuna
+
+        if self.type == "choice":
+            return optuna.distributions.CategoricalDistribution(list(self.values))
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def extremes(self) -> list[Any]:
         """The values validation builds a recipe with: both bounds, or every choice."""
         return list(self.values) if self.type == "choice" else [self.low, self.high]
@@ -224,6 +260,25 @@ class SearchSpace:
     @property
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
+
+    def param(self, key: str) -> Param | None:
+        return next((p for p in self.params if p.key == key), None)
+
+    def outside(self, values: Mapping[str, Any]) -> str | None:
+        """Why ``values`` ({key: value}) is not a point of this space (a key it does not search, a choice it
+        does not offer, a number out of range), or None when every value is one the space can draw."""
+        for key, value in values.items():
+            p = self.param(key)
+            if p is None:
+                return f"{key} is not searched (the space has {', '.join(self.keys)})"
+            if not p.contains(value):
+                allowed = list(p.values) if p.type == "choice" else f"[{p.low}, {p.high}]"
+                return f"{key}={value!r} is outside the space ({p.type} {allowed})"
+        return None
+
+    def paper_point(self) -> dict[str, Any]:
+        """:data:`PAPER_POINT` restricted to what this space searches and can draw (the rest is sampled)."""
+        return {k: v for k, v in PAPER_POINT.items() if self.param(k) is not None and self.param(k).contains(v)}
 
     def touches_lm_stage(self) -> list[str]:
         """Searched keys that change the language-model stage (and so its sharing key)."""

@@ -5,7 +5,9 @@ Ray writes its experiment state and the trials' checkpoints there; this project 
 * ``search.json``: the resolved search config and its MLflow ids: all a resume, an export or a
   retrain needs (:func:`write_search_json`, :func:`read_search_json`);
 * ``leaderboard.csv``: one row per trial, best first;
-* ``best.yaml``: the exported best configuration (``search/export.py``).
+* ``best.yaml``: the exported best configuration (``search/export.py``);
+* ``optuna.db``: the Optuna study (SQLite; one study named after the folder), which the searcher
+  writes as trials end and a resumed search continues: ``optuna-dashboard sqlite:///DIR/optuna.db``.
 
 Both ``tuner.py`` and ``export.py`` import this module (and not each other's internals).
 """
@@ -25,6 +27,17 @@ from ulmfit_core import artifacts
 SEARCH_JSON = "search.json"
 LEADERBOARD_CSV = "leaderboard.csv"
 BEST_YAML = "best.yaml"
+OPTUNA_DB = "optuna.db"
+
+
+def study_url(search_dir: str | Path) -> str:
+    """The SQLAlchemy URL of a search's Optuna study database (absolute: trials run elsewhere)."""
+    return f"sqlite:///{Path(search_dir).expanduser().resolve() / OPTUNA_DB}"
+
+
+def study_name(search_dir: str | Path) -> str:
+    """A search's study is named after its folder (``NAME-YYYYmmdd-HHMMSS``)."""
+    return Path(search_dir).name
 
 
 def new_search_dir(cfg: SearchConfig) -> Path:

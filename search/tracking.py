@@ -654,6 +654,35 @@ def best_trial_run(uri: str, experiment: str) -> dict[str, Any]:
             "search_dir": parent.data.tags.get("search_dir"), "experiment": experiment}
 
 
+# -- warm start (search/warm_start.py reads earlier searches through these two) ------------------------
+
+
+def newest_search_trials(uri: str, experiment: str) -> dict[str, Any]:
+    """The newest search (parent run) of ``experiment`` as plain data: its metric, mode and ``search_dir``
+    tag, and per finished child run its status tag, params (MLflow names) and the metric's history by step."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    parents = exp and client.search_runs([exp.experiment_id], f"tags.{ROLE_TAG} = 'parent'",
+                                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise TrackingError(f"no search (parent run) in MLflow experiment {experiment!r} at {uri}")
+    parent = parents[0]
+    metric = parent.data.params.get("search.metric", "valid_accuracy")
+    trials = []
+    for run in child_runs(uri, exp.experiment_id, parent.info.run_id):
+        if run.data.tags.get(STATUS_TAG) in (COMPLETED, STOPPED):
+            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric)}
+            trials.append({"run_id": run.info.run_id, "status": run.data.tags[STATUS_TAG],
+                           "params": dict(run.data.params), "history": history})
+    return {"parent_run_id": parent.info.run_id, "metric": metric,
+            "mode": parent.data.params.get("search.mode", "max"),
+            "search_dir": parent.data.tags.get("search_dir"), "trials": trials}
+
+
+def tag_parent(uri: str, parent_run_id: str, tags: Mapping[str, Any]) -> None:
+    _client(uri).log_batch(parent_run_id, tags=_tags(tags))
+
+
 def run_id_of_trial(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
     for run in child_runs(uri, experiment_id, parent_run_id):
         if run.data.tags.get(TRIAL_TAG) == trial_id:

@@ -1,4 +1,5 @@
-"""Build and run the search: OptunaSearch (TPE, seeded) behind a ConcurrencyLimiter, ASHA, resources,
+"""Build and run the search: OptunaSearch (TPE, seeded; its study in the search folder, warm-started) behind
+a ConcurrencyLimiter, a scheduler (search/schedulers.py: ASHA, HyperBand or FIFO), resources,
 storage, FailureConfig, checkpoints, MLflow tracking; resume a search whose driver died.
 
 One search lives in one folder, ``<search.storage>/<search.name>-<YYYYmmdd-HHMMSS>``: Ray's experiment
@@ -25,12 +26,11 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 
-from search import store, tracking
+from search import store, tracking, warm_start
 from search import trainable as T
 from search.local_ray import start_local_ray
+from search.schedulers import make_limiter, make_scheduler
 from search.searcher import make_searcher
 from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
@@ -194,25 +194,19 @@ def param_space(cfg: SearchConfig) -> dict[str, Any]:
     }
 
 
-def make_scheduler(cfg: SearchConfig) -> ASHAScheduler | FIFOScheduler:
-    """ASHA with the classifier epoch as its time unit, or FIFO (no early stopping)."""
+def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback],
+                earlier: Sequence[warm_start.EarlierSearch] = ()) -> tune.Tuner:
+    """The Tuner of a new search; its study (``search_dir/optuna.db``) starts with the ``earlier``
+    searches' trials and the points to evaluate first."""
     s = cfg.search
-    if s.scheduler.type == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr=T.EPOCH, metric=s.metric, mode=s.mode, max_t=cfg.max_t,
-                         grace_period=s.scheduler.grace_period,
-                         reduction_factor=s.scheduler.reduction_factor, brackets=s.scheduler.brackets)
-
-
-def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
-    s = cfg.search
-    searcher = make_searcher(cfg)
+    searcher = make_searcher(cfg, search_dir)
+    warm_start.start_study(searcher.study, cfg, earlier)
     scheduler = make_scheduler(cfg)
     return tune.Tuner(
         make_trainable(cfg),
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            search_alg=make_limiter(cfg, searcher),
             scheduler=scheduler, num_samples=s.num_samples, reuse_actors=s.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
@@ -303,6 +297,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
     prepare_data_first(cfg)
+    # Before this search's parent run exists: an experiment named here means its newest *earlier* search.
+    earlier = warm_start.read_earlier_searches(cfg)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
     shared_lm = train_shared_lm_first(cfg)
     search_dir = store.new_search_dir(cfg)
@@ -314,13 +310,16 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     meta = {"config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri, "experiment": cfg.experiment,
             "experiment_id": experiment_id, "parent_run_id": parent, "created": time.time(), "shared_lm": shared_lm}
     store.write_search_json(search_dir, meta)
+    if earlier:
+        print(f"warm start from {warm_start.describe(earlier)}", flush=True)
+        tracking.tag_parent(cfg.mlflow.tracking_uri, parent, {"warm_start_from": warm_start.describe(earlier)})
     mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent,
                                              cfg.mlflow.log_checkpoints)
     # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
     # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
     loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
     pruner = CheckpointPruner(delay_s=_state_save_period() + 2.0)
-    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, *loggers, *callbacks])
+    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, *loggers, *callbacks], earlier)
     return _fit_and_finish(tuner, cfg, search_dir, meta)
 
 

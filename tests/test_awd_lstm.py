@@ -23,6 +23,7 @@ from ulmfit_core.awd_lstm import (
     WeightDropLSTM,
     build_classifier,
     build_language_model,
+    classifier_group_count,
     classifier_layer_groups,
     detach_hidden,
     dropout_mask,
@@ -339,7 +340,7 @@ def test_lm_layer_groups_partition_with_embedding_group_last():
 def test_classifier_layer_groups_partition():
     clf = build_classifier(V, ModelConfig(emb_sz=E, n_hid=H, n_layers=L), DROPS, 2, [50], 0.1, 5, 10)
     groups = classifier_layer_groups(clf)
-    assert len(groups) == L + 2
+    assert len(groups) == L + 2 == classifier_group_count(L)  # what the search's unfreeze rungs assume
     _assert_partition(groups, clf)
     assert groups[0] == [clf.encoder.embedding.weight]
     assert {id(p) for p in groups[-1]} == {id(p) for p in clf.head.parameters()}

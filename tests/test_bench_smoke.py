@@ -133,19 +133,38 @@ def test_imdb_lowshot_budgets_are_nested(bench):
 
 
 def test_search_efficiency_smoke(bench, tmp_path, datasets_dir, monkeypatch):
-    """Both searches run on a real local Ray and MLflow store; the best config is retrained on test."""
+    """Every variant runs on a real local Ray and MLflow store (warm start, unfreeze rungs, HyperBand
+    included); TPE + ASHA's best config is retrained on test; the curves come from the stored studies."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "eff.json"
     payload = bench("search_efficiency").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
     runs = {r["variant"]: r for r in payload["runs"]}
-    assert set(runs) == {"tpe_asha", "random_fifo"}
+    assert set(runs) == set(bench("search_efficiency").VARIANTS)
     fifo = runs["random_fifo"]
     assert fifo["trials_stopped_by_asha"] == 0 and fifo["trial_epochs"] == fifo["trial_epochs_if_all_ran"]
+    assert sum(r["lm_trainings"] for r in runs.values()) == 1  # smoke: one LM, trained once, shared by all
     for r in runs.values():
-        assert r["trials"] == 2 and r["lm_trainings"] == 1  # the second trial reused the first one's LM
-        assert 0.0 < r["best_test_accuracy"] <= 1.0 and r["wall_seconds"] > 0
+        assert r["trials"] == 2 and r["wall_seconds"] > 0
+        assert r["curve"][-1]["trial_epochs"] == r["trial_epochs"]  # the curve covers every trial
+    assert 0.0 < runs["tpe_asha"]["best_test_accuracy"] <= 1.0
+    assert runs["tpe_asha_warm"]["warm_start_from_seed"] == 0
+    assert set(payload["summary"]) == set(runs) and payload["summary"]["random_fifo"]["reached_random_best"] == "1/1"
+    assert (tmp_path / "eff.png").stat().st_size > 10_000
     r = _check_provenance(out, "search_efficiency")
     assert bench("report").search_efficiency(r)
+
+
+def test_space_evidence_reads_the_efficiency_benchmark(bench, tmp_path):
+    """Importances and best regions from the committed benchmark's leaderboards (seconds, no training)."""
+    out = tmp_path / "evidence.json"
+    payload = bench("space_evidence").main(["--out", str(out)])
+    importances = payload["pooled_importances"]
+    from search.space import DEFAULT_SPACE
+
+    assert set(importances) == set(payload["best_region"]) == set(DEFAULT_SPACE)
+    assert abs(sum(importances.values()) - 1) < 1e-6 and payload["trials_completed"] > 10
+    r = _check_provenance(out, "space_evidence")
+    assert bench("report").space_evidence(r)
 
 
 def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):

@@ -129,8 +129,8 @@ def test_searcher_and_scheduler_choices():
 
     assert isinstance(make_scheduler(config()), ASHAScheduler)
     assert isinstance(make_scheduler(config(scheduler={"type": "fifo"})), FIFOScheduler)
-    with pytest.raises(SearchConfigError, match=r"search.scheduler.type: must be one of \['asha', 'fifo'\]"):
-        config(scheduler={"type": "hyperband"})
+    with pytest.raises(SearchConfigError, match=r"search.scheduler.type: must be one of \['asha', 'fifo', 'hyperband'\]"):
+        config(scheduler={"type": "bohb"})
     with pytest.raises(SearchConfigError, match=r"search.algorithm: must be one of \['tpe', 'random'\]"):
         config(algorithm="grid")
     assert _sampler("tpe", 3) == {"seed": 3}

@@ -420,6 +420,12 @@ def classifier_layer_groups(clf: TextClassifier) -> list[list[nn.Parameter]]:
     return [list(enc.embedding.parameters()), *(list(r.parameters()) for r in enc.rnns), list(clf.head.parameters())]
 
 
+def classifier_group_count(n_layers: int) -> int:
+    """How many groups :func:`classifier_layer_groups` makes for ``n_layers`` LSTM layers (embedding, each
+    layer, head), without building a model: the unfreezing schedule of a recipe, known in advance."""
+    return n_layers + 2
+
+
 # --- factories -----------------------------------------------------------------------------
 
 

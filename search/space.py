@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -314,6 +315,11 @@ class SearchSpace:
                         get_value(base_values, k)
                     except KeyError:
                         _fail(p.key, f"when: {k} is neither a searched key nor a recipe key")
+        with warnings.catch_warnings():  # the extremes may cap dropouts: that warns per trial, not here
+            warnings.simplefilter("ignore")
+            self._validate_extremes(base)
+
+    def _validate_extremes(self, base: Mapping[str, Any]) -> None:
         for p in self.params:  # each parameter alone at each extreme: errors name the parameter
             for v in p.extremes():
                 try:

@@ -27,7 +27,7 @@ def test_invalid_space_fails_before_anything_starts(tmp_path, capsys):
     assert rc == 2
     assert "space.classifier.dropmult" in err and "did you mean classifier.drop_mult" in err
     assert str(bad) in err
-    assert time.perf_counter() - t0 < 10
+    assert time.perf_counter() - t0 < 30  # seconds (mostly importing torch), not minutes
     _no_search_started(tmp_path)
     assert not (tmp_path / "mlflow.db").exists()  # not even the tracking store was touched
 
@@ -40,7 +40,7 @@ def test_unreachable_tracking_server_fails_in_seconds(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in err
-    assert time.perf_counter() - t0 < 10
+    assert time.perf_counter() - t0 < 30
     _no_search_started(tmp_path)
 
 
@@ -71,10 +71,13 @@ def test_invalid_settings_fail_before_anything_starts(tmp_path, capsys, flag, va
     _no_search_started(tmp_path)
 
 
-def test_unreachable_ray_address_fails_in_seconds(tmp_path, capsys):
+def test_unreachable_ray_address_fails_in_seconds(tmp_path, capsys, datasets_dir):
     t0 = time.perf_counter()
-    rc = main(["search", "--config", str(SMOKE), "--storage", str(tmp_path / "runs"),
+    rc = main(["search", "--config", str(SMOKE), "--storage", str(tmp_path / "runs"), "--data-dir", str(datasets_dir),
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--address", f"127.0.0.1:{free_port()}"])
     assert rc == 2 and "no Ray cluster answers there" in capsys.readouterr().err
-    assert time.perf_counter() - t0 < 15
-    _no_search_started(tmp_path)
+    assert time.perf_counter() - t0 < 30  # seconds, not the minutes ray.init would retry for
+    import ray
+
+    assert not ray.is_initialized()
+    assert not list((tmp_path / "runs").glob("smoke-*"))  # no search folder (the token cache may exist)

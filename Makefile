@@ -7,8 +7,13 @@ DATA_DIR ?= data
 # On machines without internet the datasets come from the local mirror beside the project.
 SHARED_DATASETS := ../shared/datasets
 MIRROR := $(if $(wildcard $(SHARED_DATASETS)/trec/train.csv),--mirror $(SHARED_DATASETS),)
+# The general-domain language models the demo and configs/trec_small.yaml start from, mirrored the same way
+# (they have no public URL: a machine without the mirror runs from random weights and says how to get them).
+MODELS_DIR ?= models
+SHARED_MODELS := ../shared/pretrained
+GENERAL_MODELS := general-en-tiny-fwd general-en-small-fwd
 
-.PHONY: setup data demo lint test bench peers clean
+.PHONY: setup data models demo lint test bench peers clean
 
 setup: $(STAMP)
 
@@ -25,8 +30,16 @@ data: setup $(DATA_DIR)/trec/train.csv
 $(DATA_DIR)/trec/train.csv:
 	$(BIN)/python launch.py data fetch trec --data-dir $(DATA_DIR) $(MIRROR)
 
-demo: data
-	$(BIN)/python launch.py search --config configs/search_trec_demo.yaml --data-dir $(DATA_DIR)
+models: setup
+	@for m in $(GENERAL_MODELS); do \
+	  if [ -d $(MODELS_DIR)/$$m ]; then :; \
+	  elif [ -d $(SHARED_MODELS)/$$m ]; then \
+	    $(BIN)/python launch.py models fetch $$m --mirror $(SHARED_MODELS) --dest $(MODELS_DIR) --no-progress; \
+	  else echo "$$m: no mirror here; the demo starts from random weights (python launch.py models list)"; fi; \
+	done
+
+demo: data models
+	$(BIN)/python launch.py search --config configs/search_trec_demo.yaml --data-dir $(DATA_DIR) --models-dir $(MODELS_DIR)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -41,6 +54,8 @@ PEERS_PY := bench/.peers-venv/bin/python
 bench: setup peers
 	$(BIN)/python bench/lm_throughput.py
 	$(BIN)/python bench/trec_recipe.py
+	$(BIN)/python bench/pretrain_general.py --models $(addprefix $(MODELS_DIR)/,general-en-tiny-fwd general-en-tiny-bwd general-en-small-fwd general-en-small-bwd)
+	$(BIN)/python bench/transfer_trec.py
 	$(PEERS_PY) bench/speed_vs_fastai.py
 	$(PEERS_PY) bench/baselines.py
 	$(PEERS_PY) bench/accuracy_vs_fastai.py
@@ -55,4 +70,4 @@ peers: setup
 	$(BIN)/python bench/peers.py
 
 clean:
-	rm -rf runs .cache mlruns mlartifacts mlflow.db
+	rm -rf runs .cache mlruns mlartifacts mlflow.db mlflow.db.lock

@@ -45,7 +45,8 @@ SMOKE_OVERRIDES = ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1"
 def load_cfg(config: str, overrides: list[str], seed: int):
     from ulmfit_core.config import load_recipe
 
-    return load_recipe(config, overrides + [f"seed={seed}", "device=cpu"])
+    # fastai's run starts its LM from random weights here, so ours does too (no general-domain start)
+    return load_recipe(config, ["lm.pretrained=null"] + overrides + [f"seed={seed}", "device=cpu"])
 
 
 def trec_frames(cfg, data_dir: Path):

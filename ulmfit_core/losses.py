@@ -81,9 +81,11 @@ def lm_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 def ar_tar(raw_out: torch.Tensor | None, dropped_out: torch.Tensor | None, alpha: float, beta: float) -> torch.Tensor | float:
     """Activation (AR) and temporal activation (TAR) regularisation, as fastai's RNNRegularizer."""
+    # In float32 under autocast too: the step differences of bf16 activations lose most of their digits.
     reg: torch.Tensor | float = 0.0
     if alpha and dropped_out is not None:
         reg = reg + alpha * dropped_out.float().pow(2).mean()
     if beta and raw_out is not None and raw_out.size(1) > 1:
-        reg = reg + beta * (raw_out[:, 1:] - raw_out[:, :-1]).float().pow(2).mean()
+        raw = raw_out.float()
+        reg = reg + beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
     return reg

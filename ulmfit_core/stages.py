@@ -57,8 +57,11 @@ def lm_key(cfg: RecipeConfig, fingerprint: str = "", models_dir: str | Path | No
     source = pretrained.resolve_source(cfg.lm, models_dir)
     start = pretrained.source_fingerprint(source) if source is not None else None
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("test", "valid")}  # never read by the LM
+    # An explicit precision is a different training run (bf16 and fp32 weights differ); ``auto`` adds
+    # nothing, so keys made before ``precision`` existed still find their models.
+    precision = [] if cfg.precision == "auto" else [cfg.precision]
     return content_hash(LM_FORMAT, data, to_dict(cfg.text), to_dict(cfg.model), lm, start,
-                        cfg.seed, fingerprint)[:16]
+                        cfg.seed, fingerprint, *precision)[:16]
 
 
 def _initial_lm_state(cfg: RecipeConfig, itos: list[str], models_dir: str | Path | None) -> dict[str, torch.Tensor] | None:
@@ -109,7 +112,8 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     generator = torch.Generator().manual_seed(cfg.seed)
     task = LanguageModelTask(corpus.lm_train, corpus.lm_valid, lmc, device, generator)
     trainer = Trainer(model, groups, lmc, phases, task, device=device, checkpoint_dir=out / CHECKPOINT_SUBDIR,
-                      checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, progress=progress, desc="lm")
+                      checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, progress=progress, desc="lm",
+                      precision=cfg.precision)
     if resume:
         trainer.resume_from(out / CHECKPOINT_SUBDIR)
 
@@ -189,7 +193,7 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
                           cc, corpus.vocab.pad_idx, device, generator)
     trainer = Trainer(model, groups, cc, phases, task, device=device, checkpoint_dir=ckpt_dir,
                       checkpoint_meta={"config": to_dict(cfg), "stage": "classifier"}, progress=progress,
-                      desc="classifier")
+                      desc="classifier", precision=cfg.precision)
     artifacts.write_classifier_metadata(ckpt_dir, to_dict(cfg), corpus.vocab.itos, corpus.label_names)
     if resume_from is not None:
         if not trainer.resume_from(Path(resume_from)):

@@ -7,7 +7,8 @@ config; optimiser, schedule, regularisation, mixed precision and checkpoint/resu
 - Slanted triangular rates per phase and discriminative rates per layer group (``schedule.py``).
 - AR/TAR (Merity et al. 2017): ``alpha * mean(dropped_out**2) + beta * mean((h_t - h_{t-1})**2)``.
 - Gradient-norm clipping over the trainable parameters.
-- CUDA when the model is there, with bf16 autocast (fp16 + GradScaler on GPUs without bf16).
+- Mixed precision by the recipe's ``precision`` (``precision.py``): bf16 autocast on CUDA (fp16 +
+  GradScaler on GPUs without bf16) and on CPUs with native bf16, float32 elsewhere or when asked.
 - Named ``torch.profiler`` ranges (``ulmfit::forward``, ``ulmfit::backward``, ...) around each part of
   a step, so a profile reads as the recipe (``bench/profile_step.py``); they cost ~1 µs when no
   profiler runs.
@@ -16,7 +17,6 @@ config; optimiser, schedule, regularisation, mixed precision and checkpoint/resu
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import random
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .artifacts import load_tensors, save_tensors
 from .config import StageConfig
 from .losses import ar_tar
+from .precision import resolve as resolve_precision
 from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -98,14 +99,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _autocast(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
-    if device.type != "cuda":
-        return contextlib.nullcontext(), None
-    if torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
-    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
 @functools.cache
@@ -175,7 +168,7 @@ class Trainer:
     def __init__(self, model: nn.Module, groups: Sequence[Sequence[nn.Parameter]], cfg: StageConfig,
                  phases: Sequence[Phase], task: Task, *, device: torch.device,
                  checkpoint_dir: Path | None = None, checkpoint_meta: dict[str, Any] | None = None,
-                 progress: bool = False, desc: str = "train") -> None:
+                 progress: bool = False, desc: str = "train", precision: str = "auto") -> None:
         self.model, self.groups, self.cfg, self.phases, self.task = model, groups, cfg, list(phases), task
         self.device, self.checkpoint_dir = device, checkpoint_dir
         self.checkpoint_meta = checkpoint_meta or {}
@@ -183,7 +176,8 @@ class Trainer:
         self.total_epochs = sum(p.epochs for p in self.phases)
         self.optimizer = make_optimizer(groups, cfg, device)
         self.peak_lrs = discriminative_lrs(cfg.lr, cfg.lrm, len(groups))
-        self.autocast, self.scaler = _autocast(device)
+        self.precision = resolve_precision(precision, device)
+        self.autocast, self.scaler = self.precision.autocast(), self.precision.grad_scaler()
         self.history: list[dict[str, float]] = []
         self.epoch = 0  # epochs completed
 

@@ -292,3 +292,43 @@ def test_two_processes_build_the_cache_once(tmp_path):
     assert len(list(markers.iterdir())) == 1
     outs = [pickle.loads((tmp_path / f"out{i}").read_bytes()) for i in range(2)]
     assert outs[0] == outs[1] == CountingTokenizer().tokenize(TEXTS)
+
+
+# --- tokenizing in worker processes ---------------------------------------------------------
+
+#: Texts that exercise every rule, spaCy's special handling and odd input (empty, only spaces, unicode).
+VARIED = ["I LOVED it!!! <br /><br />Really.", "Caf\u00e9 #1 / 2 \\ 3", "", "   ", "w w w w word", "cccc ok",
+          "It's 5 a.m. in the U.S.A., isn't it?", "\u2603 snow\u2014man \u2026 &amp; &quot;quoted&quot;",
+          "http://example.com/a?b=c", "xxbos already", "Tab\there\nnew line", "ALL CAPS TITLE: Sub"]
+
+
+def test_tokenizing_in_worker_processes_gives_the_single_process_output(monkeypatch):
+    texts = [f"{t} {i}" if i % 3 else t for i, t in enumerate(VARIED * 40)]  # 480 texts, many chunks
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(text, "PARALLEL_CHUNK_TEXTS", 50)
+    parallel = Tokenizer(n_workers=2)
+    assert parallel.workers_for(texts) == 2
+    assert parallel.tokenize(texts) == Tokenizer(n_workers=1).tokenize(texts)
+
+
+def test_small_corpora_are_tokenized_in_this_process(monkeypatch):
+    four = Tokenizer(n_workers=4)
+    assert four.workers_for(["a short text"] * 100) == 1  # far below PARALLEL_MIN_CHARS
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 10)
+    assert four.workers_for(["a short text"] * 100) == 4
+    assert four.workers_for(["a short text"] * 3) == 3  # never more workers than texts
+    assert four.workers_for(["one long text" * 10]) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a one-CPU Ray trial
+    assert text.usable_cpus() == 1 and Tokenizer().workers_for(["a short text"] * 100) == 1
+
+
+def test_worker_count_does_not_change_the_cache_key():
+    assert text.cache_key(VARIED, Tokenizer(n_workers=2)) == text.cache_key(VARIED, Tokenizer(n_workers=1))
+
+
+def test_encoded_tokens_round_trip_with_empty_documents():
+    docs = [["xxbos", "a", "b"], [], ["b", "caf\u00e9"], []]
+    table, ids, offsets = text.encode_tokens(docs)
+    assert table == ["xxbos", "a", "b", "caf\u00e9"] and ids.dtype == np.int32 and offsets.tolist() == [0, 3, 3, 5, 5]
+    assert text.decode_tokens(table, ids, offsets) == docs
+    assert text.decode_tokens(*text.encode_tokens([[], []])) == [[], []]

@@ -7,15 +7,20 @@ pickled by fastai (a ``list[str]``) lines up token for token with ours and pretr
 language models can be imported.
 
 Tokenizing a large corpus takes minutes, so :func:`tokenize_cached` keeps the result on disk,
-keyed by the texts' content and the tokenizer settings, built once under a file lock.
+keyed by the texts' content and the tokenizer settings, built once under a file lock. Large corpora
+are tokenized by a pool of worker processes (one per usable core), with the same output.
 """
 from __future__ import annotations
 
 import hashlib
 import html
+import math
+import multiprocessing
+import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +137,44 @@ def join_fields(fields: Sequence[str]) -> str:
 RULES_VERSION = 1
 
 
+#: Below this many characters of text, one process tokenizes: starting worker processes (a fresh
+#: interpreter importing spaCy each, ~1-2 s) and sending the tokens back costs more than a second core
+#: saves. Measured with bench/tokenize_speed.py on IMDb reviews; see docs/BENCHMARKS.md.
+PARALLEL_MIN_CHARS = 8_000_000
+#: Texts sent to a worker at a time: enough to amortise the round trip, small enough to balance the load.
+PARALLEL_CHUNK_TEXTS = 2_000
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set (Ray sets it
+    to a trial's CPU share, so a one-CPU trial tokenizes in one process)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cpus, int(omp))) if omp.isdigit() and int(omp) > 0 else max(1, cpus)
+
+
 class Tokenizer:
     """fastai's rules, then spaCy's blank-language tokenizer (no model needed).
 
     Special tokens stay single tokens. Whitespace tokens that spaCy produces (``"\\n"`` from
     ``<br />``) are kept: they are real tokens, as in fastai (whose post-rule turns a space
     inside a token into ``▁``, so ``"\\n "`` becomes ``"\\n▁"``).
+
+    ``n_workers`` processes tokenize corpora of :data:`PARALLEL_MIN_CHARS` characters or more (default:
+    :func:`usable_cpus`); the output is the same as one process's.
     """
 
-    def __init__(self, lang: str = "en", batch_size: int = 1000):
+    def __init__(self, lang: str = "en", batch_size: int = 1000, n_workers: int | None = None):
         self.lang = lang
         self.batch_size = batch_size
+        self.n_workers = n_workers
         self._nlp = None  # built on first use: loading spaCy takes a moment and does not pickle
 
     def settings_key(self) -> str:
-        """Everything the output depends on, for cache keys."""
+        """Everything the output depends on, for cache keys (not ``n_workers``: the output is the same)."""
         import spacy
 
         return f"spacy-{spacy.__version__}-blank-{self.lang}-rules-{RULES_VERSION}"
@@ -172,15 +200,71 @@ class Tokenizer:
 
     def tokenize(self, texts: Iterable[str], progress: bool = False) -> list[list[str]]:
         """Token lists, one per text, each starting with ``xxbos``."""
-        texts = list(texts)
-        # The tokenizer alone: a blank pipeline has no other components, and n_process=1 is
-        # fastest on a few cores (more processes pay to pickle every Doc back).
-        docs = self.nlp.tokenizer.pipe((apply_rules(str(t)) for t in texts), batch_size=self.batch_size)
+        texts = [str(t) for t in texts]
+        workers = self.workers_for(texts)
+        if workers > 1:
+            return self._tokenize_in_workers(texts, workers, progress)
+        docs = self._tokenize_here(texts)
         if progress:
             from tqdm import tqdm
 
             docs = tqdm(docs, total=len(texts), desc="tokenize", unit="doc")
-        return [[replace_space(tok.text) for tok in doc] for doc in docs]
+        return list(docs)
+
+    def workers_for(self, texts: Sequence[str]) -> int:
+        """Processes that :meth:`tokenize` uses for ``texts``: 1 below :data:`PARALLEL_MIN_CHARS`."""
+        workers = self.n_workers if self.n_workers is not None else usable_cpus()
+        if workers <= 1 or len(texts) < 2 or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
+            return 1
+        return min(workers, len(texts))
+
+    def _tokenize_here(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        # The tokenizer alone: a blank pipeline has no other components. spaCy's own n_process was
+        # ~5x slower than one process on 2 cores (it pickles every Doc back); the worker pool below
+        # sends plain token ids instead.
+        docs = self.nlp.tokenizer.pipe((apply_rules(t) for t in texts), batch_size=self.batch_size)
+        return ([replace_space(tok.text) for tok in doc] for doc in docs)
+
+    def _tokenize_in_workers(self, texts: list[str], workers: int, progress: bool) -> list[list[str]]:
+        """Chunks of texts tokenized by ``workers`` fresh processes, results in the texts' order.
+
+        Workers are spawned, not forked: the caller may hold threads (torch, Ray, tqdm) whose locks a
+        fork would copy mid-use. Each chunk comes back as :func:`encode_tokens` arrays, far cheaper to
+        pickle than lists of strings.
+        """
+        size = min(PARALLEL_CHUNK_TEXTS, math.ceil(len(texts) / workers))
+        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        out: list[list[str]] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), desc=f"tokenize ({workers} processes)", unit="doc")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(self.lang, self.batch_size)) as pool:
+            for encoded in pool.map(_tokenize_chunk, chunks):
+                docs = decode_tokens(*encoded)
+                out += docs
+                if bar is not None:
+                    bar.update(len(docs))
+        if bar is not None:
+            bar.close()
+        return out
+
+
+#: The tokenizer of a pool worker process, built once by the pool's initializer (only ever set in workers).
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _start_worker(lang: str, batch_size: int) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer(lang, batch_size, n_workers=1)
+    _worker_tokenizer.nlp  # load spaCy now, not inside the first chunk  # noqa: B018
+
+
+def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    assert _worker_tokenizer is not None, "runs only in a pool started with _start_worker"
+    return encode_tokens(list(_worker_tokenizer._tokenize_here(texts)))
 
 
 # --- vocabulary -----------------------------------------------------------------------------
@@ -270,14 +354,28 @@ def tokenize_cached(texts: Sequence[str], tokenizer: Tokenizer, cache_dir: str |
         return tokens
 
 
-def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
-    """Compact layout: a table of distinct tokens (UTF-8 bytes + offsets), int32 token ids,
-    and per-document offsets into the ids. A variable-width table, because numpy's fixed-width
-    strings would pad every token to the longest one (a URL makes that hundreds of bytes)."""
+def encode_tokens(token_lists: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Token lists as ``(table, ids, doc_offsets)``: the distinct tokens in order of first use, int32
+    ids into the table, and int64 offsets of each document's ids (``len(token_lists) + 1`` of them)."""
     table: dict[str, int] = {}
     ids = np.fromiter((table.setdefault(t, len(table)) for doc in token_lists for t in doc), dtype=np.int32)
     doc_offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in token_lists], out=doc_offsets[1:])
+    return list(table), ids, doc_offsets
+
+
+def decode_tokens(table: Sequence[str], ids: np.ndarray, doc_offsets: np.ndarray) -> list[list[str]]:
+    """The token lists :func:`encode_tokens` encoded."""
+    flat = np.array(table, dtype=object)[ids].tolist() if len(table) else []
+    bounds = doc_offsets.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
+    """Compact layout: a table of distinct tokens (UTF-8 bytes + offsets), int32 token ids,
+    and per-document offsets into the ids. A variable-width table, because numpy's fixed-width
+    strings would pad every token to the longest one (a URL makes that hundreds of bytes)."""
+    table, ids, doc_offsets = encode_tokens(token_lists)
     encoded = [t.encode("utf-8") for t in table]
     tok_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=tok_offsets[1:])
@@ -292,6 +390,4 @@ def _load_tokens(path: Path) -> list[list[str]]:
         tok_bytes = z["tok_bytes"].tobytes()
         tok_offsets, ids, doc_offsets = z["tok_offsets"], z["ids"], z["doc_offsets"]
     bounds = tok_offsets.tolist()
-    table = np.array([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
-    flat = table[ids].tolist()
-    return [flat[a:b] for a, b in zip(doc_offsets[:-1].tolist(), doc_offsets[1:].tolist())]
+    return decode_tokens([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], ids, doc_offsets)

@@ -125,6 +125,14 @@ def test_auto_is_bf16_only_on_cpus_that_compute_it(monkeypatch):
         precision.resolve("half", "cpu")
 
 
+def test_an_explicit_precision_gets_its_own_language_model():
+    from ulmfit_core.stages import lm_key
+
+    keys = {p: lm_key(recipe_from_dict({"data": {"dataset": "trec"}, "precision": p}), "text") for p in ("auto", "fp32", "bf16")}
+    assert len(set(keys.values())) == 3
+    assert keys["auto"] == lm_key(recipe_from_dict({"data": {"dataset": "trec"}}), "text")
+
+
 # --- float32 is the plain float32 path -------------------------------------------------------
 
 

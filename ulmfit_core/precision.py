@@ -111,8 +111,3 @@ def resolve(precision: str, device: torch.device | str) -> MixedPrecision:
                       "bf16 numerics", RuntimeWarning, stacklevel=2)
         return MixedPrecision("cpu", torch.bfloat16)
     return MixedPrecision("cpu", None)
-
-
-def autocast_active(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` at this point of the forward pass."""
-    return torch.is_autocast_enabled(device_type)

@@ -1,10 +1,11 @@
-"""Tokenizing speed, one process against a pool of worker processes, on IMDb reviews.
+"""Tokenizing speed, one process against several (this one plus worker processes), on IMDb reviews.
 
 The corpus is IMDb's train, unlabeled and test reviews (100,000), read with the recipe's own readers. For
 each size (a prefix of the corpus) it tokenizes once in this process (``Tokenizer(n_workers=1)``) and once
-with the worker pool (``n_workers`` processes, the size threshold switched off so the pool really runs),
-checks the two outputs are identical, and reports documents per second. Sizes where the pool loses show
-where ``ulmfit_core.text.PARALLEL_MIN_CHARS`` should sit. Rounds alternate the order of the two modes.
+split among ``--workers`` processes (the size threshold switched off so they really run; worker start-up
+included), checks the two outputs are identical, and reports documents per second. Sizes where several
+processes lose show where ``ulmfit_core.text.PARALLEL_MIN_CHARS`` should sit. Rounds alternate the order
+of the two modes.
 
     python bench/tokenize_speed.py                     # sizes 2k, 8k, 25k, 100k reviews, 2 workers: ~5 min on 2 cores
     python bench/tokenize_speed.py --smoke             # 400 reviews of train: seconds, for the tests
@@ -39,7 +40,7 @@ def imdb_reviews(data_dir: Path, limit: int) -> list[str]:
 
 
 def time_mode(texts: list[str], workers: int) -> tuple[float, list[list[str]]]:
-    """Wall seconds to tokenize ``texts`` with ``workers`` processes (pool start included)."""
+    """Wall seconds to tokenize ``texts`` with ``workers`` processes (worker start-up included)."""
     tok = Tokenizer(n_workers=workers)
     t0 = time.perf_counter()
     tokens = tok.tokenize(texts)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     corpus = imdb_reviews(Path(args.data_dir), max(args.sizes))
     read_seconds = time.perf_counter() - t0
     threshold = text.PARALLEL_MIN_CHARS
-    text.PARALLEL_MIN_CHARS = 0  # measure the pool at every size, also where the recipe would not use it
+    text.PARALLEL_MIN_CHARS = 0  # measure several processes at every size, also where the recipe would not
     try:
         rows = [measure_size(corpus[:n], args.workers, args.rounds) for n in args.sizes if n <= len(corpus)]
     finally:

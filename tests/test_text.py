@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -303,12 +306,47 @@ VARIED = ["I LOVED it!!! <br /><br />Really.", "Caf\u00e9 #1 / 2 \\ 3", "", "   
 
 
 def test_tokenizing_in_worker_processes_gives_the_single_process_output(monkeypatch):
-    texts = [f"{t} {i}" if i % 3 else t for i, t in enumerate(VARIED * 40)]  # 480 texts, many chunks
+    texts = [f"{t} {i}" if i % 3 else t for i, t in enumerate(VARIED * 40)]  # 480 texts
     monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 0)
-    monkeypatch.setattr(text, "PARALLEL_CHUNK_TEXTS", 50)
-    parallel = Tokenizer(n_workers=2)
-    assert parallel.workers_for(texts) == 2
-    assert parallel.tokenize(texts) == Tokenizer(n_workers=1).tokenize(texts)
+    parallel = Tokenizer(n_workers=3)  # this process and two workers
+    assert parallel.workers_for(texts) == 3
+    assert parallel.tokenize(texts, progress=True) == Tokenizer(n_workers=1).tokenize(texts)
+
+
+def test_a_script_without_a_main_guard_can_tokenize_in_workers(tmp_path):
+    """multiprocessing's spawn would re-run this script in each worker and fail; our workers do not."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from ulmfit_core import text\n"
+                      "text.PARALLEL_MIN_CHARS = 0\n"
+                      "tokens = text.Tokenizer(n_workers=2).tokenize(['First TEXT here.', 'Second one!'] * 20)\n"
+                      "print(len(tokens), tokens[-1])\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "40 ['xxbos', 'xxmaj', 'second', 'one', '!']"
+
+
+def test_a_failing_worker_is_reported_with_its_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(text.sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises((RuntimeError, OSError)):
+        Tokenizer(n_workers=2).tokenize(["one text", "another text"])
+    monkeypatch.undo()
+    job = text._WorkerJob.start(tmp_path, 1, ["x"], "no-such-language-code", 10)
+    with pytest.raises(RuntimeError, match=r"(?s)tokenizer worker process failed \(exit code 1\).*no-such-language-code.*n_workers=1"):
+        job.result()
+
+
+def test_texts_are_split_into_contiguous_parts_of_about_equal_length():
+    texts = ["a" * 10] * 6 + ["b" * 100] + [""] * 3
+    parts = text.split_by_length(texts, 2)
+    assert [t for p in parts for t in p] == texts and all(parts)
+    assert parts[1][0] == "b" * 100  # the long text starts the second half by length
+    assert [len(p) for p in text.split_by_length(["x"] * 3, 3)] == [1, 1, 1]
+    assert [len(p) for p in text.split_by_length(["long" * 100, "", ""], 3)] == [1, 1, 1]  # never an empty part
+    with pytest.raises(ValueError, match="non-empty parts"):
+        text.split_by_length(["x"], 2)
 
 
 def test_small_corpora_are_tokenized_in_this_process(monkeypatch):

@@ -8,19 +8,22 @@ language models can be imported.
 
 Tokenizing a large corpus takes minutes, so :func:`tokenize_cached` keeps the result on disk,
 keyed by the texts' content and the tokenizer settings, built once under a file lock. Large corpora
-are tokenized by a pool of worker processes (one per usable core), with the same output.
+are tokenized by several processes (one per usable core), with the same output.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import html
-import math
-import multiprocessing
+import itertools
 import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +140,11 @@ def join_fields(fields: Sequence[str]) -> str:
 RULES_VERSION = 1
 
 
-#: Below this many characters of text, one process tokenizes: starting worker processes (a fresh
-#: interpreter importing spaCy each, ~1-2 s) and sending the tokens back costs more than a second core
-#: saves. Measured with bench/tokenize_speed.py on IMDb reviews; see docs/BENCHMARKS.md.
-PARALLEL_MIN_CHARS = 8_000_000
-#: Texts sent to a worker at a time: enough to amortise the round trip, small enough to balance the load.
-PARALLEL_CHUNK_TEXTS = 2_000
+#: Below this many characters of text one process tokenizes: a worker process (a fresh interpreter
+#: importing spaCy, ~1-2 s) and sending its tokens back cost more than a second core saves on ~3 s of
+#: work (one process tokenizes ~3 M characters of IMDb a second). An estimate from those costs; the
+#: crossover is measured by bench/tokenize_speed.py (docs/BENCHMARKS.md).
+PARALLEL_MIN_CHARS = 10_000_000
 
 
 def usable_cpus() -> int:
@@ -163,8 +165,8 @@ class Tokenizer:
     ``<br />``) are kept: they are real tokens, as in fastai (whose post-rule turns a space
     inside a token into ``▁``, so ``"\\n "`` becomes ``"\\n▁"``).
 
-    ``n_workers`` processes tokenize corpora of :data:`PARALLEL_MIN_CHARS` characters or more (default:
-    :func:`usable_cpus`); the output is the same as one process's.
+    Corpora of :data:`PARALLEL_MIN_CHARS` characters or more are split among ``n_workers`` processes
+    (default: :func:`usable_cpus`), this one included; the output is the same as one process's.
     """
 
     def __init__(self, lang: str = "en", batch_size: int = 1000, n_workers: int | None = None):
@@ -220,51 +222,98 @@ class Tokenizer:
 
     def _tokenize_here(self, texts: Sequence[str]) -> Iterator[list[str]]:
         # The tokenizer alone: a blank pipeline has no other components. spaCy's own n_process was
-        # ~5x slower than one process on 2 cores (it pickles every Doc back); the worker pool below
-        # sends plain token ids instead.
+        # ~5x slower than one process on 2 cores (it pickles every Doc back); the workers below send
+        # plain token ids instead.
         docs = self.nlp.tokenizer.pipe((apply_rules(t) for t in texts), batch_size=self.batch_size)
         return ([replace_space(tok.text) for tok in doc] for doc in docs)
 
     def _tokenize_in_workers(self, texts: list[str], workers: int, progress: bool) -> list[list[str]]:
-        """Chunks of texts tokenized by ``workers`` fresh processes, results in the texts' order.
+        """``texts`` cut into ``workers`` shares of about equal length: this process tokenizes the first
+        while ``workers - 1`` worker processes tokenize the others; results in the texts' order.
 
-        Workers are spawned, not forked: the caller may hold threads (torch, Ray, tqdm) whose locks a
-        fork would copy mid-use. Each chunk comes back as :func:`encode_tokens` arrays, far cheaper to
-        pickle than lists of strings.
+        Workers are fresh interpreters (``python -m ulmfit_core.tokenize_worker``), not multiprocessing's:
+        a forked child would copy the locks of the caller's threads (torch, Ray, tqdm) mid-use, and a
+        spawned one re-runs the caller's main script (a script without an ``if __name__ == "__main__"``
+        guard would then fail or run twice). Texts and tokens travel through files in a private
+        temporary folder, the tokens as :func:`encode_tokens` arrays.
         """
-        size = min(PARALLEL_CHUNK_TEXTS, math.ceil(len(texts) / workers))
-        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
-        out: list[list[str]] = []
+        shares = split_by_length(texts, workers)
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(texts), desc=f"tokenize ({workers} processes)", unit="doc")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_start_worker, initargs=(self.lang, self.batch_size)) as pool:
-            for encoded in pool.map(_tokenize_chunk, chunks):
-                docs = decode_tokens(*encoded)
-                out += docs
+        with tempfile.TemporaryDirectory(prefix="ulmfit-tokenize-") as tmp:
+            jobs = [_WorkerJob.start(Path(tmp), i, share, self.lang, self.batch_size)
+                    for i, share in enumerate(shares[1:], start=1)]
+            try:
+                out: list[list[str]] = []
+                for doc in self._tokenize_here(shares[0]):
+                    out.append(doc)
+                    if bar is not None:
+                        bar.update()
+                for job, share in zip(jobs, shares[1:]):
+                    out += job.result()
+                    if bar is not None:
+                        bar.update(len(share))
+            finally:
+                for job in jobs:
+                    job.stop()
                 if bar is not None:
-                    bar.update(len(docs))
-        if bar is not None:
-            bar.close()
+                    bar.close()
         return out
 
 
-#: The tokenizer of a pool worker process, built once by the pool's initializer (only ever set in workers).
-_worker_tokenizer: Tokenizer | None = None
+def split_by_length(texts: Sequence[str], parts: int) -> list[Sequence[str]]:
+    """``texts`` as ``parts`` contiguous, non-empty slices of about equal total length (in characters),
+    so that processes given one slice each finish at about the same time. Needs ``len(texts) >= parts``."""
+    if not 1 <= parts <= len(texts):
+        raise ValueError(f"cannot cut {len(texts)} texts into {parts} non-empty parts")
+    ends = list(itertools.accumulate(len(t) + 1 for t in texts))  # + 1: empty texts still cost a little
+    cuts = [0]
+    for k in range(1, parts):
+        target = ends[-1] * k / parts
+        j = bisect.bisect_left(ends, target)  # text j crosses the target: cut before or after it, whichever is nearer
+        cut = j + 1 if j == 0 or ends[j] - target < target - ends[j - 1] else j
+        cuts.append(min(max(cut, cuts[-1] + 1), len(texts) - (parts - k)))  # every part keeps a text
+    cuts.append(len(texts))
+    return [texts[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _start_worker(lang: str, batch_size: int) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = Tokenizer(lang, batch_size, n_workers=1)
-    _worker_tokenizer.nlp  # load spaCy now, not inside the first chunk  # noqa: B018
+class _WorkerJob:
+    """One ``python -m ulmfit_core.tokenize_worker IN OUT`` process and its files."""
 
+    def __init__(self, proc: subprocess.Popen, out_path: Path, err_path: Path) -> None:
+        self.proc, self.out_path, self.err_path = proc, out_path, err_path
 
-def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    assert _worker_tokenizer is not None, "runs only in a pool started with _start_worker"
-    return encode_tokens(list(_worker_tokenizer._tokenize_here(texts)))
+    @classmethod
+    def start(cls, folder: Path, index: int, texts: Sequence[str], lang: str, batch_size: int) -> _WorkerJob:
+        src, dst, err = folder / f"in{index}.pkl", folder / f"out{index}.pkl", folder / f"err{index}.txt"
+        src.write_bytes(pickle.dumps((lang, batch_size, list(texts)), protocol=pickle.HIGHEST_PROTOCOL))
+        # The worker imports this very ulmfit_core (an installed copy elsewhere must not stand in for it),
+        # and needs no threads for its numpy.
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "ulmfit_core.tokenize_worker", str(src), str(dst)],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        return cls(proc, dst, err)
+
+    def result(self) -> list[list[str]]:
+        """The worker's token lists, once it has finished; RuntimeError with its error output if it failed."""
+        code = self.proc.wait()
+        if code != 0:
+            tail = "\n".join(self.err_path.read_text(errors="replace").splitlines()[-12:])
+            raise RuntimeError(f"tokenizer worker process failed (exit code {code}); its error output:\n{tail}\n"
+                               "Tokenize in one process with Tokenizer(n_workers=1) to see the error directly.")
+        return decode_tokens(*pickle.loads(self.out_path.read_bytes()))
+
+    def stop(self) -> None:
+        """End the worker if it still runs (the caller failed or was interrupted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # --- vocabulary -----------------------------------------------------------------------------

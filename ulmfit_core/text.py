@@ -140,10 +140,10 @@ def join_fields(fields: Sequence[str]) -> str:
 RULES_VERSION = 1
 
 
-#: Below this many characters of text one process tokenizes: a worker process (a fresh interpreter
-#: importing spaCy, ~1-2 s) and sending its tokens back cost more than a second core saves on ~3 s of
-#: work (one process tokenizes ~3 M characters of IMDb a second). An estimate from those costs; the
-#: crossover is measured by bench/tokenize_speed.py (docs/BENCHMARKS.md).
+#: Below this many characters of text one process tokenizes. A worker's start-up (a fresh interpreter
+#: importing spaCy) cost as much CPU as tokenizing ~3.6 M characters of IMDb, and taking its tokens
+#: back ~0.8 M more, so two processes break even near 9 M characters (CPU-time ratios measured on a
+#: busy 2-core machine; bench/tokenize_speed.py measures the crossover in wall time, docs/BENCHMARKS.md).
 PARALLEL_MIN_CHARS = 10_000_000
 
 

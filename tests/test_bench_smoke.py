@@ -283,6 +283,9 @@ def test_speed_vs_fastai_smoke_with_fastai(bench, tmp_path):
     assert p["params_lm"]["ours"] == p["params_lm"]["fastai"]  # same model sizes on both sides
     assert p["params_classifier"]["ours"] == p["params_classifier"]["fastai"]
     assert p["lm_train_tokens"]["ratio_median"] > 0
+    for key in ("lm_train_tokens", "classifier_train_docs", "classifier_infer_docs"):
+        m = p[key]  # fastai under bf16 autocast: timed, or recorded as unable to run on this CPU
+        assert ("ratio_fastai_bf16_median" in m) != ("fastai_bf16" in m["failed"])
 
 
 @pytest.mark.slow

@@ -32,6 +32,18 @@ def _load_avg(machine: dict[str, Any]) -> str:
     return " / ".join(f"{v:.1f}" for v in load) if load else "n/a"
 
 
+def _repo_path(path: str) -> str:
+    """A recorded file path as it reads inside the repository (the run may have been in another checkout)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        parts = p.parts
+        return str(Path(*parts[parts.index("configs"):])) if "configs" in parts else p.name
+
+
 def lm_throughput(r: dict[str, Any]) -> list[str]:
     rows = ["| preset | emb/hid/layers | vocab | bs × bptt | loss | tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
     for p in r["presets"]:
@@ -47,7 +59,7 @@ def lm_throughput(r: dict[str, Any]) -> list[str]:
 
 def trec_recipe(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
-    rows = [f"Config: `{Path(r['config']).relative_to(ROOT) if Path(r['config']).is_absolute() else r['config']}`"
+    rows = [f"Config: `{_repo_path(r['config'])}`"
             f"{' with ' + ', '.join(r['overrides']) if r['overrides'] else ''}; {r['threads']} torch threads; "
             f"1/5/15-minute load average at the end {_load_avg(r['machine'])} on {r['machine']['cores']} cores.", "",
             "| seed | test accuracy | valid accuracy | LM stage (s) | classifier stage (s) | total (s) |",
@@ -86,29 +98,58 @@ def _spread(m: dict[str, Any], key: str) -> str:
     return f"{m[key + '_median']:.2f} ({m[key + '_min']:.2f}–{m[key + '_max']:.2f})"
 
 
+#: Labels of the sides speed_vs_fastai.py compares ours with (older results hold only "fastai").
+_FASTAI_SIDES = {"fastai": "fastai fp32", "fastai_bf16": "fastai bf16 autocast"}
+
+
+def _ratio_key(kind: str, side: str) -> str:
+    return kind if side == "fastai" else f"{kind}_{side}"
+
+
+def _sides(p: dict[str, Any], key: str) -> list[str]:
+    m = p[key]
+    if "sides" in m:
+        return [s for s in [*m["sides"], *m.get("failed", {})] if s != "ours"]
+    return ["fastai"] if "ratio_median" in m else []
+
+
 def speed_vs_fastai(r: dict[str, Any]) -> list[str]:
     names = {"lm_train_tokens": "LM training, tokens/s", "classifier_train_docs": "classifier training, docs/s",
              "classifier_infer_docs": "classifier inference, docs/s"}
-    rows = ["| preset | measurement | ours (median) | fastai (median) | ours / fastai, wall time: median (min–max) | "
-            "ours / fastai, CPU time: median (min–max) | rounds × steps |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    others = list(dict.fromkeys(s for p in r["presets"] for k in names for s in _sides(p, k)))
+    header = ["preset", "measurement", "ours (median)"]
+    for side in others:
+        # Results made before --fastai-precisions ran fastai at the same precision as ours: plain "fastai".
+        label = _FASTAI_SIDES.get(side, side) if "ours_precision" in r else side
+        header += [f"{label} (median)", f"ours / {label}, wall time: median (min–max)",
+                   f"ours / {label}, CPU time: median (min–max)"]
+    rows = ["| " + " | ".join(header + ["rounds × steps"]) + " |", "| " + " | ".join(["---"] * (len(header) + 1)) + " |"]
     for p in r["presets"]:
         for key, label in names.items():
             m = p[key]
-            if "ratio_median" not in m:
-                rows.append(f"| {p['preset']} | {label} | {m['ours_per_s_median']:,.1f} | not measured | | | |")
-                continue
-            rows.append(f"| {p['preset']} | {label} | {m['ours_per_s_median']:,.1f} | {m['fastai_per_s_median']:,.1f} | "
-                        f"**{_spread(m, 'ratio')}** | {_spread(m, 'cpu_ratio')} | {len(m['rounds'])} × {m['steps']} |")
+            cells = [p["preset"], label, f"{m['ours_per_s_median']:,.1f}"]
+            for side in others:
+                if side in m.get("failed", {}):
+                    cells += [f"cannot run: {m['failed'][side][:70]}", "", ""]
+                elif f"{side}_per_s_median" in m:
+                    cells += [f"{m[side + '_per_s_median']:,.1f}", f"**{_spread(m, _ratio_key('ratio', side))}**",
+                              _spread(m, _ratio_key("cpu_ratio", side))]
+                else:
+                    cells += ["not measured", "", ""]
+            rows.append("| " + " | ".join(cells + [f"{len(m['rounds'])} × {m['steps']}"]) + " |")
     v = r.get("versions", {})
     loads = []
     for p in r["presets"]:
         ls = [rd["load_before"][0] for k in names for rd in p[k]["rounds"]]
         loads.append(f"{p['preset']} {min(ls):.1f}–{max(ls):.1f}")
     busy = "; above ~2, other processes shared the cores and the wall-time spread widens" if r["device"] == "cpu" else ""
-    rows += ["", f"Same parameter counts on both sides (e.g. {r['presets'][0]['preset']}: "
-                 f"{r['presets'][0]['params_lm']['ours']:,} vs {r['presets'][0]['params_lm'].get('fastai', 0):,} in the LM). "
-                 f"fastai {v.get('fastai')}, torch {v.get('torch')}, {r['threads']} threads, device "
+    prec = r.get("ours_precision")
+    ours = (f"Ours at `precision: {prec['asked']}` ({prec['resolved']} on this machine). " if prec
+            else "Both sides under bf16 autocast. " if r.get("amp") else "")
+    first = r["presets"][0]
+    rows += ["", ours + f"Same parameter counts on both sides (e.g. {first['preset']}: "
+                 f"{first['params_lm']['ours']:,} vs {first['params_lm'].get('fastai', first['params_lm'].get('fastai_bf16', 0)):,} "
+                 f"in the LM). fastai {v.get('fastai')}, torch {v.get('torch')}, {r['threads']} threads, device "
                  f"{r.get('device_name') or r['device']}. 1-minute load average during the rounds on "
                  f"{r['machine']['cores']} cores: {', '.join(loads)}{busy}. Whole run {r['total_seconds'] / 60:.0f} min."]
     return rows
@@ -324,6 +365,98 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def profile_step(r: dict[str, Any]) -> list[str]:
+    peaks = {p["dtype"]: p for p in r["peaks"]}
+    fp32, bf16 = peaks["float32"]["gflops"], peaks["bfloat16"]["gflops"]
+    rows = [f"Matmul peak measured in the run ({r['threads']} threads): float32 **{fp32:,.0f} GFLOP/s**, bfloat16 "
+            f"**{bf16:,.1f} GFLOP/s** ({'native' if r['native_cpu_bf16'] else 'emulated: this CPU has no AVX512_BF16/AMX'}). "
+            f"FLOPs: {r['flops_formula']}.", "",
+            "| preset | precision | stage | s / step | throughput | GFLOP/s | MFU vs fp32 peak | MFU vs bf16 peak |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        for stage, unit in (("lm", "tokens/s"), ("classifier", "docs/s")):
+            x = row[stage]
+            rows.append(f"| {row['preset']} | {row['precision']} ({row['resolved_precision']}) | {stage} | "
+                        f"{x['step_seconds_median']:.3f} | {x['items_per_s']:,.1f} {unit} | {x['gflops']:,.1f} | "
+                        f"{100 * x['mfu_vs_fp32_peak']:.1f} % | {100 * x['mfu_vs_bf16_peak']:.1f} % |")
+    buckets = [b for b in r["rows"][0]["lm"]["breakdown_share"]
+               if any(row[st]["breakdown_share"].get(b, 0) >= 0.005 for row in r["rows"] for st in ("lm", "classifier"))]
+    rows += ["", "Share of the profiled step time (self time of every op, backward ops counted with the forward op "
+             "that made them):", "",
+             "| preset | precision | stage | " + " | ".join(buckets) + " |", "| " + " | ".join(["---"] * (len(buckets) + 3)) + " |"]
+    for row in r["rows"]:
+        for stage in ("lm", "classifier"):
+            share = row[stage]["breakdown_share"]
+            rows.append(f"| {row['preset']} | {row['precision']} | {stage} | "
+                        + " | ".join(f"{100 * share.get(b, 0):.0f} %" for b in buckets) + " |")
+    for probe in r.get("lstm_autocast_probe", []):
+        verdict = (f"runs, {probe['bf16_speedup']:.2f}x the float32 speed, gradients finite: "
+                   f"{'yes' if probe['bf16_grads_finite'] else 'NO'}" if probe["bf16_runs"]
+                   else f"does not run: `{probe['bf16_error'][:120]}`")
+        rows += ["", f"oneDNN's fused LSTM (`torch.lstm`, {probe['preset']} first layer, forward + backward) under CPU "
+                     f"bf16 autocast: {verdict}. Our model keeps it in float32 under autocast (docs/RECIPE.md)."]
+    load = r.get("load_average_start_end")
+    if load:
+        rows += ["", f"1-minute load average at the start / end: {load[0][0]:.1f} / {load[1][0]:.1f} on "
+                     f"{r['machine']['cores']} cores (above the thread count, other work shared the cores: absolute "
+                     "times are then low, the shares less affected)."]
+    return rows
+
+
+def tokenize_speed(r: dict[str, Any]) -> list[str]:
+    rows = [f"| reviews | characters | one process, docs/s | {r['workers']} processes, docs/s | speedup | same tokens |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for x in r["sizes"]:
+        rows.append(f"| {x['docs']:,} | {x['chars'] / 1e6:.1f} M | {x['single_docs_per_s']:,.0f} | "
+                    f"{x['pool_docs_per_s']:,.0f} | **{x['speedup']:.2f}x** | {'yes' if x['identical'] else 'NO'} |")
+    wins = r.get("smallest_winning_chars")
+    loads = ", ".join(f"{x['load_after'][0]:.1f}" for x in r["sizes"])
+    found = (f"in this run several processes were faster from {wins / 1e6:.1f} M characters" if wins
+             else "in this run one process was faster at every size")
+    rows += ["", f"The recipe splits tokenizing among processes from `PARALLEL_MIN_CHARS` = "
+                 f"{r['parallel_min_chars'] / 1e6:.0f} M characters up (ulmfit_core/text.py); {found}. 1-minute load "
+                 f"average after each size: {loads} on {r['machine']['cores']} cores."]
+    return rows
+
+
+def trials_per_gpu(r: dict[str, Any]) -> list[str]:
+    rows = [f"Device: {r['gpu'] or r['device']}" + (" (smoke run on CPU)" if r["smoke"] else "") + ".", "",
+            "| preset | trials at once | trials | wall time (s) | trials per hour | vs the first level | "
+            "median trial time (s) | most trials seen at once |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for preset, p in r["presets"].items():
+        for x in p["levels"]:
+            median = sorted(x["trial_time_total_s"])[len(x["trial_time_total_s"]) // 2] if x["trial_time_total_s"] else 0
+            rows.append(f"| {preset} | {x['concurrent']} | {x['trials']} | {x['wall_seconds']:.0f} | "
+                        f"**{x['trials_per_hour']:.0f}** | {x['throughput_vs_first']:.2f}x | {median:.0f} | "
+                        f"{x['max_trials_at_once']} |")
+    lm = ", ".join(f"{k} {p['lm_seconds_once']:.0f} s" for k, p in r["presets"].items())
+    rows += ["", f"The shared language model was trained once per preset before the searches ({lm}) and is not in "
+                 "these times. Overrides: " + ", ".join(f"`{o}`" for o in r["overrides"]) + "."]
+    return rows
+
+
+def precision_accuracy(r: dict[str, Any]) -> list[str]:
+    rows = ["| seed | precision | LM valid perplexity | valid accuracy | test accuracy | LM stage (s) | classifier stage (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for x in sorted(r["runs"], key=lambda x: (x["seed"], x["precision"])):
+        rows.append(f"| {x['seed']} | {x['precision']} | {x['lm_valid_perplexity']:.2f} | {x['valid_accuracy']:.4f} | "
+                    f"{x['test_accuracy']:.4f} | {x['lm_seconds']:.0f} | {x['classifier_seconds']:.0f} |")
+    s = r["summary"]
+    for prec in ("fp32", "bf16"):
+        if prec in s:
+            x = s[prec]
+            rows.append(f"| **mean** | **{prec}** | {x['lm_valid_perplexity_mean']:.2f} | | "
+                        f"**{100 * x['test_accuracy_mean']:.1f} ± {100 * x['test_accuracy_sd']:.1f} %** | "
+                        f"{x['lm_seconds_mean']:.0f} | {x['classifier_seconds_mean']:.0f} |")
+    if s.get("paired"):
+        rows += ["", "Same seed, bf16 − fp32 test accuracy: " + "; ".join(
+            f"seed {p['seed']}: {100 * p['test_accuracy_bf16_minus_fp32']:+.1f} points (perplexity ratio "
+            f"{p['lm_perplexity_bf16_over_fp32']:.3f})" for p in s["paired"]) + "."]
+    rows += ["", f"Device {r['device']}, {'native' if r['native_bf16'] else 'EMULATED'} bf16; config `{_repo_path(r['config'])}`"
+                 + (f" with {', '.join(r['overrides'])}" if r["overrides"] else "") + "."]
+    return rows
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("lm_throughput", "Language-model training speed",
      "Forward + backward + AdamW step on random token ids. fastai's AWD-LSTM measured ~1,750 (small) and "
@@ -331,17 +464,34 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "this kind differ from day to day, so the like-for-like figure is the same-process comparison with fastai "
      "below (run on the same day: fastai's small LM trained ~1,210 tokens/s there).",
      lm_throughput),
+    ("profile_step", "Where a training step's time goes, and MFU (CPU)",
+     "One language-model step (bs 64 × bptt 70, vocabulary 30k) and one classifier step (32 documents of 230 "
+     "tokens) of the real `Trainer.train_step`, profiled with `torch.profiler` after a warm-up step "
+     "(`python bench/profile_step.py`); throughput from separate unprofiled steps. MFU: the model's analytic matmul "
+     "FLOPs per second over the machine's measured matmul peak.",
+     profile_step),
+    ("tokenize_speed", "Tokenizing IMDb in one process and in several",
+     "IMDb's train, unlabeled and test reviews, tokenized with our rules and spaCy in one process, and split between "
+     "this process and worker processes (fresh interpreters returning token ids; their start-up included) "
+     "(`python bench/tokenize_speed.py`); both outputs compared.",
+     tokenize_speed),
     ("trec_recipe", "The whole recipe on TREC-6 (CPU, no general-domain pretraining)",
      "LM fine-tuned on TREC-6's training questions only (no test text), then the classifier with gradual "
      "unfreezing; test accuracy on the 500 official test questions. The paper's ablation without "
      "pretraining reports 10.67 % validation error; one TREC-6 test score has a standard error of ~1.5 points.",
      trec_recipe),
+    ("precision_accuracy", "bf16 against fp32: language-model perplexity and TREC-6 accuracy",
+     "The whole recipe (`configs/trec_small.yaml`) once with `precision: fp32` and once with `precision: bf16` per "
+     "seed (`python bench/precision_accuracy.py`); the same seed draws the same split and initial weights.",
+     precision_accuracy),
     ("gpu_check", "On a GPU: agreement with the CPU, mixed precision, speed",
      "Run on a lent GPU machine with `python bench/gpu_check.py --out bench/results/gpu_check.json`. Same batch "
      "shapes as the CPU figures; not tuned for the GPU (larger batches would raise throughput).",
      gpu_check),
     ("speed_vs_fastai", "Speed against fastai's AWD-LSTM (CPU)",
-     "Our AWD-LSTM against fastai's (`fastai.text.all`: `get_language_model` / `get_text_classifier` with `AWD_LSTM`), "
+     "Our AWD-LSTM at the default `precision: auto` (bf16 autocast where the CPU has AVX512_BF16/AMX, else float32) "
+     "against fastai's in float32 and under the same bf16 autocast "
+     "(`fastai.text.all`: `get_language_model` / `get_text_classifier` with `AWD_LSTM`), "
      "same sizes, dropouts, random batches, step code (cross-entropy + AR/TAR, backward, clipping, AdamW) and threads, "
      "timed alternately in one process (`bench/.peers-venv/bin/python bench/speed_vs_fastai.py`). LM: bs 64 × bptt 70, "
      "vocabulary 30k; classifier: 32 documents of 230 tokens, BPTT chunks of 70. A ratio above 1 means ours is faster. "
@@ -395,6 +545,11 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "A fixed set of demo-recipe trials run directly, then as a search with 1 and with 2 workers on this 2-core "
      "machine (`python bench/search_scaling.py`).",
      search_scaling),
+    ("trials_per_gpu", "Trials per hour on one GPU",
+     "The demo search with the `small` and `paper` presets on CUDA, 1, 2, 4 and 8 trials sharing one GPU "
+     "(`search.resources.gpu` = 1/n), random sampler, no early stopping (`python bench/trials_per_gpu.py` on a GPU "
+     "machine).",
+     trials_per_gpu),
 ]
 
 

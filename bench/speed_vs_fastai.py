@@ -1,5 +1,11 @@
 """Speed of our AWD-LSTM against fastai's, measured alternately in one process: ratios with their spread.
 
+Ours runs at the recipe's precision (``--precision``, default ``auto``: bf16 autocast on CUDA and on CPUs
+with AVX512_BF16/AMX, float32 elsewhere; ``ulmfit_core/precision.py``), fastai in float32 and under the
+same bf16 autocast (``--fastai-precisions``, default both). A side that cannot run (fastai's ``nn.LSTM``
+under CPU bf16 autocast fails to build its oneDNN kernel on CPUs without native bf16) is reported with
+its error and left out of the rounds.
+
 Three measurements per model preset, each on identical random batches, sizes, dropouts and threads:
 
 - language-model training tokens/s: bs 64 × bptt 70, vocabulary 30k, forward + cross-entropy + AR/TAR,
@@ -21,8 +27,11 @@ fastai lives in the peer virtual environment (``python bench/peers.py``); run th
 which imports ``ulmfit_core`` from the repository:
 
     bench/.peers-venv/bin/python bench/speed_vs_fastai.py            # small and paper, CPU: 10-15 minutes on 2 cores
-    python bench/speed_vs_fastai.py --device cuda --amp --name speed_vs_fastai_gpu_bf16   # on a GPU, ~1 minute
+                                                                     # (x ~1.5 with the fastai bf16 side on a bf16 CPU)
+    python bench/speed_vs_fastai.py --device cuda --name speed_vs_fastai_gpu   # on a GPU, ~2 minutes
     python bench/speed_vs_fastai.py --smoke                          # seconds; fastai's side only if importable
+
+``--amp`` (kept for the recorded GPU runs) means ``--precision bf16 --fastai-precisions bf16``.
 
 Run with another python, the script re-runs itself with the peer venv's python when that exists.
 """
@@ -54,7 +63,28 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-def make_lm_sides(preset: str, vocab: int, device: Any, with_fastai: bool) -> list[dict[str, Any]]:
+#: fastai's side name for each of its precisions; ratios are ours / that side.
+FASTAI_SIDES = {"fp32": "fastai", "bf16": "fastai_bf16"}
+
+
+def _autocast_factory(device: Any, dtype: Any) -> Callable[[], Any]:
+    """A maker of fresh autocast contexts (None: float32, no autocast)."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _fastai_dtypes(precisions: list[str]) -> dict[str, Any]:
+    import torch
+
+    return {FASTAI_SIDES[p]: (torch.bfloat16 if p == "bf16" else None) for p in precisions}
+
+
+def make_lm_sides(preset: str, vocab: int, device: Any, ours_dtype: Any, fastai_precisions: list[str]) -> list[dict[str, Any]]:
     from ulmfit_core.awd_lstm import build_language_model, detach_hidden
     from ulmfit_core.config import LMConfig, ModelConfig
 
@@ -68,8 +98,9 @@ def make_lm_sides(preset: str, vocab: int, device: Any, with_fastai: bool) -> li
         state["hidden"] = detach_hidden(hidden)
         return logits, raw, dropped
 
-    sides = [{"name": "ours", "model": ours, "fwd": ours_fwd, "reset": lambda: state.update(hidden=None)}]
-    if with_fastai:
+    sides = [{"name": "ours", "model": ours, "fwd": ours_fwd, "reset": lambda: state.update(hidden=None),
+              "autocast": _autocast_factory(device, ours_dtype)}]
+    for name, dtype in _fastai_dtypes(fastai_precisions).items():
         from fastai.text.all import AWD_LSTM, get_language_model
 
         config = dict(emb_sz=mc.emb_sz, n_hid=mc.n_hid, n_layers=mc.n_layers, pad_token=1, bidir=False,
@@ -77,14 +108,15 @@ def make_lm_sides(preset: str, vocab: int, device: Any, with_fastai: bool) -> li
                       weight_p=d.weight_p, tie_weights=True, out_bias=True)
         fa = get_language_model(AWD_LSTM, vocab, config=config, drop_mult=1.0).to(device)  # dropouts already scaled
         fa.reset()  # its hidden state is a plain list made at init: recreate it on the device (fastai's ModelResetter does)
-        sides.append({"name": "fastai", "model": fa, "fwd": fa, "reset": fa.reset})  # hidden state kept inside
+        sides.append({"name": name, "model": fa, "fwd": fa, "reset": fa.reset,  # hidden state kept inside
+                      "autocast": _autocast_factory(device, dtype)})
     for s in sides:
         s["params"] = sum(p.numel() for p in s["model"].parameters())
     return sides
 
 
 def make_classifier_sides(preset: str, vocab: int, n_classes: int, bptt: int, max_seq: int, device: Any,
-                          with_fastai: bool) -> list[dict[str, Any]]:
+                          ours_dtype: Any, fastai_precisions: list[str]) -> list[dict[str, Any]]:
     from ulmfit_core.awd_lstm import build_classifier
     from ulmfit_core.config import ClassifierConfig, ModelConfig
 
@@ -92,8 +124,9 @@ def make_classifier_sides(preset: str, vocab: int, n_classes: int, bptt: int, ma
     d = cc.scaled_dropouts
     ours = build_classifier(vocab, mc, d, n_classes=n_classes, lin_ftrs=cc.lin_ftrs, head_p=cc.head_p,
                             bptt=bptt, max_seq=max_seq).to(device)
-    sides = [{"name": "ours", "model": ours, "fwd": ours, "reset": lambda: None}]
-    if with_fastai:
+    sides = [{"name": "ours", "model": ours, "fwd": ours, "reset": lambda: None,
+              "autocast": _autocast_factory(device, ours_dtype)}]
+    for name, dtype in _fastai_dtypes(fastai_precisions).items():
         from fastai.text.all import AWD_LSTM, get_text_classifier
 
         config = dict(emb_sz=mc.emb_sz, n_hid=mc.n_hid, n_layers=mc.n_layers, pad_token=1, bidir=False,
@@ -102,27 +135,20 @@ def make_classifier_sides(preset: str, vocab: int, n_classes: int, bptt: int, ma
         fa = get_text_classifier(AWD_LSTM, vocab, n_classes, seq_len=bptt, config=config, drop_mult=1.0,
                                  lin_ftrs=list(cc.lin_ftrs), ps=[cc.head_p] * len(cc.lin_ftrs), pad_idx=1,
                                  max_len=max_seq).to(device)
-        sides.append({"name": "fastai", "model": fa, "fwd": fa, "reset": lambda: None})
+        sides.append({"name": name, "model": fa, "fwd": fa, "reset": lambda: None,
+                      "autocast": _autocast_factory(device, dtype)})
     for s in sides:
         s["params"] = sum(p.numel() for p in s["model"].parameters())
     return sides
 
 
-def _autocast(device: Any, amp: bool):
-    import contextlib
-
-    import torch
-
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-
 def train_step_fn(side: dict[str, Any], batches: list[tuple[Any, Any]], alpha: float, beta: float, clip: float,
-                  lm: bool, device: Any, amp: bool = False) -> Callable[[], None]:
-    """One training step, the same code for both sides; cycles through ``batches``."""
+                  lm: bool, device: Any) -> Callable[[], None]:
+    """One training step, the same code for every side (each under its own autocast); cycles through ``batches``."""
     import torch
     import torch.nn.functional as F
 
-    model, fwd = side["model"], side["fwd"]
+    model, fwd, autocast = side["model"], side["fwd"], side["autocast"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.01)
     it = {"i": 0}
 
@@ -130,7 +156,7 @@ def train_step_fn(side: dict[str, Any], batches: list[tuple[Any, Any]], alpha: f
         x, y = batches[it["i"] % len(batches)]
         it["i"] += 1
         model.train()
-        with _autocast(device, amp):
+        with autocast():
             logits, raw, dropped = fwd(x)
             logits, raw, dropped = logits.float(), raw.float(), dropped.float()
             if lm:
@@ -148,17 +174,17 @@ def train_step_fn(side: dict[str, Any], batches: list[tuple[Any, Any]], alpha: f
     return step
 
 
-def infer_step_fn(side: dict[str, Any], batches: list[tuple[Any, Any]], device: Any, amp: bool = False) -> Callable[[], None]:
+def infer_step_fn(side: dict[str, Any], batches: list[tuple[Any, Any]], device: Any) -> Callable[[], None]:
     import torch
 
-    model = side["model"]
+    model, autocast = side["model"], side["autocast"]
     it = {"i": 0}
 
     def step() -> None:
         x, _ = batches[it["i"] % len(batches)]
         it["i"] += 1
         model.eval()
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), autocast():
             model(x)[0].float().sum().item()
         _sync(device)
 
@@ -173,10 +199,18 @@ def alternate(fns: dict[str, Callable[[], None]], items_per_step: int, warmup: i
     work, wall time also counts waiting for a core; CPU time counts only the work done, so its
     ratio is the steadier of the two there (both are reported).
     """
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
+    failed: dict[str, str] = {}
+    for name in list(fns):
+        try:
+            for _ in range(warmup):
+                fns[name]()
+        except RuntimeError as e:  # e.g. oneDNN cannot build a bf16 LSTM on this CPU
+            if name == "ours":
+                raise
+            failed[name] = str(e).splitlines()[0]
+            print(f"  {label}: {name} cannot run here: {failed[name]}", flush=True)
+    names = [n for n in fns if n not in failed]
+    others = [n for n in names if n != "ours"]
     per_round: list[dict[str, Any]] = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
@@ -189,25 +223,32 @@ def alternate(fns: dict[str, Callable[[], None]], items_per_step: int, warmup: i
             rec[f"{name}_cpu_seconds"] = time.process_time() - c0
             rec[f"{name}_per_s"] = items_per_step * steps / rec[f"{name}_seconds"]
             rec[f"{name}_per_cpu_s"] = items_per_step * steps / rec[f"{name}_cpu_seconds"]
-        if "fastai" in fns:
-            rec["ratio"] = rec["ours_per_s"] / rec["fastai_per_s"]
-            rec["cpu_ratio"] = rec["ours_per_cpu_s"] / rec["fastai_per_cpu_s"]
+        for other in others:
+            rec[ratio_key("ratio", other)] = rec["ours_per_s"] / rec[f"{other}_per_s"]
+            rec[ratio_key("cpu_ratio", other)] = rec["ours_per_cpu_s"] / rec[f"{other}_per_cpu_s"]
         rec["load_after"] = list(os.getloadavg())
         per_round.append(rec)
-        extra = f"  ratio {rec['ratio']:.3f} (CPU time {rec['cpu_ratio']:.3f})" if "ratio" in rec else ""
+        extra = "".join(f"  ours/{o} {rec[ratio_key('ratio', o)]:.3f} (CPU time {rec[ratio_key('cpu_ratio', o)]:.3f})"
+                        for o in others)
         print(f"  {label} round {r}: " + "  ".join(f"{n} {rec[f'{n}_per_s']:,.1f}/s" for n in names) + extra
               + f"  (load {rec['load_before'][0]:.2f})", flush=True)
-    out: dict[str, Any] = {"rounds": per_round, "steps": steps, "warmup": warmup}
+    out: dict[str, Any] = {"rounds": per_round, "steps": steps, "warmup": warmup, "sides": names, "failed": failed}
     for name in names:
         for unit in ("per_s", "per_cpu_s"):
             rates = [rec[f"{name}_{unit}"] for rec in per_round]
             out[f"{name}_{unit}_median"] = statistics.median(rates)
             out[f"{name}_{unit}_min"], out[f"{name}_{unit}_max"] = min(rates), max(rates)
-    if "fastai" in fns:
-        for key in ("ratio", "cpu_ratio"):
+    for other in others:
+        for kind in ("ratio", "cpu_ratio"):
+            key = ratio_key(kind, other)
             vals = [rec[key] for rec in per_round]
             out.update({f"{key}_median": statistics.median(vals), f"{key}_min": min(vals), f"{key}_max": max(vals)})
     return out
+
+
+def ratio_key(kind: str, other: str) -> str:
+    """``ratio`` / ``cpu_ratio`` against fastai in float32 (the names earlier results use), else suffixed."""
+    return kind if other == "fastai" else f"{kind}_{other}"
 
 
 def bench_preset(preset: str, args: argparse.Namespace, with_fastai: bool, device: Any) -> dict[str, Any]:
@@ -218,16 +259,17 @@ def bench_preset(preset: str, args: argparse.Namespace, with_fastai: bool, devic
     plan = args.plan.get(preset, args.plan["default"])
     g = torch.Generator().manual_seed(0)
     res: dict[str, Any] = {"preset": preset}
+    fastai_precisions = args.fastai_precisions if with_fastai else []
 
     # language model
     torch.manual_seed(0)
-    sides = make_lm_sides(preset, args.vocab, device, with_fastai)
+    sides = make_lm_sides(preset, args.vocab, device, args.ours_dtype, fastai_precisions)
     lmc = LMConfig()
     lm_batches = []
     for _ in range(4):
         t = torch.randint(2, args.vocab, (args.bs, args.bptt + 1), generator=g).to(device)
         lm_batches.append((t[:, :-1], t[:, 1:]))
-    fns = {s["name"]: train_step_fn(s, lm_batches, lmc.alpha, lmc.beta, lmc.clip, True, device, args.amp) for s in sides}
+    fns = {s["name"]: train_step_fn(s, lm_batches, lmc.alpha, lmc.beta, lmc.clip, True, device) for s in sides}
     res["params_lm"] = {s["name"]: s["params"] for s in sides}
     res["lm_train_tokens"] = alternate(fns, args.bs * args.bptt, args.warmup, plan["lm"][1], plan["lm"][0],
                                        f"{preset} LM train tok")
@@ -235,15 +277,16 @@ def bench_preset(preset: str, args: argparse.Namespace, with_fastai: bool, devic
 
     # classifier
     torch.manual_seed(0)
-    sides = make_classifier_sides(preset, args.vocab, 2, args.clf_bptt, args.max_seq, device, with_fastai)
+    sides = make_classifier_sides(preset, args.vocab, 2, args.clf_bptt, args.max_seq, device, args.ours_dtype,
+                                  fastai_precisions)
     cc = ClassifierConfig()
     clf_batches = [(torch.randint(2, args.vocab, (args.clf_bs, args.doc_len), generator=g).to(device),
                     torch.randint(0, 2, (args.clf_bs,), generator=g).to(device)) for _ in range(2)]
     res["params_classifier"] = {s["name"]: s["params"] for s in sides}
-    fns = {s["name"]: train_step_fn(s, clf_batches, cc.alpha, cc.beta, cc.clip, False, device, args.amp) for s in sides}
+    fns = {s["name"]: train_step_fn(s, clf_batches, cc.alpha, cc.beta, cc.clip, False, device) for s in sides}
     res["classifier_train_docs"] = alternate(fns, args.clf_bs, args.warmup, plan["clf"][1], plan["clf"][0],
                                              f"{preset} classifier train docs")
-    fns = {s["name"]: infer_step_fn(s, clf_batches, device, args.amp) for s in sides}
+    fns = {s["name"]: infer_step_fn(s, clf_batches, device) for s in sides}
     res["classifier_infer_docs"] = alternate(fns, args.clf_bs, args.warmup, plan["infer"][1], plan["infer"][0],
                                              f"{preset} classifier inference docs")
     return res
@@ -276,13 +319,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-seq", type=int, default=1400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (fastai must be importable there too)")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast on both sides (as our Trainer does on CUDA)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="ours: the recipe's precision key (auto: bf16 where the hardware has it)")
+    ap.add_argument("--fastai-precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(FASTAI_SIDES),
+                    help="fastai's sides: float32, and/or under the same bf16 autocast")
+    ap.add_argument("--amp", action="store_true", help="the recorded GPU runs' flag: --precision bf16 --fastai-precisions bf16")
     ap.add_argument("--name", default="speed_vs_fastai", help="result name (bench/results/NAME.json)")
     ap.add_argument("--ours-only", action="store_true", help="skip fastai even when it is importable")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the script runs")
     ap.add_argument("--out", help="result JSON (default bench/results/speed_vs_fastai.json; smoke writes only with --out)")
     args = ap.parse_args(argv)
 
+    if args.amp:
+        args.precision, args.fastai_precisions = "bf16", ["bf16"]
     with_fastai = not args.ours_only and _fastai_available()
     if not with_fastai and not (args.smoke or args.ours_only):
         sys.exit("fastai is not importable here and bench/.peers-venv is missing: run `python bench/peers.py` "
@@ -300,17 +349,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    from ulmfit_core.precision import resolve
+
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    ours_precision = resolve(args.precision, device)
+    args.ours_dtype = ours_precision.dtype
     t0 = time.perf_counter()
     load_start = list(os.getloadavg())
-    print(f"fastai: {'yes' if with_fastai else 'NO (ours only)'}; threads {args.threads}; device {device}; "
+    print(f"fastai: {'yes (' + ', '.join(args.fastai_precisions) + ')' if with_fastai else 'NO (ours only)'}; ours: "
+          f"precision {args.precision} = {ours_precision.name}; threads {args.threads}; device {device}; "
           f"load average {load_start}", flush=True)
     presets = [bench_preset(p, args, with_fastai, device) for p in args.presets]
     payload = {
         "smoke": args.smoke, "with_fastai": with_fastai, "device": str(device),
         "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "threads": args.threads, "warmup": args.warmup, "amp": "bfloat16 autocast" if args.amp else None,
+        "threads": args.threads, "warmup": args.warmup,
+        "ours_precision": {"asked": args.precision, "resolved": ours_precision.name},
+        "fastai_precisions": args.fastai_precisions if with_fastai else [],
         "plan": {p: {k: {"rounds": r, "steps": st} for k, (r, st) in v.items()} for p, v in args.plan.items()},
         "lm": {"vocab": args.vocab, "bs": args.bs, "bptt": args.bptt, "loss": "F.cross_entropy + AR/TAR"},
         "classifier": {"vocab": args.vocab, "bs": args.clf_bs, "doc_len": args.doc_len, "bptt": args.clf_bptt,
@@ -322,10 +378,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in ("lm_train_tokens", "classifier_train_docs", "classifier_infer_docs"):
             m = p[k]
             line = f"{p['preset']:6s} {k:22s} ours {m['ours_per_s_median']:>9,.1f}/s"
-            if "ratio_median" in m:
-                line += (f"  fastai {m['fastai_per_s_median']:>9,.1f}/s  ratio {m['ratio_median']:.3f} "
-                         f"({m['ratio_min']:.3f}-{m['ratio_max']:.3f}), CPU-time ratio {m['cpu_ratio_median']:.3f} "
-                         f"({m['cpu_ratio_min']:.3f}-{m['cpu_ratio_max']:.3f})")
+            for other in (n for n in m["sides"] if n != "ours"):
+                r, c = ratio_key("ratio", other), ratio_key("cpu_ratio", other)
+                line += (f"  {other} {m[f'{other}_per_s_median']:>9,.1f}/s  ratio {m[r + '_median']:.3f} "
+                         f"({m[r + '_min']:.3f}-{m[r + '_max']:.3f}), CPU-time ratio {m[c + '_median']:.3f}")
+            for other, why in m["failed"].items():
+                line += f"  {other}: cannot run ({why[:60]})"
             print(line)
     print(f"total {payload['total_seconds']:.0f} s")
     if not args.smoke or args.out:

@@ -49,11 +49,109 @@ def test_speed_vs_fastai_smoke_ours(bench, tmp_path):
     payload = bench("speed_vs_fastai").main(["--smoke", "--ours-only", "--threads", "1", "--out", str(out)])
     (p,) = payload["presets"]
     assert not payload["with_fastai"]
+    assert payload["ours_precision"]["asked"] == "auto" and payload["ours_precision"]["resolved"] in ("fp32", "bf16")
     for key in ("lm_train_tokens", "classifier_train_docs", "classifier_infer_docs"):
         assert p[key]["ours_per_s_median"] > 0 and p[key]["ours_per_cpu_s_median"] > 0
-        assert "ratio_median" not in p[key]
+        assert "ratio_median" not in p[key] and p[key]["sides"] == ["ours"]
     r = _check_provenance(out, "speed_vs_fastai")
     assert bench("report").speed_vs_fastai(r)  # the section renders a result without fastai
+
+
+def test_speed_vs_fastai_reports_a_side_that_cannot_run_and_keeps_timing_the_others(bench):
+    calls = {"ours": 0, "fastai_bf16": 0}
+
+    def ours():
+        calls["ours"] += 1
+
+    def broken():
+        calls["fastai_bf16"] += 1
+        raise RuntimeError("could not create a primitive descriptor for the LSTM forward propagation primitive")
+
+    out = bench("speed_vs_fastai").alternate({"ours": ours, "fastai_bf16": broken}, 10, warmup=1, steps=2, rounds=2,
+                                             label="test")
+    assert out["sides"] == ["ours"] and "could not create" in out["failed"]["fastai_bf16"]
+    assert calls == {"ours": 1 + 2 * 2, "fastai_bf16": 1}  # warm-up found it broken; no rounds for it
+    assert "ratio_fastai_bf16_median" not in out
+
+
+def test_profile_step_smoke(bench, tmp_path):
+    """One profiled LM and classifier step of the tiny model: every part of the step lands in its bucket."""
+    out = tmp_path / "profile.json"
+    payload = bench("profile_step").main(["--smoke", "--threads", "1", "--out", str(out)])
+    (row,) = [r for r in payload["rows"] if r["precision"] == "fp32"]
+    for stage, own in (("lm", "decoder matmul"), ("classifier", "classifier head + pooling")):
+        share = row[stage]["breakdown_share"]
+        assert sum(share.values()) == pytest.approx(1.0)
+        for bucket in ("LSTM", "weight-drop", "dropout masks", "optimizer", "clipping", "data", "AR/TAR", own):
+            assert share[bucket] > 0, (stage, bucket, share)
+        assert row[stage]["gflops"] > 0 and 0 < row[stage]["mfu_vs_fp32_peak"] < 1
+    assert row["lm"]["breakdown_share"]["cross-entropy"] > 0
+    assert {p["dtype"] for p in payload["peaks"]} == {"float32", "bfloat16"}
+    r = _check_provenance(out, "profile_step")
+    assert bench("report").profile_step(r)
+
+
+def test_profile_step_flop_formulas(bench):
+    m = bench("profile_step")
+    # paper: 8 h (n_in + h) for layers 400->1152, 1152->1152, 1152->400
+    assert m.lstm_flops_per_token("paper") == 8 * 1152 * 1552 + 8 * 1152 * 2304 + 8 * 400 * 1552
+    assert m.lm_step_flops("tiny", 1000, 10) == 3 * 10 * (m.lstm_flops_per_token("tiny") + 2 * 64 * 1000)
+    # 230 tokens in chunks of 70, all within max_seq: backward everywhere; with max_seq 70 only the last chunk (20)
+    full = m.classifier_step_flops("tiny", 1, 230, 70, 1400, 2, [50])
+    cut = m.classifier_step_flops("tiny", 1, 230, 70, 70, 2, [50])
+    assert full - cut == m.lstm_flops_per_token("tiny") * 2 * (230 - 20)
+
+
+def test_tokenize_speed_smoke(bench, tmp_path, datasets_dir):
+    if not (datasets_dir / "imdb" / "train.csv.gz").exists():
+        pytest.skip("IMDb not in the shared datasets")
+    out = tmp_path / "tok.json"
+    payload = bench("tokenize_speed").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
+    assert [x["docs"] for x in payload["sizes"]] == [400]
+    for x in payload["sizes"]:
+        assert x["identical"] and x["single_docs_per_s"] > 0 and x["pool_docs_per_s"] > 0 and x["tokens"] > 50 * x["docs"]
+    from ulmfit_core import text
+
+    assert text.PARALLEL_MIN_CHARS == payload["parallel_min_chars"] > 0  # the bench put the threshold back
+    r = _check_provenance(out, "tokenize_speed")
+    assert bench("report").tokenize_speed(r)
+
+
+def test_trials_per_gpu_smoke(bench, tmp_path, datasets_dir, monkeypatch):
+    """On CPU: two trials at once through the real search service, sharing one language model."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "tpg.json"
+    payload = bench("trials_per_gpu").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
+    (level,) = payload["presets"]["tiny"]["levels"]
+    assert level["concurrent"] == 2 and level["trials"] == level["trials_completed"] == 2
+    assert level["max_trials_at_once"] == 2  # they really ran side by side
+    assert level["lm_trainings"] == 0 and level["trials_per_hour"] > 0  # the LM was trained once, up front
+    assert "search.resources.gpu=0" in level["resources"]
+    r = _check_provenance(out, "trials_per_gpu")
+    assert bench("report").trials_per_gpu(r)
+
+
+def test_trials_per_gpu_concurrency_settings(bench):
+    m = bench("trials_per_gpu")
+    assert m.concurrency_overrides(4, True, 16, 4) == ["search.max_concurrent=4", "search.resources.cpu=4",
+                                                       "search.resources.gpu=0.25"]
+    assert m.concurrency_overrides(8, True, 16, 4)[1:] == ["search.resources.cpu=2", "search.resources.gpu=0.125"]
+    spans = [{"start": 0, "end": 10}, {"start": 5, "end": 12}, {"start": 11, "end": 20}]
+    assert m.max_overlap(spans) == 2
+
+
+@pytest.mark.filterwarnings("ignore:precision. bf16 on a CPU without:RuntimeWarning")
+def test_precision_accuracy_smoke(bench, tmp_path, datasets_dir):
+    out = tmp_path / "prec.json"
+    payload = bench("precision_accuracy").main(["--smoke", "--threads", "1", "--data-dir", str(datasets_dir),
+                                                "--out", str(out)])
+    assert sorted(r["precision"] for r in payload["runs"]) == ["bf16", "fp32"]
+    for run in payload["runs"]:
+        assert 1 < run["lm_valid_perplexity"] < 1e4 and 0 <= run["test_accuracy"] <= 1
+    (pair,) = payload["summary"]["paired"]
+    assert pair["seed"] == 0 and pair["lm_perplexity_bf16_over_fp32"] > 0
+    r = _check_provenance(out, "precision_accuracy")
+    assert bench("report").precision_accuracy(r)
 
 
 def test_baselines_smoke(bench, tmp_path, datasets_dir):
@@ -204,6 +302,9 @@ def test_speed_vs_fastai_smoke_with_fastai(bench, tmp_path):
     assert p["params_lm"]["ours"] == p["params_lm"]["fastai"]  # same model sizes on both sides
     assert p["params_classifier"]["ours"] == p["params_classifier"]["fastai"]
     assert p["lm_train_tokens"]["ratio_median"] > 0
+    for key in ("lm_train_tokens", "classifier_train_docs", "classifier_infer_docs"):
+        m = p[key]  # fastai under bf16 autocast: timed, or recorded as unable to run on this CPU
+        assert ("ratio_fastai_bf16_median" in m) != ("fastai_bf16" in m["failed"])
 
 
 @pytest.mark.slow

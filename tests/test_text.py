@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -292,3 +295,78 @@ def test_two_processes_build_the_cache_once(tmp_path):
     assert len(list(markers.iterdir())) == 1
     outs = [pickle.loads((tmp_path / f"out{i}").read_bytes()) for i in range(2)]
     assert outs[0] == outs[1] == CountingTokenizer().tokenize(TEXTS)
+
+
+# --- tokenizing in worker processes ---------------------------------------------------------
+
+#: Texts that exercise every rule, spaCy's special handling and odd input (empty, only spaces, unicode).
+VARIED = ["I LOVED it!!! <br /><br />Really.", "Caf\u00e9 #1 / 2 \\ 3", "", "   ", "w w w w word", "cccc ok",
+          "It's 5 a.m. in the U.S.A., isn't it?", "\u2603 snow\u2014man \u2026 &amp; &quot;quoted&quot;",
+          "http://example.com/a?b=c", "xxbos already", "Tab\there\nnew line", "ALL CAPS TITLE: Sub"]
+
+
+def test_tokenizing_in_worker_processes_gives_the_single_process_output(monkeypatch):
+    texts = [f"{t} {i}" if i % 3 else t for i, t in enumerate(VARIED * 40)]  # 480 texts
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 0)
+    parallel = Tokenizer(n_workers=3)  # this process and two workers
+    assert parallel.workers_for(texts) == 3
+    assert parallel.tokenize(texts, progress=True) == Tokenizer(n_workers=1).tokenize(texts)
+
+
+def test_a_script_without_a_main_guard_can_tokenize_in_workers(tmp_path):
+    """multiprocessing's spawn would re-run this script in each worker and fail; our workers do not."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from ulmfit_core import text\n"
+                      "text.PARALLEL_MIN_CHARS = 0\n"
+                      "tokens = text.Tokenizer(n_workers=2).tokenize(['First TEXT here.', 'Second one!'] * 20)\n"
+                      "print(len(tokens), tokens[-1])\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "40 ['xxbos', 'xxmaj', 'second', 'one', '!']"
+
+
+def test_a_failing_worker_is_reported_with_its_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(text.sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises((RuntimeError, OSError)):
+        Tokenizer(n_workers=2).tokenize(["one text", "another text"])
+    monkeypatch.undo()
+    job = text._WorkerJob.start(tmp_path, 1, ["x"], "no-such-language-code", 10)
+    with pytest.raises(RuntimeError, match=r"(?s)tokenizer worker process failed \(exit code 1\).*no-such-language-code.*n_workers=1"):
+        job.result()
+
+
+def test_texts_are_split_into_contiguous_parts_of_about_equal_length():
+    texts = ["a" * 10] * 6 + ["b" * 100] + [""] * 3
+    parts = text.split_by_length(texts, 2)
+    assert [t for p in parts for t in p] == texts and all(parts)
+    assert parts[1][0] == "b" * 100  # the long text starts the second half by length
+    assert [len(p) for p in text.split_by_length(["x"] * 3, 3)] == [1, 1, 1]
+    assert [len(p) for p in text.split_by_length(["long" * 100, "", ""], 3)] == [1, 1, 1]  # never an empty part
+    with pytest.raises(ValueError, match="non-empty parts"):
+        text.split_by_length(["x"], 2)
+
+
+def test_small_corpora_are_tokenized_in_this_process(monkeypatch):
+    four = Tokenizer(n_workers=4)
+    assert four.workers_for(["a short text"] * 100) == 1  # far below PARALLEL_MIN_CHARS
+    monkeypatch.setattr(text, "PARALLEL_MIN_CHARS", 10)
+    assert four.workers_for(["a short text"] * 100) == 4
+    assert four.workers_for(["a short text"] * 3) == 3  # never more workers than texts
+    assert four.workers_for(["one long text" * 10]) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a one-CPU Ray trial
+    assert text.usable_cpus() == 1 and Tokenizer().workers_for(["a short text"] * 100) == 1
+
+
+def test_worker_count_does_not_change_the_cache_key():
+    assert text.cache_key(VARIED, Tokenizer(n_workers=2)) == text.cache_key(VARIED, Tokenizer(n_workers=1))
+
+
+def test_encoded_tokens_round_trip_with_empty_documents():
+    docs = [["xxbos", "a", "b"], [], ["b", "caf\u00e9"], []]
+    table, ids, offsets = text.encode_tokens(docs)
+    assert table == ["xxbos", "a", "b", "caf\u00e9"] and ids.dtype == np.int32 and offsets.tolist() == [0, 3, 3, 5, 5]
+    assert text.decode_tokens(table, ids, offsets) == docs
+    assert text.decode_tokens(*text.encode_tokens([[], []])) == [[], []]

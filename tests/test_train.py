@@ -8,7 +8,7 @@ from torch import nn
 from ulmfit_core.config import StageConfig
 from ulmfit_core.losses import ar_tar
 from ulmfit_core.schedule import unfreeze_phases
-from ulmfit_core.train import StepOutput, Trainer, seed_everything
+from ulmfit_core.train import StepOutput, Trainer, fused_adamw_available, make_optimizer, seed_everything
 
 
 class ToyTask:
@@ -201,3 +201,27 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="refused"):
         trainer.resume_from(tmp_path)
     assert not marker.exists()
+
+
+def test_fused_adamw_equals_the_for_loop_adamw_to_rounding():
+    """The Trainer's optimizer (fused where torch has it) against torch's reference for-loop AdamW."""
+    torch.manual_seed(0)
+    shapes = [(40, 16), (40,), (8, 40), (3, 7)]
+    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    cfg = StageConfig(lr=0.05, wd=0.01)
+    opt = make_optimizer([ours[:2], ours[2:]], cfg, torch.device("cpu"))
+    ref_opt = torch.optim.AdamW([{"params": ref[:2]}, {"params": ref[2:]}], lr=0.05, betas=cfg.betas, weight_decay=0.01,
+                                foreach=False)
+    assert opt.defaults["fused"] == (True if fused_adamw_available("cpu") else None)
+    g = torch.Generator().manual_seed(1)
+    for step in range(30):
+        for a, b in zip(ours, ref):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        if step % 7 == 3:
+            ours[3].grad = ref[3].grad = None  # a frozen parameter is skipped by both
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

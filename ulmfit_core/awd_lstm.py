@@ -134,13 +134,27 @@ class WeightDropLSTM(nn.Module):
             # call it would copy them into one itself (and warn that it does). Copy them once here.
             flat = torch.cat([p.reshape(-1) for p in params])
             params = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
-        # The fused kernel nn.LSTM calls (oneDNN on CPU, cuDNN on CUDA): no Python loop over time.
-        # Arguments: params, has_biases, num_layers, dropout, train, bidirectional, batch_first.
-        out, h, c = torch.lstm(x, state, params, True, 1, 0.0, self.training, False, True)
-        return out, (h, c)
+            out, h, c = _fused_lstm(x, state, params, self.training)
+        elif torch.is_autocast_enabled("cpu"):
+            # Deliberately float32 under CPU autocast (docs/RECIPE.md): oneDNN's bf16 LSTM cannot even
+            # create its primitive on CPUs without native bf16, and where it runs it would round the
+            # hidden and cell state carried across all time steps (and batches) to bf16.
+            with torch.autocast("cpu", enabled=False):
+                out, h, c = _fused_lstm(x.float(), (state[0].float(), state[1].float()), params, self.training)
+        else:
+            out, h, c = _fused_lstm(x, state, params, self.training)
+        # The state handed on (to the next chunk or batch) is float32 whatever autocast did inside.
+        return out, (h.float(), c.float())
 
     def extra_repr(self) -> str:
         return f"{self.n_in}, {self.n_out}, weight_p={self.weight_p}"
+
+
+def _fused_lstm(x: Tensor, state: LayerState, params: list[Tensor], train: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch-first, one-layer LSTM through the fused kernel ``nn.LSTM`` calls (oneDNN on CPU, cuDNN
+    on CUDA): no Python loop over time. Returns ``(out, h, c)``."""
+    # Arguments: params, has_biases, num_layers, dropout, train, bidirectional, batch_first.
+    return torch.lstm(x, state, params, True, 1, 0.0, train, False, True)
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:

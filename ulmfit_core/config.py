@@ -314,6 +314,11 @@ class DataConfig:
                 _fail(f"data.{name}", f"must be >= 2 or null, got {v}")
 
 
+#: ``precision`` values (see ulmfit_core/precision.py): auto = bf16 autocast where the hardware computes bf16
+#: natively (CUDA with bf16, CPUs with AVX512_BF16 or AMX), float32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class RecipeConfig:
     """The whole recipe: data -> LM fine-tune -> classifier."""
@@ -325,10 +330,16 @@ class RecipeConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
+    #: Mixed precision for training (both stages): auto, fp32 or bf16. Weights, optimizer state, the
+    #: recurrent state and the losses stay float32 whatever is chosen (docs/RECIPE.md).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             _fail("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            _fail("precision", f"must be one of {', '.join(PRECISIONS)} (auto: bf16 where the hardware has it, "
+                  f"else fp32); got {self.precision!r}")
         if self.classifier.backwards is None:
             self.classifier.backwards = self.lm.backwards
         if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:

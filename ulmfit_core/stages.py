@@ -81,7 +81,12 @@ def _lm_settings(cfg: RecipeConfig) -> dict[str, Any]:
     their content counts instead, see :func:`lm_key`)."""
     lm = {k: v for k, v in to_dict(cfg.lm).items() if k not in _PRETRAINED_PATHS}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("test", "valid")}  # never read by the LM
-    return {"data": data, "text": to_dict(cfg.text), "model": to_dict(cfg.model), "lm": lm, "seed": cfg.seed}
+    settings = {"data": data, "text": to_dict(cfg.text), "model": to_dict(cfg.model), "lm": lm, "seed": cfg.seed}
+    # An explicit precision is a different training run (bf16 and fp32 weights differ); ``auto`` adds
+    # nothing, so keys made before ``precision`` existed still find their models.
+    if cfg.precision != "auto":
+        settings["precision"] = cfg.precision
+    return settings
 
 
 def fingerprint(stage: str, config: dict[str, Any], data: str, itos: Sequence[str], **parts: str | None) -> dict[str, Any]:
@@ -172,7 +177,7 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     made_by = _lm_fingerprint(cfg, corpus, models_dir)
     trainer = Trainer(model, groups, lmc, phases, task, device=device, checkpoint_dir=out / CHECKPOINT_SUBDIR,
                       checkpoint_meta={"config": to_dict(cfg), "stage": "lm"}, fingerprint=made_by,
-                      progress=progress, desc="lm")
+                      progress=progress, desc="lm", precision=cfg.precision)
     # A checkpoint of another run is refused before anything here is touched; without one, the final
     # files of an earlier run go first, so the folder never pairs old weights with this run's vocabulary.
     if not (resume and trainer.resume_from(out / CHECKPOINT_SUBDIR)):
@@ -275,7 +280,8 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
     trainer = Trainer(model, groups, cc, phases, task, device=device, checkpoint_dir=ckpt_dir,
                       checkpoint_meta={"config": to_dict(cfg), "stage": "classifier",
                                        "tokenizer": Tokenizer().settings_key()}, fingerprint=made_by,
-                      write_checkpoint=write_checkpoint, progress=progress, desc="classifier")
+                      write_checkpoint=write_checkpoint, progress=progress, desc="classifier",
+                      precision=cfg.precision)
     if resume_from is not None:
         if not trainer.resume_from(Path(resume_from)):
             raise FileNotFoundError(f"resume_from={resume_from}: no checkpoint.pt there")

@@ -7,15 +7,23 @@ pickled by fastai (a ``list[str]``) lines up token for token with ours and pretr
 language models can be imported.
 
 Tokenizing a large corpus takes minutes, so :func:`tokenize_cached` keeps the result on disk,
-keyed by the texts' content and the tokenizer settings, built once under a file lock.
+keyed by the texts' content and the tokenizer settings, built once under a file lock. Large corpora
+are tokenized by several processes (one per usable core), with the same output.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import html
+import itertools
+import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +140,43 @@ def join_fields(fields: Sequence[str]) -> str:
 RULES_VERSION = 1
 
 
+#: Below this many characters of text one process tokenizes. A worker's start-up (a fresh interpreter
+#: importing spaCy) cost as much CPU as tokenizing ~3.6 M characters of IMDb, and taking its tokens
+#: back ~0.8 M more, so two processes break even near 9 M characters (CPU-time ratios measured on a
+#: busy 2-core machine; bench/tokenize_speed.py measures the crossover in wall time, docs/BENCHMARKS.md).
+PARALLEL_MIN_CHARS = 10_000_000
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set (Ray sets it
+    to a trial's CPU share, so a one-CPU trial tokenizes in one process)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cpus, int(omp))) if omp.isdigit() and int(omp) > 0 else max(1, cpus)
+
+
 class Tokenizer:
     """fastai's rules, then spaCy's blank-language tokenizer (no model needed).
 
     Special tokens stay single tokens. Whitespace tokens that spaCy produces (``"\\n"`` from
     ``<br />``) are kept: they are real tokens, as in fastai (whose post-rule turns a space
     inside a token into ``▁``, so ``"\\n "`` becomes ``"\\n▁"``).
+
+    Corpora of :data:`PARALLEL_MIN_CHARS` characters or more are split among ``n_workers`` processes
+    (default: :func:`usable_cpus`), this one included; the output is the same as one process's.
     """
 
-    def __init__(self, lang: str = "en", batch_size: int = 1000):
+    def __init__(self, lang: str = "en", batch_size: int = 1000, n_workers: int | None = None):
         self.lang = lang
         self.batch_size = batch_size
+        self.n_workers = n_workers
         self._nlp = None  # built on first use: loading spaCy takes a moment and does not pickle
 
     def settings_key(self) -> str:
-        """Everything the output depends on, for cache keys."""
+        """Everything the output depends on, for cache keys (not ``n_workers``: the output is the same)."""
         import spacy
 
         return f"spacy-{spacy.__version__}-blank-{self.lang}-rules-{RULES_VERSION}"
@@ -172,15 +202,118 @@ class Tokenizer:
 
     def tokenize(self, texts: Iterable[str], progress: bool = False) -> list[list[str]]:
         """Token lists, one per text, each starting with ``xxbos``."""
-        texts = list(texts)
-        # The tokenizer alone: a blank pipeline has no other components, and n_process=1 is
-        # fastest on a few cores (more processes pay to pickle every Doc back).
-        docs = self.nlp.tokenizer.pipe((apply_rules(str(t)) for t in texts), batch_size=self.batch_size)
+        texts = [str(t) for t in texts]
+        workers = self.workers_for(texts)
+        if workers > 1:
+            return self._tokenize_in_workers(texts, workers, progress)
+        docs = self._tokenize_here(texts)
         if progress:
             from tqdm import tqdm
 
             docs = tqdm(docs, total=len(texts), desc="tokenize", unit="doc")
-        return [[replace_space(tok.text) for tok in doc] for doc in docs]
+        return list(docs)
+
+    def workers_for(self, texts: Sequence[str]) -> int:
+        """Processes that :meth:`tokenize` uses for ``texts``: 1 below :data:`PARALLEL_MIN_CHARS`."""
+        workers = self.n_workers if self.n_workers is not None else usable_cpus()
+        if workers <= 1 or len(texts) < 2 or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
+            return 1
+        return min(workers, len(texts))
+
+    def _tokenize_here(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        # The tokenizer alone: a blank pipeline has no other components. spaCy's own n_process was
+        # ~5x slower than one process on 2 cores (it pickles every Doc back); the workers below send
+        # plain token ids instead.
+        docs = self.nlp.tokenizer.pipe((apply_rules(t) for t in texts), batch_size=self.batch_size)
+        return ([replace_space(tok.text) for tok in doc] for doc in docs)
+
+    def _tokenize_in_workers(self, texts: list[str], workers: int, progress: bool) -> list[list[str]]:
+        """``texts`` cut into ``workers`` shares of about equal length: this process tokenizes the first
+        while ``workers - 1`` worker processes tokenize the others; results in the texts' order.
+
+        Workers are fresh interpreters (``python -m ulmfit_core.tokenize_worker``), not multiprocessing's:
+        a forked child would copy the locks of the caller's threads (torch, Ray, tqdm) mid-use, and a
+        spawned one re-runs the caller's main script (a script without an ``if __name__ == "__main__"``
+        guard would then fail or run twice). Texts and tokens travel through files in a private
+        temporary folder, the tokens as :func:`encode_tokens` arrays.
+        """
+        shares = split_by_length(texts, workers)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), desc=f"tokenize ({workers} processes)", unit="doc")
+        with tempfile.TemporaryDirectory(prefix="ulmfit-tokenize-") as tmp:
+            jobs = [_WorkerJob.start(Path(tmp), i, share, self.lang, self.batch_size)
+                    for i, share in enumerate(shares[1:], start=1)]
+            try:
+                out: list[list[str]] = []
+                for doc in self._tokenize_here(shares[0]):
+                    out.append(doc)
+                    if bar is not None:
+                        bar.update()
+                for job, share in zip(jobs, shares[1:]):
+                    out += job.result()
+                    if bar is not None:
+                        bar.update(len(share))
+            finally:
+                for job in jobs:
+                    job.stop()
+                if bar is not None:
+                    bar.close()
+        return out
+
+
+def split_by_length(texts: Sequence[str], parts: int) -> list[Sequence[str]]:
+    """``texts`` as ``parts`` contiguous, non-empty slices of about equal total length (in characters),
+    so that processes given one slice each finish at about the same time. Needs ``len(texts) >= parts``."""
+    if not 1 <= parts <= len(texts):
+        raise ValueError(f"cannot cut {len(texts)} texts into {parts} non-empty parts")
+    ends = list(itertools.accumulate(len(t) + 1 for t in texts))  # + 1: empty texts still cost a little
+    cuts = [0]
+    for k in range(1, parts):
+        target = ends[-1] * k / parts
+        j = bisect.bisect_left(ends, target)  # text j crosses the target: cut before or after it, whichever is nearer
+        cut = j + 1 if j == 0 or ends[j] - target < target - ends[j - 1] else j
+        cuts.append(min(max(cut, cuts[-1] + 1), len(texts) - (parts - k)))  # every part keeps a text
+    cuts.append(len(texts))
+    return [texts[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class _WorkerJob:
+    """One ``python -m ulmfit_core.tokenize_worker IN OUT`` process and its files."""
+
+    def __init__(self, proc: subprocess.Popen, out_path: Path, err_path: Path) -> None:
+        self.proc, self.out_path, self.err_path = proc, out_path, err_path
+
+    @classmethod
+    def start(cls, folder: Path, index: int, texts: Sequence[str], lang: str, batch_size: int) -> _WorkerJob:
+        src, dst, err = folder / f"in{index}.pkl", folder / f"out{index}.pkl", folder / f"err{index}.txt"
+        src.write_bytes(pickle.dumps((lang, batch_size, list(texts)), protocol=pickle.HIGHEST_PROTOCOL))
+        # The worker imports this very ulmfit_core (an installed copy elsewhere must not stand in for it),
+        # and needs no threads for its numpy.
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "ulmfit_core.tokenize_worker", str(src), str(dst)],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        return cls(proc, dst, err)
+
+    def result(self) -> list[list[str]]:
+        """The worker's token lists, once it has finished; RuntimeError with its error output if it failed."""
+        code = self.proc.wait()
+        if code != 0:
+            tail = "\n".join(self.err_path.read_text(errors="replace").splitlines()[-12:])
+            raise RuntimeError(f"tokenizer worker process failed (exit code {code}); its error output:\n{tail}\n"
+                               "Tokenize in one process with Tokenizer(n_workers=1) to see the error directly.")
+        return decode_tokens(*pickle.loads(self.out_path.read_bytes()))
+
+    def stop(self) -> None:
+        """End the worker if it still runs (the caller failed or was interrupted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # --- vocabulary -----------------------------------------------------------------------------
@@ -270,14 +403,28 @@ def tokenize_cached(texts: Sequence[str], tokenizer: Tokenizer, cache_dir: str |
         return tokens
 
 
-def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
-    """Compact layout: a table of distinct tokens (UTF-8 bytes + offsets), int32 token ids,
-    and per-document offsets into the ids. A variable-width table, because numpy's fixed-width
-    strings would pad every token to the longest one (a URL makes that hundreds of bytes)."""
+def encode_tokens(token_lists: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Token lists as ``(table, ids, doc_offsets)``: the distinct tokens in order of first use, int32
+    ids into the table, and int64 offsets of each document's ids (``len(token_lists) + 1`` of them)."""
     table: dict[str, int] = {}
     ids = np.fromiter((table.setdefault(t, len(table)) for doc in token_lists for t in doc), dtype=np.int32)
     doc_offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in token_lists], out=doc_offsets[1:])
+    return list(table), ids, doc_offsets
+
+
+def decode_tokens(table: Sequence[str], ids: np.ndarray, doc_offsets: np.ndarray) -> list[list[str]]:
+    """The token lists :func:`encode_tokens` encoded."""
+    flat = np.array(table, dtype=object)[ids].tolist() if len(table) else []
+    bounds = doc_offsets.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
+    """Compact layout: a table of distinct tokens (UTF-8 bytes + offsets), int32 token ids,
+    and per-document offsets into the ids. A variable-width table, because numpy's fixed-width
+    strings would pad every token to the longest one (a URL makes that hundreds of bytes)."""
+    table, ids, doc_offsets = encode_tokens(token_lists)
     encoded = [t.encode("utf-8") for t in table]
     tok_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=tok_offsets[1:])
@@ -292,6 +439,4 @@ def _load_tokens(path: Path) -> list[list[str]]:
         tok_bytes = z["tok_bytes"].tobytes()
         tok_offsets, ids, doc_offsets = z["tok_offsets"], z["ids"], z["doc_offsets"]
     bounds = tok_offsets.tolist()
-    table = np.array([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
-    flat = table[ids].tolist()
-    return [flat[a:b] for a, b in zip(doc_offsets[:-1].tolist(), doc_offsets[1:].tolist())]
+    return decode_tokens([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], ids, doc_offsets)

@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ulmfit_core.corpus import prepare_corpus
 
     trials = 2 if args.smoke else args.trials
+    # The LM starts from random weights in every mode: this measures the service, not the transfer.
     common = ["search.algorithm=random", "search.scheduler.type=fifo", f"search.num_samples={trials}",
-              f"search.seed={args.seed}"]
+              f"search.seed={args.seed}", "recipe.lm.pretrained=null"]
     with tempfile.TemporaryDirectory(prefix="search-scaling-") as tmp:
         work = Path(tmp)
         # One storage for every mode: the LM (and tokenized corpus) are built here, once, up front.

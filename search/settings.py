@@ -123,7 +123,7 @@ class SearchSettings:
     data_dir: str | None = None  # where data.dataset names are looked up (default: $ULMFIT_DATA or ./data)
     models_dir: str | None = None  # where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)
     object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
-    verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
+    verbose: int = 1  # console progress: 0 silent; 1 the live trial table (search/progress.py); 2-3 add Ray's per-trial lines
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

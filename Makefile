@@ -8,7 +8,7 @@ DATA_DIR ?= data
 SHARED_DATASETS := ../shared/datasets
 MIRROR := $(if $(wildcard $(SHARED_DATASETS)/trec/train.csv),--mirror $(SHARED_DATASETS),)
 
-.PHONY: setup data demo lint test bench peers clean
+.PHONY: setup data demo lint test docs screenshots bench peers clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# docs/CONFIGURATION.md from the configuration dataclasses (tests/test_config_reference.py checks it is current).
+docs: setup
+	$(BIN)/python tools/config_reference.py > docs/CONFIGURATION.md
 
 # Benchmarks (long: about three hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
 # fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).

@@ -38,6 +38,11 @@ test: setup lint
 docs: setup
 	$(BIN)/python tools/config_reference.py > docs/CONFIGURATION.md
 
+# The MLflow UI screenshots in docs/images/ (docs/RESULTS.md): a small real search, then headless Chromium
+# (apt-get install chromium chromium-driver). A few minutes on 2 CPU cores.
+screenshots: data
+	$(BIN)/python tools/ui_screenshots.py --data-dir $(DATA_DIR)
+
 # Benchmarks (long: about three hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
 # fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).
 PEERS_PY := bench/.peers-venv/bin/python

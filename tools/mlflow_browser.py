@@ -34,6 +34,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # missing_browser_reason() says so; nothing that needs it runs then
+    webdriver = None
+
 TIMEOUT_S = 90.0
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = "apt-get install chromium chromium-driver, and pip install selenium (.ci/run does both)"
@@ -51,9 +63,7 @@ def find_chromium() -> tuple[str, str] | None:
 
 def missing_browser_reason() -> str | None:
     """Why the browser checks cannot run here (None: they can)."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if webdriver is None:
         return f"selenium is not installed ({INSTALL_HINT})"
     if find_chromium() is None:
         return f"Chromium or chromedriver not found on PATH ({INSTALL_HINT})"
@@ -120,11 +130,8 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator[Any]:
-    """A Selenium ``WebDriver`` for headless Chromium with a fresh profile; quit afterwards."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
+    """A Selenium ``WebDriver`` for headless Chromium with a fresh profile and a ``width`` x ``height`` page;
+    quit afterwards."""
     found = find_chromium()
     if found is None:
         raise RuntimeError(f"Chromium or chromedriver not found ({INSTALL_HINT})")
@@ -135,6 +142,9 @@ def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator[Any]:
                 "--no-proxy-server", "--hide-scrollbars", f"--window-size={width},{height}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    # --window-size includes the (invisible) browser frame: fix the page's own size, so screenshots are exact.
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     try:
         yield driver
     finally:
@@ -147,28 +157,18 @@ class MlflowPages:
     RUN_NAME_CELL = "div[contains(@col-id,'Run Name')]"
 
     def __init__(self, driver: Any, base_url: str, timeout_s: float = TIMEOUT_S):
-        from selenium.webdriver.support.ui import WebDriverWait
-
         self.driver, self.base_url = driver, base_url.rstrip("/")
         self.wait = WebDriverWait(driver, timeout_s)
 
     # -- waiting and finding ---------------------------------------------------------------------------
     def find(self, xpath: str) -> Any:
         """The first element at ``xpath`` once it is visible."""
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as EC
-
         return self.wait.until(EC.visibility_of_element_located((By.XPATH, xpath)))
 
     def click(self, xpath: str) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as EC
-
         self.wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
 
     def texts(self, xpath: str) -> list[str]:
-        from selenium.webdriver.common.by import By
-
         return [e.text.strip() for e in self.driver.find_elements(By.XPATH, xpath)]
 
     def open(self, route: str) -> None:
@@ -204,9 +204,6 @@ class MlflowPages:
     def toggle_columns(self, names: Sequence[str], shown: bool = True) -> None:
         """Click columns in the "Columns" menu (searching for each), close it, and wait until each column
         is in the table (``shown``) or gone from it."""
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-        from selenium.webdriver.support import expected_conditions as EC
 
         self.click("//button[normalize-space(.)='Columns']")
         search = self.find("//input[@placeholder='Search columns']")
@@ -223,15 +220,11 @@ class MlflowPages:
 
     def widen_column(self, col_id: str, by_px: int) -> None:
         """Drag the right edge of a column header (``attributes.`Run Name```) ``by_px`` to the right."""
-        from selenium.webdriver.common.action_chains import ActionChains
-
         handle = self.find(f"//div[@role='columnheader'][@col-id=\"{col_id}\"]/div[contains(@class,'ag-header-cell-resize')]")
         ActionChains(self.driver).click_and_hold(handle).move_by_offset(by_px, 0).release().perform()
 
     def column_values(self, col_id: str) -> dict[str, str]:
         """``{run id: cell text}`` of one column of the runs table (``col_id``: ``metrics.`valid_accuracy```)."""
-        from selenium.webdriver.common.by import By
-
         values = {}
         for cell in self.driver.find_elements(By.XPATH, f"//div[@role='row'][@row-id]//div[@col-id=\"{col_id}\"]"):
             row = cell.find_element(By.XPATH, "./ancestor::div[@role='row'][1]")
@@ -272,8 +265,6 @@ class MlflowPages:
 
     def close_assistant(self) -> None:
         """Close the "MLflow Assistant" side panel when it is open (it covers a third of the page)."""
-        from selenium.webdriver.common.by import By
-
         for button in self.driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
             if button.is_displayed():
                 button.click()

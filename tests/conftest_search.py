@@ -170,3 +170,24 @@ def parent_runs(uri: str, experiment: str) -> list[Any]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], "tags.search_role = 'parent'", max_results=100)
+
+
+def run_search_cli(tmp: Path, overrides: list[str] = (), timeout: float = 600) -> str:
+    """``launch.py search --config configs/search_smoke.yaml --smoke-test`` (2 tiny trials) as a user
+    runs it, everything under ``tmp``; returns its stdout and stderr together. Fails the test on a
+    non-zero exit. The driver runs in its own session and its group is stopped afterwards; Ray's
+    console-output variable is left unset, so the search's own default applies."""
+    args = [PYTHON, str(ROOT / "launch.py"), "search", "--config", str(SMOKE), "--smoke-test"]
+    for o in base_overrides(tmp) + list(overrides):
+        args += ["--set", o]
+    with ray_environment():
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AIR_NEW_OUTPUT"}
+        proc = subprocess.Popen(args, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        finally:
+            stop_group(proc)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    return text

@@ -59,10 +59,10 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
 class ModelConfig:
     """AWD-LSTM encoder sizes. ``preset`` fills sizes left as ``None``."""
 
-    preset: str = "small"
-    emb_sz: int | None = None
-    n_hid: int | None = None
-    n_layers: int | None = None
+    preset: str = "small"  # paper (400/1152/3), small (200/512/3) or tiny (64/128/2): emb_sz/n_hid/n_layers
+    emb_sz: int | None = None  # embedding size, also the last LSTM layer's size (tied decoder); null: the preset's
+    n_hid: int | None = None  # units of every LSTM layer but the last; null: the preset's
+    n_layers: int | None = None  # LSTM layers; null: the preset's
 
     def __post_init__(self) -> None:
         if self.preset not in MODEL_PRESETS:
@@ -83,18 +83,14 @@ DROPOUT_CAP = 0.95
 
 @dataclass
 class Dropouts:
-    """The five AWD-LSTM dropouts, named as in fastai, before scaling by ``drop_mult``.
+    """The five AWD-LSTM dropouts, named as in fastai, before scaling by ``drop_mult``."""
 
-    embed_p: whole embedding rows (words) dropped; input_p: locked dropout on the embeddings;
-    weight_p: DropConnect on hidden-to-hidden matrices; hidden_p: locked dropout between LSTM
-    layers; output_p: locked dropout on the last layer's output (before the decoder, or the
-    first dropout of the classifier head).
-    """
-
-    embed_p: float
-    input_p: float
-    weight_p: float
-    hidden_p: float
+    embed_p: float  # whole embedding rows (words) dropped
+    input_p: float  # locked dropout on the embeddings
+    weight_p: float  # DropConnect on the hidden-to-hidden matrices
+    hidden_p: float  # locked dropout between LSTM layers
+    #: locked dropout on the last layer's output (before the decoder, or the first dropout of the
+    #: classifier head)
     output_p: float
 
     def validate(self, prefix: str) -> None:
@@ -126,20 +122,22 @@ def _clas_dropouts() -> Dropouts:  # fastai v2 awd_lstm_clas_config
 class StageConfig:
     """What both training stages share: optimiser, schedule, regularisation, batching."""
 
-    epochs: int = 1
-    lr: float = 1e-3
+    epochs: int = 1  # epochs of this stage (the classifier's count its gradual-unfreezing phases)
+    lr: float = 1e-3  # peak learning rate of the top layer group (STLR rises to it and falls back)
     lrm: float = 2.6  # discriminative rates: layer group k below the top gets lr / lrm**k
     use_clr: tuple[float, float] = (32.0, 10.0)  # STLR (ratio, cut): peak/min ratio, 1/cut of steps rising
-    bs: int = 64
+    bs: int = 64  # batch size
+    #: tokens per backpropagation-through-time step: the language model's mean (variable) sequence
+    #: length; the classifier's chunk length over long documents
     bptt: int = 70
     wd: float = 0.01  # decoupled (AdamW) weight decay
-    betas: tuple[float, float] = (0.8, 0.99)
+    betas: tuple[float, float] = (0.8, 0.99)  # Adam's (beta1, beta2)
     clip: float | None = 0.4  # gradient norm clipping; None disables
     alpha: float = 2.0  # activation regularisation (AR)
     beta: float = 1.0  # temporal activation regularisation (TAR)
-    drop_mult: float = 1.0
+    drop_mult: float = 1.0  # multiplies all five dropouts (the section's dropouts.*)
     dropouts: Dropouts = field(default_factory=_lm_dropouts)
-    backwards: bool = False
+    backwards: bool = False  # train on reversed text: the backwards model of a forward + backward ensemble
 
     _prefix = "stage"
 
@@ -226,11 +224,11 @@ class ClassifierConfig(StageConfig):
     use_clr: tuple[float, float] = (8.0, 3.0)
     bs: int = 32
     dropouts: Dropouts = field(default_factory=_clas_dropouts)
-    drop_mult: float = 0.5
+    drop_mult: float = 0.5  # fastai's ULMFiT notebooks train the classifier at 0.5
     #: Epochs of each gradual-unfreezing phase before everything is unfrozen: [1, 1] trains the
     #: top group 1 epoch, then the top two groups 1 epoch, then all groups for the rest.
     unfreeze: list[int] = field(default_factory=lambda: [1, 1, 1])
-    lin_ftrs: list[int] = field(default_factory=lambda: [50])
+    lin_ftrs: list[int] = field(default_factory=lambda: [50])  # hidden layer sizes of the head after concat pooling
     backwards: bool | None = None  # None: the same direction as the language model (lm.backwards)
     head_p: float = 0.1  # dropout before each hidden head layer after the first (fastai's ps)
     max_seq: int = 1400  # gradients and pooling cover the last max_seq tokens (fastai max_len=72*20)
@@ -259,8 +257,8 @@ class ClassifierConfig(StageConfig):
 class TextConfig:
     """Tokenization and vocabulary."""
 
-    max_vocab: int = 60000
-    min_freq: int = 2
+    max_vocab: int = 60000  # the most frequent tokens kept, special tokens included (then padded to a multiple of 8)
+    min_freq: int = 2  # tokens seen fewer times become xxunk
 
     def __post_init__(self) -> None:
         if self.max_vocab < 16:
@@ -279,19 +277,23 @@ class DataConfig:
     (optionally gzipped) or a folder laid out as ``label/*.txt``.
     """
 
+    #: a named dataset: the folder NAME under the data directory (--data-dir, $ULMFIT_DATA or ./data)
+    #: holding train.csv[.gz], test.csv[.gz] and optionally unsup.csv[.gz]
     dataset: str | None = None
-    train: str | None = None
-    valid: str | None = None
-    test: str | None = None
+    train: str | None = None  # labeled training data: a CSV/TSV file (gzip allowed) or a folder of LABEL/*.txt
+    valid: str | None = None  # labeled validation data, as train; default: valid_pct of train, stratified
+    test: str | None = None  # labeled test data, evaluated after training; no stage ever trains on it
+    #: text without labels for the language model: a CSV/TSV file with a ``text`` column, a folder of
+    #: .txt files (one document each), or a .txt file with one document per line
     unlabeled: str | None = None
     #: Held-out text for the language model's perplexity when pretraining (``launch.py pretrain``), in
     #: ``unlabeled``'s formats; default: ``lm.valid_pct`` of the documents, held out of training.
     unlabeled_valid: str | None = None
-    text_cols: list[str] = field(default_factory=lambda: ["text"])
-    label_col: str = "label"
+    text_cols: list[str] = field(default_factory=lambda: ["text"])  # text column(s); several are joined as xxfld fields
+    label_col: str = "label"  # the label column
     valid_pct: float = 0.1  # held out from train when no valid file is given
     max_train_rows: int | None = None  # a reproducible random slice of train, for quick runs
-    max_unlabeled_rows: int | None = None
+    max_unlabeled_rows: int | None = None  # a reproducible random slice of the unlabeled documents
     use_unlabeled: bool = True  # add the dataset's unlabeled text to the language-model stage
 
     def __post_init__(self) -> None:
@@ -328,8 +330,8 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when present, else CPU
+    seed: int = 0  # seeds Python, NumPy and torch: a run on the CPU repeats exactly
+    device: str = "auto"  # auto: CUDA when present, else CPU; or cpu, cuda, cuda:N
     #: Mixed precision for training (both stages): auto, fp32 or bf16. Weights, optimizer state, the
     #: recurrent state and the losses stay float32 whatever is chosen (docs/RECIPE.md).
     precision: str = "auto"

@@ -26,7 +26,7 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -34,6 +34,9 @@ from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +287,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], path: str | Path
 # -- per search: the Optuna study -----------------------------------------------------------------
 
 
-def study_skip_reason(study, plot: str, *, min_trials_for_importance: int = MIN_TRIALS_FOR_IMPORTANCE) -> str | None:
+def study_skip_reason(study: optuna.Study, plot: str, *, min_trials_for_importance: int = MIN_TRIALS_FOR_IMPORTANCE) -> str | None:
     """Why ``plot`` ("history", "parallel" or "importances") cannot be drawn from ``study`` yet, or None.
 
     Optuna draws these plots from COMPLETE trials only (pruned ones have no final value); with none it
@@ -333,7 +336,7 @@ def _log_skip(plot: str, reason: str) -> None:
     logger.info("skipping the %s plot: %s", plot, reason)
 
 
-def plot_optimization_history(study, path: str | Path) -> Path | None:
+def plot_optimization_history(study: optuna.Study, path: str | Path) -> Path | None:
     """Each completed trial's objective value and the best so far, by trial number; None (and the
     reason logged) when no trial has completed."""
     from optuna.visualization import matplotlib as optuna_plots
@@ -347,7 +350,7 @@ def plot_optimization_history(study, path: str | Path) -> Path | None:
     return Path(path)
 
 
-def plot_parallel_coordinate(study, path: str | Path, params: Sequence[str] | None = None) -> Path | None:
+def plot_parallel_coordinate(study: optuna.Study, path: str | Path, params: Sequence[str] | None = None) -> Path | None:
     """The sampled values of ``params`` (default: all) and the objective of each completed trial as
     lines across parallel axes; None (reason logged) when no trial has completed."""
     from optuna.visualization import matplotlib as optuna_plots
@@ -362,7 +365,7 @@ def plot_parallel_coordinate(study, path: str | Path, params: Sequence[str] | No
     return Path(path)
 
 
-def plot_param_importances(study, path: str | Path, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE,
+def plot_param_importances(study: optuna.Study, path: str | Path, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE,
                            seed: int = 0) -> Path | None:
     """fANOVA importance of each sampled parameter for the objective (seeded, so repeatable); None (and
     the reason logged) with fewer than ``min_trials`` completed trials or no parameter that varied."""
@@ -378,7 +381,7 @@ def plot_param_importances(study, path: str | Path, *, min_trials: int = MIN_TRI
     return Path(path)
 
 
-def plot_study(study, out_dir: str | Path) -> dict[str, Path | None]:
+def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path | None]:
     """The three study plots as ``optimization_history.png``, ``parallel_coordinate.png`` and
     ``param_importances.png`` in ``out_dir``; a skipped plot maps to None."""
     out = Path(out_dir)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
 from ray.tune.result import DONE
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandForBOHB, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from search import trainable as T
 from search.rungs import asha_rungs
@@ -72,10 +72,10 @@ class _MarkDoneOnStop:
     save, so the saved state keeps it PAUSED and a later ``ExperimentAnalysis`` (export) or resume would
     not see it ended: it is queued for that save here."""
 
-    def __init__(self, controller):
+    def __init__(self, controller: Any) -> None:
         self._controller = controller
 
-    def stop_trial(self, trial) -> None:
+    def stop_trial(self, trial: Trial) -> None:
         paused = trial.status == Trial.PAUSED
         if paused and trial.last_result:
             trial.last_result[DONE] = True
@@ -83,7 +83,7 @@ class _MarkDoneOnStop:
         if paused:  # Ray's scheduler-facing wrapper hides this method; the controller behind it has it
             getattr(self._controller, "_tune_controller", self._controller)._mark_trial_to_checkpoint(trial)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._controller, name)
 
 
@@ -95,7 +95,7 @@ class RunningTrialLimiter(ConcurrencyLimiter):
     including one HyperBand stops while it is paused.
     """
 
-    def __init__(self, searcher, max_concurrent: int):
+    def __init__(self, searcher: Searcher, max_concurrent: int) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.paused: set[str] = set()
 
@@ -139,7 +139,7 @@ def make_scheduler(cfg: SearchConfig) -> TrialScheduler:
                                    brackets=sched.brackets)
 
 
-def make_limiter(cfg: SearchConfig, searcher) -> ConcurrencyLimiter:
+def make_limiter(cfg: SearchConfig, searcher: Searcher) -> ConcurrencyLimiter:
     """Ray's limiter, or the pause-aware one HyperBand needs."""
     limiter = RunningTrialLimiter if cfg.search.scheduler.type == "hyperband" else ConcurrencyLimiter
     return limiter(searcher, max_concurrent=cfg.search.max_concurrent)

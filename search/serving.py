@@ -107,7 +107,7 @@ class ULMFiTClassifierModel(mlflow.pyfunc.PythonModel):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_predictor": None}  # MLflow pickles the model at log time: no weights in it
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Find the member folders among the model's artifacts and load each once, so a broken or
         inconsistent model fails when it is loaded, not on its first request."""
         missing = [k for k in self.artifact_keys if k not in context.artifacts]
@@ -119,7 +119,7 @@ class ULMFiTClassifierModel(mlflow.pyfunc.PythonModel):
         if self._predictor.labels != self.labels:
             raise ValueError(f"the loaded classifiers know {self._predictor.labels}, the logged model {self.labels}")
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: mlflow.pyfunc.PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """``label`` and ``prob_<class>`` columns for each input text (see the module docstring).
 
         ``model_input``: a DataFrame with a ``text`` column. Through ``mlflow.pyfunc`` MLflow checks the

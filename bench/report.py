@@ -231,18 +231,23 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
     by = {(s["method"], s["budget"]): s for s in r["summary"]}
     chosen = r.get("chosen_lr", {})
     acc = lambda x: _acc(x) if x["n_seeds"] > 1 else f"{100 * x['test_accuracy_mean']:.1f}"  # noqa: E731
-    rows = ["| labeled training reviews | ULMFiT: test accuracy % (mean ± sd) | from scratch: test accuracy % | seeds | "
-            "classifier epochs | learning rate chosen on validation (ULMFiT / scratch) | ULMFiT / scratch training (s) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    general = r.get("general_lm")
+    methods = (["general"] if general else []) + ["ulmfit", "scratch"]
+    names = {"general": f"general LM (`{general['pretrained']}`) + IMDb fine-tuning" if general else "",
+             "ulmfit": "IMDb-only LM", "scratch": "from scratch"}
+    rows = [f"| labeled training reviews | {' | '.join(names[m] + ': test accuracy %' for m in methods)} | seeds | "
+            f"classifier epochs | learning rate chosen on validation ({' / '.join(methods)}) |",
+            "| " + " | ".join(["---"] * (len(methods) + 4)) + " |"]
     for budget in r["budgets"]:
-        u, f = by.get(("ulmfit", budget)), by.get(("scratch", budget))
-        if u is None:
+        found = [by.get((m, budget)) for m in methods]
+        if found[0] is None:
             continue
         epochs = next(x["epochs"] for x in r["runs"] if x["budget"] == budget)
         label = f"{budget:,}" + (' ("all", capped)' if budget == sz["all"] else "")
-        lrs = " / ".join(f"{chosen[k]:g}" if k in chosen else "–" for k in (f"ulmfit/{budget}", f"scratch/{budget}"))
-        rows.append(f"| {label} | **{acc(u)}** | {acc(f) if f else '–'} | {u['n_seeds']} | {epochs} | {lrs} | "
-                    f"{u['train_seconds_mean']:.0f} / {f['train_seconds_mean'] if f else 0:.0f} |")
+        lrs = " / ".join(f"{chosen[k]:g}" if k in chosen else "–" for k in (f"{m}/{budget}" for m in methods))
+        cells = [acc(x) if x else "–" for x in found]
+        cells[0] = f"**{cells[0]}**"
+        rows.append(f"| {label} | {' | '.join(cells)} | {found[0]['n_seeds']} | {epochs} | {lrs} |")
     if not r.get("complete", True):
         rows += ["", "_This run was cut short; the rows above are the budgets it finished._"]
     lm, c = r["lm"], r["corpus"]
@@ -257,10 +262,45 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
                  f"from {{{grid}}} (first seed; the other seeds reuse it). Whole run {r['total_seconds'] / 60:.0f} min"
                  + (", the language model reused from an earlier run with the same settings (`--cache-dir`)."
                     if lm.get("reused") else ".")]
+    if general:
+        g = general["metrics"]
+        rows += ["", f"General-domain start: `{general['pretrained']}` fine-tuned on the same IMDb text (lr 0.01, one frozen "
+                     f"epoch, then {r['config']['lm']['epochs']}) in {general['seconds'] / 60:.1f} min: valid perplexity "
+                     f"{g.get('valid_perplexity', float('nan')):.1f}, next-word accuracy {g.get('valid_accuracy', float('nan')):.3f}."]
     top = max(r.get("lr_grid") or [0])
     at_top = sorted(k for k, v in chosen.items() if v == top)
     if at_top:
         rows += ["", f"Chosen at the top of the grid ({top:g}): {', '.join(at_top)}; a wider grid might move those rows."]
+    return rows
+
+
+def transfer_trec(r: dict[str, Any]) -> list[str]:
+    starts = {"random": "random weights (LM trained on TREC-6 only)", "general": f"the general-domain `{r['model']}`"}
+    rows = ["| language model starts from | forward: test accuracy % | backward | forward + backward ensemble | seeds | "
+            "minutes a seed (both directions) |", "| --- | --- | --- | --- | --- | --- |"]
+    for start, s in r["summary"].items():
+        cells = [f"{100 * s[v]['mean']:.1f} ± {100 * s[v]['sd']:.1f}" for v in ("fwd", "bwd", "ensemble")]
+        cells[2] = f"**{cells[2]}**"
+        rows.append(f"| {starts.get(start, start)} | {' | '.join(cells)} | {len(s['seeds'])} | {s['minutes_per_seed']:.0f} |")
+    rows += ["", "Per seed (test accuracy %, forward / backward / ensemble):", ""]
+    for run in sorted(r["runs"], key=lambda x: (x["start"], x["seed"])):
+        a = run["test_accuracy"]
+        rows.append(f"- {run['start']}, seed {run['seed']}: {100 * a['fwd']:.1f} / {100 * a['bwd']:.1f} / "
+                    f"{100 * a['ensemble']:.1f}")
+    return rows
+
+
+def pretrain_general(r: dict[str, Any]) -> list[str]:
+    rows = ["| model | direction | held-out perplexity | next-token accuracy | training | tokens/s (2 CPU threads) | "
+            "tokens per epoch × epochs |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in r["models"]:
+        train = f"{m['training_minutes']:.0f} min" if m.get("training_minutes") else "–"
+        speed = f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "–"
+        tokens = f"{m['tokens_per_epoch']:,} × {m['epochs']}" if m.get("tokens_per_epoch") else "–"
+        rows.append(f"| `{m['model']}` | {m['direction']} | {m['valid_perplexity']:.1f} | {m['valid_accuracy']:.3f} | "
+                    f"{train} | {speed} | {tokens} |")
+    rows += ["", f"Held-out text: the {r['valid_documents']} documents of `{r['corpus']}/valid.txt.gz` (never trained on), "
+                 "each model reading them in its own direction with its own vocabulary (words it lacks count as `xxunk`)."]
     return rows
 
 
@@ -529,6 +569,19 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "reviews has a standard error under one point; seeds also draw different labeled reviews, and at 100 reviews "
      "that draw moves the score by several points.",
      imdb_lowshot),
+    ("transfer_trec", "Transfer on TREC-6: a general-domain start, forward, backward and their ensemble (CPU)",
+     "The whole recipe (`configs/trec_small.yaml`, the `small` model) per seed, its language model starting from random "
+     "weights or from this project's general-domain model, in both directions (`stages.run_recipe` with `directions "
+     "fwd bwd`; a zoo name's backward counterpart for the backward run): each LM is fine-tuned on TREC-6's training "
+     "questions only, never test text; the ensemble averages the two classifiers' probabilities "
+     "(`python bench/transfer_trec.py`). The paper reports 96.4 % (3.6 % error) with WikiText-103 and the ensemble. One "
+     "TREC-6 test score has a standard error of ~1.5 points.",
+     transfer_trec),
+    ("pretrain_general", "General-domain language models: cost and held-out perplexity",
+     "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "
+     "corpus (5.07M words, mixed genres; `configs/pretrain_general_*.yaml`), measured on the corpus's held-out "
+     "documents (`python bench/pretrain_general.py --models ...`).",
+     pretrain_general),
     ("search_efficiency", "Search efficiency on TREC-6: ways to search against random search",
      "The demo search (`configs/search_trec_demo.yaml`: tiny model, default space, 8 classifier epochs per trial) "
      "with the same number of trials and seeds: Optuna's random sampler without early stopping, TPE without early "

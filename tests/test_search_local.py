@@ -188,3 +188,32 @@ def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
     assert list(served["label"]) == [labels[i] for i in probs.argmax(1)]
     plots = {a.path for a in client.list_artifacts(res["run_id"], "plots")}
     assert {"plots/confusion_matrix_fwd.png", "plots/per_class_fwd.png", "plots/per_class_fwd.json"} <= plots
+
+
+def test_retrain_both_directions_registers_the_ensemble_evaluate_uses(searched, tmp_path, datasets_dir, capsys):
+    import mlflow
+    import pandas as pd
+
+    import launch
+    from search.export import retrain
+
+    cfg, outcome, _ = searched
+    out = tmp_path / "both"
+    res = retrain(outcome.best_yaml, out, model_name="ulmfit-local-ensemble", directions=["fwd", "bwd"])
+    assert {"test_accuracy", "bwd_test_accuracy", "ensemble_test_accuracy"} <= set(res["metrics"])
+    # evaluate --ensemble over the two folders, and evaluate on the run's folder (its ensemble.json)
+    test_csv = datasets_dir / "trec" / "test.csv"
+    assert launch.main(["evaluate", "--model", str(out / "classifier"), "--ensemble", str(out / "classifier_bwd"),
+                        "--file", str(test_csv), "--json"]) == 0
+    by_folders = json.loads(capsys.readouterr().out)
+    assert launch.main(["evaluate", "--model", str(out), "--file", str(test_csv), "--json"]) == 0
+    by_run = json.loads(capsys.readouterr().out)
+    assert by_run["accuracy"] == by_folders["accuracy"] == pytest.approx(res["metrics"]["ensemble_test_accuracy"])
+    # the registered model is that ensemble: the same labels on the test questions
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model(res["model_uri"])
+    texts = [row["text"] for row in csv.DictReader(test_csv.open())]
+    served = model.predict(pd.DataFrame({"text": texts}))
+    truth = [row["label"] for row in csv.DictReader(test_csv.open())]
+    accuracy = sum(a == b for a, b in zip(served["label"], truth)) / len(truth)
+    assert accuracy == pytest.approx(by_folders["accuracy"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest_search import PYTHON, ROOT, SMOKE, base_overrides, child_runs, parent_runs, ray_environment, stop_group
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 N_TRIALS = 8
 
@@ -73,6 +73,12 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
             stop_group(second)  # the Ray processes that driver had started (same process group)
         before = {r.data.tags["ray_trial_id"]: r.data.tags["trial_status"] for r in child_runs(uri, "resume")}
         assert sum(s in ("completed", "stopped_by_asha") for s in before.values()) < N_TRIALS, before
+        client = MlflowClient(uri)
+        # trials the kill interrupted after at least one epoch: the resumed search must continue them from
+        # their checkpoints, not from epoch 0
+        interrupted = {r.data.tags["ray_trial_id"]: len(client.get_metric_history(r.info.run_id, "valid_accuracy"))
+                       for r in child_runs(uri, "resume") if r.data.tags["trial_status"] == "running"}
+        interrupted = {tid: n for tid, n in interrupted.items() if n >= 1}
 
         third = _cli(["search", "--resume", str(search_dir)], tmp_path / "third.log")
         try:
@@ -95,6 +101,10 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
     for r in runs:  # resumed trials continued their epoch numbering without logging an epoch twice
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "valid_accuracy")]
         assert steps == list(range(1, len(steps) + 1))
+    resumed = {r.data.tags["ray_trial_id"]: int(r.data.tags.get("resumed_from_epoch", 0)) for r in runs}
+    for tid, epochs_before in interrupted.items():
+        # resumed from the last checkpoint the experiment state had saved (at most one epoch behind)
+        assert resumed[tid] >= max(1, epochs_before - 1), (tid, epochs_before, resumed[tid])
     (parent,) = parent_runs(uri, "resume")  # the resumed search kept its parent run
     assert parent.data.tags["search_status"] == "finished" and parent.info.status == "FINISHED"
     assert (search_dir / "best.yaml").exists()

@@ -29,15 +29,18 @@ from typing import Any
 from common import ROOT, SHARED_DATASETS, write_result
 
 PRECISIONS = ("fp32", "bf16")
-SMOKE_OVERRIDES = ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
+SMOKE_OVERRIDES = ["model.preset=tiny", "lm.pretrained=null", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
                    "lm.bptt=20", "classifier.bptt=20"]
 
 
 def run_once(config: str, overrides: list[str], seed: int, prec: str, device: str, data_dir: str, tmp: Path) -> dict[str, Any]:
     from ulmfit_core import stages
     from ulmfit_core.config import load_recipe
+    from ulmfit_core.pretrained import describe_start
 
     cfg = load_recipe(config, overrides + [f"seed={seed}", f"device={device}", f"precision={prec}"])
+    cfg, start = describe_start(cfg)  # a zoo model not fetched: random start where the config allows it
+    print(start, flush=True)
     t0 = time.perf_counter()
     res = stages.run_recipe(cfg, tmp / f"{prec}-seed{seed}", data_dir=data_dir, cache_dir=tmp / "cache")
     run = {"seed": seed, "precision": prec, "total_seconds": time.perf_counter() - t0,

@@ -62,10 +62,12 @@ def train_shared_lm(cfg: Any, data_dir: str) -> float:
     """The search's shared language model and tokenized corpus, built once in their storage; seconds."""
     import torch
 
+    from search.tuner import check_language_model_start
     from ulmfit_core import stages
     from ulmfit_core.config import build_recipe
     from ulmfit_core.corpus import prepare_corpus
 
+    print(check_language_model_start(cfg), flush=True)  # as the search does: the same LM cache key
     storage = Path(cfg.search.storage)
     recipe = build_recipe(cfg.recipe, {})
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))

@@ -28,6 +28,7 @@ cannot be reached.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -54,6 +55,8 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
 ROLE_TAG = "search_role"  # parent | trial | retrain
 STATUS_TAG = "trial_status"
+# The sampled values at full precision, as JSON (params are rounded for display): what warm start reads.
+SAMPLED_TAG = "sampled_values"
 SEARCH_STATUS_TAG = "search_status"
 #: MLflow 3's UI opens an experiment on its GenAI page unless it is tagged as model development.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -451,6 +454,10 @@ class TrialRecorder:
     def _call(self, what: str, fn: Any) -> Any:
         return self.writer.call(what, fn)
 
+    def _done(self, what: str, fn: Any) -> bool:
+        """``fn()`` through the writer's retries; True when it ran (MLflow's writes return None)."""
+        return self._call(what, lambda: (fn(), True)[1]) is not None
+
     def lookup_all(self) -> None:
         """Once per driver process: map trial ids to the child runs that already exist (a resume)."""
         if self.looked_up:
@@ -480,7 +487,8 @@ class TrialRecorder:
         sampled = T.sampled_values(snap.config)
         run = self._call(f"create the run of trial {snap.trial_id}", lambda: self.client.create_run(
             self.experiment_id, run_name=trial_run_name(snap.trial_id, sampled), tags={
-                PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING}))
+                PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING,
+                SAMPLED_TAG: json.dumps(sampled, default=str)}))
         if run is None:
             return None
         run_id = run.info.run_id
@@ -514,8 +522,8 @@ class TrialRecorder:
         if epoch <= self.last_step.get(run_id, 0):
             return  # replayed from a checkpoint after a restore: logged already
         metrics = [Metric(k, float(result[k]), timestamp, epoch) for k in EPOCH_METRICS if _number(result.get(k))]
-        if self._call(f"epoch {epoch} of trial {snap.trial_id}",
-                      lambda: self.client.log_batch(run_id, metrics=metrics)) is not None or not metrics:
+        if not metrics or self._done(f"epoch {epoch} of trial {snap.trial_id}",
+                                     lambda: self.client.log_batch(run_id, metrics=metrics)):
             self.last_step[run_id] = epoch
 
     def _bookkeeping(self, run_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -538,7 +546,7 @@ class TrialRecorder:
     def _set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         if not tags:
             return
-        if self._call(f"tags of run {run_id}", lambda: self.client.log_batch(run_id, tags=_tags(tags))) is not None:
+        if self._done(f"tags of run {run_id}", lambda: self.client.log_batch(run_id, tags=_tags(tags))):
             self.tags_sent.setdefault(run_id, {}).update({k: display(v) for k, v in tags.items()})
 
     def finish(self, snap: TrialSnapshot, status: str) -> None:
@@ -662,7 +670,8 @@ def best_trial_run(uri: str, experiment: str) -> dict[str, Any]:
 
 def newest_search_trials(uri: str, experiment: str) -> dict[str, Any]:
     """The newest search (parent run) of ``experiment`` as plain data: its metric, mode and ``search_dir``
-    tag, and per finished child run its status tag, params (MLflow names) and the metric's history by step."""
+    tag, and per finished child run its status tag, params (MLflow names, rounded), the exact sampled values
+    (``None`` for runs logged before they were recorded) and the metric's history by step."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     parents = exp and client.search_runs([exp.experiment_id], f"tags.{ROLE_TAG} = 'parent'",
@@ -675,8 +684,10 @@ def newest_search_trials(uri: str, experiment: str) -> dict[str, Any]:
     for run in child_runs(uri, exp.experiment_id, parent.info.run_id):
         if run.data.tags.get(STATUS_TAG) in (COMPLETED, STOPPED):
             history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric)}
+            exact = run.data.tags.get(SAMPLED_TAG)
             trials.append({"run_id": run.info.run_id, "status": run.data.tags[STATUS_TAG],
-                           "params": dict(run.data.params), "history": history})
+                           "params": dict(run.data.params), "sampled": json.loads(exact) if exact else None,
+                           "history": history})
     return {"parent_run_id": parent.info.run_id, "metric": metric,
             "mode": parent.data.params.get("search.mode", "max"),
             "search_dir": parent.data.tags.get("search_dir"), "trials": trials}

@@ -298,10 +298,13 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
-    prepare_data_first(cfg)
+    if address is None:  # local: a data error before Ray starts
+        prepare_data_first(cfg)
     # Before this search's parent run exists: an experiment named here means its newest *earlier* search.
     earlier = warm_start.read_earlier_searches(cfg)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
+    if address is not None:  # a cluster: the token cache is written only once its storage is known shared
+        prepare_data_first(cfg)
     shared_lm = train_shared_lm_first(cfg)
     search_dir = store.new_search_dir(cfg)
     search_dir.mkdir(parents=True)

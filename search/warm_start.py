@@ -118,7 +118,8 @@ def from_experiment(tracking_uri: str, experiment: str) -> EarlierSearch:
             continue
         steps = sorted(run["history"])
         state = TrialState.COMPLETE if run["status"] == tracking.COMPLETED else TrialState.PRUNED
-        params = {space_key(k): parse_param(v) for k, v in run["params"].items()}
+        # The exact values where recorded; the displayed (rounded) params otherwise.
+        params = run["sampled"] or {space_key(k): parse_param(v) for k, v in run["params"].items()}
         trials.append(EarlierTrial(f"run {run['run_id']}", params, state, float(run["history"][steps[-1]]),
                                    {int(s): float(run["history"][s]) for s in steps}))
     source = f"experiment {experiment}, run {data['parent_run_id']}"

@@ -1,11 +1,16 @@
 """Shared test settings: quiet, single-threaded, and pointed at the real datasets beside the project."""
 import os
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 # Two cores on CI: keep torch from spawning threads that fight each other across test processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Zoo models come only from what a test fetches itself: a developer's ./models must not make the suite
+# behave differently from CI's clean clone (where configs naming general-en-* start from random weights).
+os.environ["ULMFIT_MODELS"] = str(Path(tempfile.gettempdir()) / f"ulmfit-tests-no-models-{os.getpid()}")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASETS = SHARED / "datasets"
@@ -32,3 +37,14 @@ def no_proxy(monkeypatch):
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def cli_search(tmp_path_factory, datasets_dir) -> SimpleNamespace:
+    """One search through the command line as a user runs it (``launch.py search``, 2 tiny trials, the
+    trial table on): its folder and console output, shared by the tests that read a finished CLI search
+    (the console table, the MLflow UI) so the suite runs it once."""
+    from conftest_search import run_search_cli
+
+    tmp = tmp_path_factory.mktemp("cli_search")
+    return SimpleNamespace(tmp=tmp, out=run_search_cli(tmp, ["search.verbose=1", "search.name=ui"]))

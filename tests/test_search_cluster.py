@@ -76,7 +76,6 @@ def test_trials_use_both_nodes_and_survive_losing_one(tmp_path, datasets_dir, ra
     assert nodes[killed] == {head_id, worker_id}  # started on the worker, finished on the head
     run = runs[killed]
     assert run.data.tags["trial_status"] == "completed"
-    resumed = client.get_metric_history(run.info.run_id, "resumed_from_epoch")
-    assert max(m.value for m in resumed) >= 1  # the retry started from a checkpoint, not from scratch
+    assert int(run.data.tags["resumed_from_epoch"]) >= 1  # the retry started from a checkpoint, not from scratch
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "valid_accuracy")]
     assert steps == list(range(1, EPOCHS + 1))  # every epoch logged exactly once across both attempts

@@ -8,7 +8,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from conftest_search import ray_env, run_search_cli  # noqa: F401 (a fixture)
+from conftest_search import ray_env  # noqa: F401 (a fixture)
 
 from search import progress
 from search.progress import SearchProgress
@@ -145,8 +145,8 @@ def test_tune_prints_the_table_at_verbose_1_and_nothing_at_verbose_0(tmp_path, r
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_search_command_prints_the_trial_table(tmp_path, datasets_dir):
-    out = run_search_cli(tmp_path, ["search.verbose=1", "search.name=progress"])
+def test_search_command_prints_the_trial_table(cli_search):
+    out = cli_search.out
     tables = re.findall(r"^search (?:progress|finished), .*?^\d+ of 2 done.*?$", out, flags=re.M | re.S)
     assert tables, out[-4000:]
     header = tables[-1].splitlines()[1].split()

@@ -5,19 +5,36 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest_search import MlflowServer, child_runs, ray_env, smoke_config  # noqa: F401
+from ray import tune
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 EPOCHS = 4
+_STATE: dict = {}  # lives here, not on the callback (Ray pickles callbacks into tuner.pkl)
 
 
-def _epochs_reported(search_root: Path) -> int:
-    """Rows of the trials' Tune progress files so far (one per reported epoch)."""
-    return sum(max(0, len(p.read_text().splitlines()) - 1) for p in search_root.glob("*/trial_*/progress.csv"))
+class KillTheServerAtEpoch2(tune.Callback):
+    """Counts reported epochs in Tune's event loop; at the second one (mid-way through trial 1) kills the
+    tracking server and restarts it from a thread once at least one more epoch was reported without it."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        _STATE["epochs"] = _STATE.get("epochs", 0) + 1
+        if _STATE["epochs"] == 2:
+            _STATE["server"].kill()
+            _STATE["events"].append(f"killed after {_STATE['epochs']} epochs")
+            threading.Thread(target=_restart_later, args=(_STATE["epochs"],), daemon=True).start()
+
+
+def _restart_later(killed_at: int) -> None:
+    deadline = time.time() + 120
+    time.sleep(5)
+    while _STATE.get("epochs", 0) <= killed_at and time.time() < deadline:  # trials go on while it is down
+        time.sleep(0.2)
+    _STATE["server"].start()
+    _STATE["events"].append(f"restarted after {_STATE['epochs']} epochs")
 
 
 def test_a_tracking_server_restart_mid_search_loses_no_epoch(tmp_path, datasets_dir, ray_env):
@@ -32,22 +49,12 @@ def test_a_tracking_server_restart_mid_search_loses_no_epoch(tmp_path, datasets_
                                   f"recipe.classifier.epochs={EPOCHS}", "recipe.classifier.unfreeze=[]",
                                   "search.scheduler={type: fifo}"], tracking_uri=uri)
     events: list[str] = []
-
-    def crash_and_restart() -> None:
-        deadline = time.time() + 300
-        while _epochs_reported(tmp_path / "runs") < 2 and time.time() < deadline:  # mid-way through trial 1
-            time.sleep(0.2)
-        server.kill()
-        events.append(f"killed after {_epochs_reported(tmp_path / 'runs')} epochs")
-        time.sleep(8)  # trials go on reporting while the store is down
-        server.start()
-        events.append(f"restarted after {_epochs_reported(tmp_path / 'runs')} epochs")
-
-    chaos = threading.Thread(target=crash_and_restart, daemon=True)
-    chaos.start()
+    _STATE.update(server=server, events=events, epochs=0)
     try:
-        outcome = tuner.run_search(cfg)
-        chaos.join(120)
+        outcome = tuner.run_search(cfg, callbacks=[KillTheServerAtEpoch2()])
+        deadline = time.time() + 120
+        while len(events) < 2 and time.time() < deadline:
+            time.sleep(0.2)
         assert len(events) == 2, events
         killed_at = int(events[0].split()[2])
         restarted_at = int(events[1].split()[2])
@@ -65,4 +72,5 @@ def test_a_tracking_server_restart_mid_search_loses_no_epoch(tmp_path, datasets_
             assert run.data.tags["trial_status"] == "completed" and run.info.status == "FINISHED"
         assert outcome.summary["tracking_write_failures"] == 0 and outcome.tracking_failures == []
     finally:
+        _STATE.clear()
         server.stop()

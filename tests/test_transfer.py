@@ -1,5 +1,5 @@
-"""Transfer: a language model pretrained on general text (../shared/pretrained/general-en-tiny-fwd, made
-with `launch.py pretrain` on ../shared/corpora/general-en) fine-tunes on TREC-6 to a lower validation perplexity than the same
+"""Transfer: a language model pretrained on general text (a slice of ../shared/corpora/general-en, made
+here with `launch.py pretrain`) fine-tunes on TREC-6 to a lower validation perplexity than the same
 model from random weights after the same steps; and a backwards LM reads its own direction."""
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ from pathlib import Path
 
 import pytest
 
+import launch
 from ulmfit_core import stages
 from ulmfit_core.config import build_recipe
 from ulmfit_core.corpus import prepare_corpus
 
-GENERAL_TINY = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "general-en-tiny-fwd"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "general-en"
 TINY = {"data": {"dataset": "trec", "max_train_rows": 800}, "model": {"preset": "tiny"},
         "text": {"max_vocab": 4000},
         "lm": {"epochs": 1, "lr": 0.01, "bs": 32, "bptt": 30, "freeze_epochs": 0}}
 
 
 @pytest.fixture(scope="module")
-def general_lm():
-    """The general-domain tiny LM this project pretrained on general-en (launch.py pretrain; the command
-    itself is tested in test_pipeline and the pretrain_general benchmark's smoke run)."""
-    if not (GENERAL_TINY / "lm.pt").exists():
-        pytest.skip(f"pretrained general-domain model not found at {GENERAL_TINY}")
-    return GENERAL_TINY
+def general_lm(tmp_path_factory):
+    if not (CORPUS / "train.txt.gz").exists():
+        pytest.skip(f"general-en corpus not found at {CORPUS}")
+    out = tmp_path_factory.mktemp("general") / "general-tiny"
+    rc = launch.main(["pretrain", "--set", f"data.unlabeled={CORPUS / 'train.txt.gz'}",
+                      "--set", "data.max_unlabeled_rows=300", "--set", "model.preset=tiny",
+                      "--set", "text.max_vocab=8000", "--set", "lm.epochs=1", "--set", "lm.lr=0.02",
+                      "--set", "lm.bs=32", "--set", "lm.bptt=50", "--set", "lm.drop_mult=0.1",
+                      "--cache-dir", str(out.parent / "cache"), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out
 
 
 def test_a_pretrained_start_fine_tunes_to_lower_perplexity(general_lm, datasets_dir, tmp_path):

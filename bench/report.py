@@ -577,6 +577,11 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "(`python bench/transfer_trec.py`). The paper reports 96.4 % (3.6 % error) with WikiText-103 and the ensemble. One "
      "TREC-6 test score has a standard error of ~1.5 points.",
      transfer_trec),
+    ("transfer_trec_tiny", "Transfer on TREC-6 with the tiny model (CPU)",
+     "The same comparison with `configs/trec_tiny.yaml` (the `tiny` model the demo search uses) and the "
+     "general-domain `general-en-tiny-fwd` / `general-en-tiny-bwd` pair (`python bench/transfer_trec.py --config "
+     "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`).",
+     transfer_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "
      "corpus (5.07M words, mixed genres; `configs/pretrain_general_*.yaml`), measured on the corpus's held-out "

@@ -595,6 +595,13 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "search's best configuration (by validation accuracy) is exported and retrained, then tested on the 500 test "
      "questions.",
      search_efficiency),
+    ("search_efficiency_general", "Search efficiency from the general-domain start (TREC-6, partial)",
+     "The demo search as it now runs by default, its language model starting from `general-en-tiny-fwd`: random "
+     "search, TPE + ASHA and TPE + ASHA warm-started from the other seed's TPE + ASHA search, two search seeds, 24 "
+     "trials each (`python bench/search_efficiency.py --seeds 0 1 --variants random_fifo tpe_asha tpe_asha_warm "
+     "--out bench/results/search_efficiency_general.json`). The other three variants and a third seed are not run "
+     "yet.",
+     search_efficiency),
     ("space_evidence", "Which parameters of the default search space matter",
      "Optuna's fANOVA importances and the region of the best trials, over the completed trials of the search "
      "efficiency benchmark's searches (`python bench/space_evidence.py`; rerun it after that benchmark).",

@@ -1,6 +1,7 @@
 """Helpers every benchmark shares: where results go, and what machine produced them."""
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -42,6 +43,30 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def add_step_shape_args(ap: argparse.ArgumentParser) -> None:
+    """The training-step shapes the speed benchmarks share (bench/profile_step.py, bench/speed_vs_fastai.py):
+    vocabulary, the LM's batch and BPTT, the classifier's batch, document length, BPTT and ``max_seq``."""
+    ap.add_argument("--vocab", type=int, default=30_000)
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument("--bptt", type=int, default=70)
+    ap.add_argument("--clf-bs", type=int, default=32)
+    ap.add_argument("--doc-len", type=int, default=230)
+    ap.add_argument("--clf-bptt", type=int, default=70)
+    ap.add_argument("--max-seq", type=int, default=1400)
+
+
+def trial_spans(search_dir: Path) -> list[dict[str, float]]:
+    """Each trial's start and end (Unix seconds) and Ray's ``time_total_s``, from the last line of its result.json."""
+    spans = []
+    for path in sorted(Path(search_dir).glob("trial_*/result.json")):
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if lines:
+            last = json.loads(lines[-1])
+            end, total = float(last["timestamp"]), float(last["time_total_s"])
+            spans.append({"start": end - total, "end": end, "time_total_s": total})
+    return spans
 
 
 def write_result(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:

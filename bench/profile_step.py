@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import write_result  # puts the repository root on sys.path
+from common import add_step_shape_args, write_result  # puts the repository root on sys.path
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -367,13 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--presets", nargs="+", default=["small", "paper"], choices=sorted(MODEL_PRESETS))
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "auto"],
                     help="default: fp32, and bf16 when the CPU has AVX512_BF16/AMX")
-    ap.add_argument("--vocab", type=int, default=30_000)
-    ap.add_argument("--bs", type=int, default=64)
-    ap.add_argument("--bptt", type=int, default=70)
-    ap.add_argument("--clf-bs", type=int, default=32)
-    ap.add_argument("--doc-len", type=int, default=230)
-    ap.add_argument("--clf-bptt", type=int, default=70)
-    ap.add_argument("--max-seq", type=int, default=1400)
+    add_step_shape_args(ap)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed, unprofiled steps per stage")
     ap.add_argument("--profiled", type=int, default=2, help="profiled steps per stage")

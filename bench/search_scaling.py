@@ -26,22 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_DATASETS, demo_search_config, write_result
+from common import SHARED_DATASETS, demo_search_config, trial_spans, write_result
 
 MODES = {
     "workers_1": ["search.max_concurrent=1", "search.resources.cpu=2"],
     "workers_2": ["search.max_concurrent=2", "search.resources.cpu=1"],
 }
-
-
-def _trial_seconds(search_dir: Path) -> list[float]:
-    """Ray's ``time_total_s`` of every trial, from its last line in result.json."""
-    out = []
-    for path in sorted(search_dir.glob("trial_*/result.json")):
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if lines:
-            out.append(float(json.loads(lines[-1])["time_total_s"]))
-    return out
 
 
 def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, data_dir: str) -> dict[str, Any]:
@@ -58,7 +48,7 @@ def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, da
     outcome = tuner.run_search(cfg)
     wall = time.perf_counter() - t1
     ray.shutdown()
-    in_trial = _trial_seconds(outcome.search_dir)
+    in_trial = [s["time_total_s"] for s in trial_spans(outcome.search_dir)]
     n = len(outcome.leaderboard)
     row = {"mode": name, "overrides": overrides, "trials": n, "wall_seconds": wall, "ray_start_seconds": ray_start,
            "trials_per_hour": 3600 * n / wall, "trial_time_total_s": in_trial,

@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
-from common import write_result  # noqa: E402  (also puts the repository on sys.path)
+from common import add_step_shape_args, write_result  # noqa: E402  (also puts the repository on sys.path)
 
 
 def _fastai_available() -> bool:
@@ -310,13 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--presets", nargs="+", default=["small", "paper"])
     ap.add_argument("--rounds", type=int, help="rounds for every measurement (default: DEFAULT_PLAN's, 6-8)")
     ap.add_argument("--warmup", type=int, help="untimed steps per side before the rounds (1 on CPU, 5 on CUDA)")
-    ap.add_argument("--vocab", type=int, default=30_000)
-    ap.add_argument("--bs", type=int, default=64)
-    ap.add_argument("--bptt", type=int, default=70)
-    ap.add_argument("--clf-bs", type=int, default=32)
-    ap.add_argument("--doc-len", type=int, default=230)
-    ap.add_argument("--clf-bptt", type=int, default=70)
-    ap.add_argument("--max-seq", type=int, default=1400)
+    add_step_shape_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (fastai must be importable there too)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

@@ -19,26 +19,13 @@ keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_DATASETS, demo_search_config, write_result
-
-
-def trial_spans(search_dir: Path) -> list[dict[str, float]]:
-    """Each trial's start and end (Unix seconds) and ``time_total_s``, from the last line of its result.json."""
-    spans = []
-    for path in sorted(search_dir.glob("trial_*/result.json")):
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            end, total = float(last["timestamp"]), float(last["time_total_s"])
-            spans.append({"start": end - total, "end": end, "time_total_s": total})
-    return spans
+from common import SHARED_DATASETS, demo_search_config, trial_spans, write_result
 
 
 def max_overlap(spans: list[dict[str, float]]) -> int:

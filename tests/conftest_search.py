@@ -182,12 +182,18 @@ def run_search_cli(tmp: Path, overrides: list[str] = (), timeout: float = 600) -
         args += ["--set", o]
     with ray_environment():
         env = {k: v for k, v in os.environ.items() if k != "RAY_AIR_NEW_OUTPUT"}
-        proc = subprocess.Popen(args, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        finally:
-            stop_group(proc)
+        return run_to_completion(args, tmp, env, timeout)
+
+
+def run_to_completion(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
+    """Run a command in its own session (its process group is stopped afterwards, Ray's processes
+    included); return its stdout and stderr together. Fails the test on a non-zero exit."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        stop_group(proc)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     return text

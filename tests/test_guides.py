@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest_search import ray_environment, stop_group
+from conftest_search import ray_environment, run_to_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -76,15 +75,7 @@ def run_examples(code: str, cwd: Path, data: Path, timeout: float) -> str:
     (cwd / "data").symlink_to(data)
     (cwd / "configs").symlink_to(ROOT / "configs")
     (cwd / "example.py").write_text(code)
-    proc = subprocess.Popen([sys.executable, "example.py"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        stop_group(proc)
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
-    return text
+    return run_to_completion([sys.executable, "example.py"], cwd, dict(os.environ), timeout)
 
 
 @pytest.mark.timeout(600)

@@ -580,7 +580,8 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("transfer_trec_tiny", "Transfer on TREC-6 with the tiny model (CPU)",
      "The same comparison with `configs/trec_tiny.yaml` (the `tiny` model the demo search uses) and the "
      "general-domain `general-en-tiny-fwd` / `general-en-tiny-bwd` pair (`python bench/transfer_trec.py --config "
-     "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`).",
+     "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`; the backward "
+     "model is not in the shared mirror: docs/MODELS.md gives the `launch.py pretrain` command that made it).",
      transfer_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import store
 from search import trainable as T
+from search.lm_gate import LMGate, LMSettingsOf
 from search.settings import SearchConfig
 from search.space import SearchSpace
 from ulmfit_core.config import build_recipe, to_dict
@@ -49,12 +50,16 @@ class PruningAwareOptunaSearch(OptunaSearch):
        search (``resume_errored``) runs it again, Ray's base class ignores every later result as
        "already finished". Here its outcome is added to the study as a new trial with the same params.
 
+    With ``search_lm: true`` it also holds back a configuration whose language model another trial is
+    training right now, so that no trial waits for it holding a GPU (:mod:`search.lm_gate`).
+
     And it continues the stored study after a restore (Ray pickles the study with the searcher; see
     :meth:`restore`), and accepts HyperBand's pause notices (``on_pause``; Ray's base class lacks them).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lm_gate: LMGate | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._lm_gate = lm_gate  # search_lm: true: hold trials whose LM another trial is training
         self._last_step: dict[str, int] = {}  # trial id -> last step reported to Optuna
         self._failed: dict[str, dict[int, float]] = {}  # trial id told FAIL -> intermediate values since
         self._last_result: dict[str, dict[str, Any]] = {}  # trial id -> what its last result said
@@ -71,6 +76,31 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
+    @property
+    def lm_gate(self) -> LMGate | None:
+        return getattr(self, "_lm_gate", None)  # searchers saved before the gate existed have none
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """Optuna's next configuration; with an LM gate, one whose language model no other trial is
+        training right now (see ``search/lm_gate.py``), or None (Tune asks again later)."""
+        gate = self.lm_gate
+        if gate is None:
+            return super().suggest(trial_id)
+        released = gate.release()
+        if released is not None:  # asked earlier under another id: the Optuna trial follows the new one
+            asked_as, config = released
+            self._ot_trials[trial_id] = self._ot_trials.pop(asked_as)
+            gate.admit(trial_id, config)
+            return config
+        if not gate.may_ask():
+            return None
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict) or gate.admit(trial_id, config):
+            return config
+        logger.info("trial %s waits, holding no resources, for the language model another trial is training",
+                    trial_id)
+        return None
+
     def on_pause(self, trial_id: str) -> None:
         """HyperBand paused the trial at a milestone; it resumes or is stopped later: nothing to tell yet."""
 
@@ -82,6 +112,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         moment. Reopen it from its database instead, so trials told after that save are seen as told."""
         super().restore(checkpoint_path)
         self._reopen_study()
+        if self.lm_gate is not None:
+            self.lm_gate.after_restore()
 
     def _reopen_study(self) -> None:
         url = _database_url(self._ot_study)
@@ -99,6 +131,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         _abandon_unknown_running(study, known)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.lm_gate is not None:
+            self.lm_gate.on_result(trial_id)
         last_step, failed = self._state()
         value, step = result.get(self.metric), result.get("training_iteration")
         if trial_id in failed:
@@ -114,6 +148,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
             last_step[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.lm_gate is not None:
+            self.lm_gate.on_end(trial_id)
         last_step, failed = self._state()
         if result is None and not error:  # a paused trial stopped by HyperBand: Ray passes no result
             result = self._last_result.get(trial_id)
@@ -199,7 +235,15 @@ def make_searcher(cfg: SearchConfig, search_dir: Path | None = None) -> PruningA
     if search_dir is not None:
         stored = {"storage": study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
     return PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                    **_sampler(s.algorithm, s.seed), **stored)
+                                    lm_gate=_lm_gate(cfg), **_sampler(s.algorithm, s.seed), **stored)
+
+
+def _lm_gate(cfg: SearchConfig) -> LMGate | None:
+    """With ``search_lm: true`` trials train their own LMs: gate them so none waits for one holding a GPU.
+    (With ``search_lm: false`` the one LM is trained before the trials: ``tuner.train_shared_lm_first``.)"""
+    if not cfg.search.search_lm or build_recipe(cfg.recipe).classifier.from_scratch:
+        return None
+    return LMGate(LMSettingsOf(cfg.recipe), num_samples=cfg.search.num_samples, max_held=cfg.search.max_concurrent)
 
 
 def load_study(search_dir: str | Path) -> optuna.Study:

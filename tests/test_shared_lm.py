@@ -37,3 +37,30 @@ def test_shared_lm_is_trained_before_the_trials_with_a_trials_gpu(tmp_path, data
         history = client.get_metric_history(run.info.run_id, "valid_accuracy")
         assert len(history) >= 1
     assert outcome.summary["lm_trainings"] == 1
+
+
+def test_with_search_lm_a_trial_never_waits_for_another_trials_lm_holding_a_gpu(tmp_path, datasets_dir):
+    """search_lm: true, one LM setting for all trials (the space samples classifier.* only), two trials at
+    a time on one fake GPU: the first trial trains the LM; the others start only once it is there."""
+    import ray
+
+    from search import tuner
+
+    with ray_environment() as ray_tmp:
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 1024**2, _temp_dir=ray_tmp)
+        cfg = smoke_config(tmp_path, ["search.num_samples=3", "search.max_concurrent=2", "search.name=gated",
+                                      "search.search_lm=true", "search.scheduler.type=fifo",
+                                      "search.resources={cpu: 1, gpu: 0.5}", "recipe.device=cpu"])
+        outcome = tuner.run_search(cfg)
+    runs = child_runs(cfg.mlflow.tracking_uri, "gated")
+    assert len(runs) == 3 and outcome.summary["lm_trainings"] == 1
+    trained = [r for r in runs if r.data.tags["lm_trained"] == "true"]
+    assert len(trained) == 1
+    lm_training = float(trained[0].data.tags["lm_seconds"])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        if run is not trained[0]:
+            # Ungated, the second trial starts beside the first and sits on the LM's lock for about the
+            # whole training, holding half the GPU; gated, it only loads the finished LM.
+            assert float(run.data.tags["lm_seconds"]) < 0.3 * lm_training

@@ -65,6 +65,14 @@ def lm_key(cfg: RecipeConfig, data_fingerprint: str = "", models_dir: str | Path
     return content_hash(LM_FORMAT, _lm_settings(cfg), _pretrained_fingerprint(cfg, models_dir), data_fingerprint)[:16]
 
 
+def lm_settings_key(cfg: RecipeConfig) -> str:
+    """Hash of the recipe's language-model settings alone, pretrained files named by path: two recipes
+    with the same key, run on the same data with the same models folder, share one :func:`lm_key`.
+    Cheap (no corpus, no file reads), so a search's driver can group its trials by LM before they run."""
+    named = {k: getattr(cfg.lm, k) for k in _PRETRAINED_PATHS}
+    return content_hash(LM_FORMAT, _lm_settings(cfg), named)[:16]
+
+
 def _pretrained_fingerprint(cfg: RecipeConfig, models_dir: str | Path | None) -> str | None:
     source = pretrained.resolve_source(cfg.lm, models_dir)
     return pretrained.source_fingerprint(source) if source is not None else None

@@ -9,6 +9,7 @@ A trial's config (built by ``tuner.py``) holds the base recipe under :data:`RECI
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -36,6 +37,9 @@ LM_SAVED = "lm_seconds_saved"  # when the LM was reused: the seconds its trainin
 LM_KEY = "lm_key"
 NODE_ID = "node_id"
 RESUMED_FROM = "resumed_from_epoch"  # epoch of the checkpoint this run of the trial started from (0: fresh)
+#: First report after a resume only: the checkpoint's per-epoch metrics (JSON), so the tracker can log any
+#: epoch it had not written when the driver died (Tune's saved state can be ahead of MLflow).
+EARLIER_EPOCHS = "epochs_before_resume"
 
 
 def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,17 +80,20 @@ def train_trial(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="ulmfit-trial-") as tmp:
         resume_from, meta = _restore(Path(tmp) / "resume")
         extra[RESUMED_FROM] = int(meta.get(EPOCH) or 0)
+        earlier = _checkpoint_history(resume_from) if resume_from is not None else None
         if meta.get(LM_TRAINED):  # an earlier attempt of this trial trained the LM it now reuses
             extra.update({LM_TRAINED: 1.0, LM_SECONDS: meta.get(LM_SECONDS, 0.0), LM_SAVED: 0.0})
         lm_facts = {k: extra[k] for k in (LM_TRAINED, LM_SECONDS)}
         if resume_from is not None and extra[RESUMED_FROM] >= cfg.classifier.epochs:
             # Finished before the driver died, but the experiment state saved before that did not
             # know: report the final result again (no training happens), so Tune sees it complete.
-            _report({**meta["metrics"], **extra}, None, {})
+            _report({**meta["metrics"], **extra, **_earlier(earlier)}, None, {})
             return
 
         def report(metrics: Mapping[str, Any], checkpoint_dir: Path | None) -> None:
-            metrics = {**metrics, **extra}
+            nonlocal earlier
+            metrics = {**metrics, **extra, **_earlier(earlier)}
+            earlier = None  # the first report only
             _report(metrics, checkpoint_dir, {EPOCH: metrics.get(EPOCH), "metrics": _plain(metrics), **lm_facts})
 
         try:
@@ -114,6 +121,20 @@ def train_shared_lm(recipe: dict[str, Any], run: Mapping[str, Any]) -> dict[str,
     seconds = lm.seconds if lm.trained else stages.lm_training_seconds(lm.lm_dir)
     return {"lm_key": lm.lm_dir.name, "trained": lm.trained, "seconds": seconds,
             "node_id": ray.get_runtime_context().get_node_id(), "finished_at": time.time()}
+
+
+def _checkpoint_history(checkpoint_dir: Path) -> list[dict[str, Any]] | None:
+    """The per-epoch metrics a classifier checkpoint folder recorded (None when it has none)."""
+    from ulmfit_core import artifacts
+
+    try:
+        return list(artifacts.read_json(checkpoint_dir / artifacts.TRAIN_LOG_FILE)["history"])
+    except (artifacts.ArtifactError, KeyError, TypeError):
+        return None
+
+
+def _earlier(history: list[dict[str, Any]] | None) -> dict[str, str]:
+    return {EARLIER_EPOCHS: json.dumps([_plain(h) for h in history])} if history else {}
 
 
 def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:

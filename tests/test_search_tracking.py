@@ -95,6 +95,37 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     assert gone.data.tags["trial_status"] == "abandoned"
 
 
+def test_epochs_the_driver_died_with_are_logged_from_the_resumed_checkpoint(store):
+    """Tune saved the epoch-2 checkpoint, but the driver died before its writer logged epoch 2: the resumed
+    trial's first report carries the checkpoint's history, and the run gets epoch 2 before epoch 3."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    uri, exp, parent = store
+    cb = tracking.MLflowTrialCallback(uri, exp, parent)
+    e = trial("e", 0.03)
+    cb.on_trial_start(0, [], e)
+    cb.on_trial_result(0, [], e, result(1, 0.5))
+    assert cb.writer.flush(60)
+    cb = pickle.loads(pickle.dumps(cb))  # the driver died; epoch 2 never reached MLflow
+    tracking._WRITERS.clear()
+    checkpoint_history = [{**result(1, 0.5), "lr": 0.01}, {**result(2, 0.55), "lr": 0.02}]
+    cb.on_trial_start(0, [], e)
+    cb.on_trial_result(0, [], e, {**result(3, 0.7), T.RESUMED_FROM: 2,
+                                  T.EARLIER_EPOCHS: json.dumps(checkpoint_history)})
+    e.last_result, e.status = result(3, 0.7), "TERMINATED"
+    cb.on_trial_complete(0, [], e)
+    assert cb.writer.flush(60) and not cb.writer.failures
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([exp], "tags.ray_trial_id = 'e'")
+    history = client.get_metric_history(run.info.run_id, "valid_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.55), (3, 0.7)]  # epoch 1 not twice
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == [2]
+    assert run.data.tags["resumed_from_epoch"] == "2"
+
+
 def test_finish_parent_records_the_leaderboard_and_status(store, tmp_path):
     from mlflow.tracking import MlflowClient
 

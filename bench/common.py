@@ -58,14 +58,16 @@ def add_step_shape_args(ap: argparse.ArgumentParser) -> None:
 
 
 def trial_spans(search_dir: Path) -> list[dict[str, float]]:
-    """Each trial's start and end (Unix seconds) and Ray's ``time_total_s``, from the last line of its result.json."""
+    """Each trial's start and end (Unix seconds), Ray's ``time_total_s`` (from the last line of its result.json)
+    and ``epoch_seconds``: the sum of its epochs' own training and evaluation time (the rest of ``time_total_s``
+    is the trial's setup and its reports to Tune)."""
     spans = []
     for path in sorted(Path(search_dir).glob("trial_*/result.json")):
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            end, total = float(last["timestamp"]), float(last["time_total_s"])
-            spans.append({"start": end - total, "end": end, "time_total_s": total})
+        results = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        if results:
+            end, total = float(results[-1]["timestamp"]), float(results[-1]["time_total_s"])
+            spans.append({"start": end - total, "end": end, "time_total_s": total,
+                          "epoch_seconds": sum(float(r.get("epoch_seconds") or 0.0) for r in results)})
     return spans
 
 

@@ -402,6 +402,18 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
              f"{w1['ray_start_seconds']:.1f} s, once per search. The shared LM was trained once up front "
              f"({s['lm_seconds_once']:.0f} s) and is not in these times. Every mode ran the same {r['trials']} "
              f"configurations (seeded random sampler, no early stopping)."]
+    parts = s.get("overhead_parts")
+    if parts:
+        labels = {"per_search": "once per search, outside the trials (store, parent run, LM check, export, plots)",
+                  "between_trials": "a worker slot idle between trials (scheduling, actor reuse)",
+                  "in_trial": "inside a trial, outside its epochs (corpus and LM loading, checkpoint reports)",
+                  "slower_epochs": "the epochs themselves slower than direct (driver, Ray and MLflow share the cores)"}
+        rows += ["", "Where the overhead goes (1 worker), seconds per trial; the parts add up to the total:", "",
+                 "| part | s per trial | share of a direct trial |", "| --- | --- | --- |"]
+        rows += [f"| {labels.get(k, k)} | {v:.2f} | {100 * v / s['direct_seconds_per_trial']:.1f} % |"
+                 for k, v in parts.items()]
+        rows += [f"| **total** | **{s['overhead_seconds_per_trial']:.2f}** | "
+                 f"**{100 * s['overhead_share']:.1f} %** |"]
     return rows
 
 

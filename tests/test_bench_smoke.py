@@ -276,6 +276,10 @@ def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
     assert payload["summary"]["same_configs_both_modes"]
     assert w1["lm_trainings"] == w2["lm_trainings"] == 0  # the LM was trained once, before the modes
     assert len(w1["trial_time_total_s"]) == 2 and all(t > 0 for t in w1["trial_time_total_s"])
+    assert all(0 < e < t for e, t in zip(w1["trial_epoch_seconds"], w1["trial_time_total_s"]))
+    s = payload["summary"]
+    assert sum(s["overhead_parts"].values()) == pytest.approx(s["overhead_seconds_per_trial"])
+    assert s["overhead_parts"]["per_search"] > 0 and s["overhead_parts"]["between_trials"] >= 0
     r = _check_provenance(out, "search_scaling")
     assert bench("report").search_scaling(r)
 

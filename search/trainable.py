@@ -78,7 +78,9 @@ def train_trial(config: dict[str, Any]) -> None:
                       LM_SAVED: 0.0 if lm.trained else stages.lm_training_seconds(lm_dir)})
 
     with tempfile.TemporaryDirectory(prefix="ulmfit-trial-") as tmp:
-        resume_from, meta = _restore(Path(tmp) / "resume")
+        own_dir = Path(run["search_dir"]) / trial_dirname(tune.get_context().get_trial_id()) \
+            if run.get("search_dir") else None
+        resume_from, meta = _restore(Path(tmp) / "resume", own_dir)
         extra[RESUMED_FROM] = int(meta.get(EPOCH) or 0)
         earlier = _checkpoint_history(resume_from) if resume_from is not None else None
         if meta.get(LM_TRAINED):  # an earlier attempt of this trial trained the LM it now reuses
@@ -152,13 +154,52 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, meta: dict[str
     tune.report(metrics, checkpoint=checkpoint)
 
 
-def _restore(into: Path) -> tuple[Path | None, dict[str, Any]]:
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder in the search folder (Tune's ``trial_dirname_creator``)."""
+    return f"trial_{trial_id}"
+
+
+def _restore(into: Path, own_dir: Path | None = None) -> tuple[Path | None, dict[str, Any]]:
     """The trial's last checkpoint (after a failure or ``Tuner.restore``) copied to ``into``, and the
-    metadata saved with it; ``(None, {})`` for a fresh start."""
+    metadata saved with it; ``(None, {})`` for a fresh start.
+
+    Tune hands back the checkpoint its saved experiment state knew of. After the driver was killed that
+    state can be seconds behind (it is synced to storage in the background), while every checkpoint a
+    trial reported is already in its folder (``own_dir``): a later, complete one found there wins."""
     checkpoint = tune.get_checkpoint()
+    meta = checkpoint.get_metadata() if checkpoint is not None else {}
+    newer = newest_checkpoint(own_dir, after_epoch=int(meta.get(EPOCH) or 0)) if own_dir is not None else None
+    if newer is not None:
+        path, meta = newer
+        logger.info("trial resumes from %s (epoch %s), newer than Tune's saved state knew", path, meta.get(EPOCH))
+        shutil.copytree(path, into)
+        return into, meta
     if checkpoint is None:
         return None, {}
-    meta = checkpoint.get_metadata()
     with checkpoint.as_directory() as d:
         shutil.copytree(d, into)
     return into, meta
+
+
+def newest_checkpoint(trial_dir: Path, after_epoch: int = 0) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint folder in ``trial_dir`` of the latest epoch past ``after_epoch`` whose checkpoint
+    loads (one cut short by a kill does not), and its metadata; None when there is none."""
+    from ulmfit_core.train import CHECKPOINT_FILE, load_checkpoint
+
+    found = []
+    for folder in Path(trial_dir).glob("checkpoint_*"):
+        try:
+            meta = json.loads((folder / ".metadata.json").read_text())  # Ray's checkpoint metadata: plain JSON
+            epoch = int(meta.get(EPOCH) or 0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if epoch > after_epoch:
+            found.append((epoch, folder, meta))
+    for _, folder, meta in sorted(found, key=lambda f: f[0], reverse=True):
+        try:
+            load_checkpoint(folder / CHECKPOINT_FILE)
+        except Exception as e:  # noqa: BLE001  (truncated or unreadable: try the one before)
+            logger.warning("checkpoint %s does not load (%s); trying an earlier one", folder, e)
+            continue
+        return folder, meta
+    return None

@@ -168,7 +168,7 @@ def _check_ray_address(address: str, timeout: float = 5.0) -> None:
 
 
 def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return T.trial_dirname(trial.trial_id)
 
 
 def make_trainable(cfg: SearchConfig) -> Any:
@@ -177,11 +177,13 @@ def make_trainable(cfg: SearchConfig) -> Any:
     return tune.with_resources(T.train_trial, res)
 
 
-def param_space(cfg: SearchConfig) -> dict[str, Any]:
+def param_space(cfg: SearchConfig, search_dir: Path | None = None) -> dict[str, Any]:
     storage = Path(cfg.search.storage).expanduser().resolve()
     return {
         T.RECIPE: cfg.recipe,
         T.RUN: {
+            # Where each trial's checkpoints land (<search_dir>/trial_<id>): a resumed trial looks there too.
+            "search_dir": str(search_dir) if search_dir is not None else None,
             "lm_root": str(Path(cfg.search.lm_root).expanduser().resolve() if cfg.search.lm_root
                            else storage / "_lm_cache"),
             "cache_dir": str(Path(cfg.search.cache_dir).expanduser().resolve() if cfg.search.cache_dir
@@ -206,7 +208,7 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
     use_classic_progress_output()  # else Ray's default output ignores progress_reporter (search/progress.py)
     return tune.Tuner(
         make_trainable(cfg),
-        param_space=param_space(cfg),
+        param_space=param_space(cfg, search_dir),
         tune_config=tune.TuneConfig(
             search_alg=make_limiter(cfg, searcher),
             scheduler=scheduler, num_samples=s.num_samples, reuse_actors=s.reuse_actors,

@@ -47,3 +47,31 @@ def test_rerun_resumes_the_same_run_and_refuses_another(tmp_path, datasets_dir, 
     # --restart trains the new settings from scratch in the same folder
     assert launch.main([*args, "--set", "classifier.lr=0.05", "--restart"]) == 0
     assert _digest(out) != first
+
+
+def test_a_resumed_trial_takes_the_newest_complete_checkpoint_in_its_folder(tmp_path):
+    """After a driver kill, Tune's saved state can name an older checkpoint than the trial had reported;
+    the trial's own folder has them all. The newest that loads wins; one cut short by the kill does not."""
+    import json
+
+    import torch
+
+    from search.trainable import newest_checkpoint
+    from ulmfit_core.train import CHECKPOINT_FILE, save_checkpoint
+
+    def checkpoint(name: str, epoch: int, truncated: bool = False) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / ".metadata.json").write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
+        save_checkpoint(folder / CHECKPOINT_FILE, {"epoch": epoch, "weights": torch.zeros(1000)})
+        if truncated:
+            data = (folder / CHECKPOINT_FILE).read_bytes()
+            (folder / CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])
+
+    checkpoint("checkpoint_000000", 1)
+    checkpoint("checkpoint_000001", 2)
+    checkpoint("checkpoint_000002", 3, truncated=True)  # the kill came while it was being written
+    (tmp_path / "checkpoint_000003").mkdir()  # no metadata: not a finished checkpoint
+    path, meta = newest_checkpoint(tmp_path, after_epoch=1)
+    assert path.name == "checkpoint_000001" and meta["epoch"] == 2
+    assert newest_checkpoint(tmp_path, after_epoch=2) is None  # Tune's own checkpoint is as new: it is used

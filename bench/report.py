@@ -505,7 +505,9 @@ def precision_accuracy(r: dict[str, Any]) -> list[str]:
             f"seed {p['seed']}: {100 * p['test_accuracy_bf16_minus_fp32']:+.1f} points (perplexity ratio "
             f"{p['lm_perplexity_bf16_over_fp32']:.3f})" for p in s["paired"]) + "."]
     rows += ["", f"Device {r['device']}, {'native' if r['native_bf16'] else 'EMULATED'} bf16; config `{_repo_path(r['config'])}`"
-                 + (f" with {', '.join(r['overrides'])}" if r["overrides"] else "") + "."]
+                 + (f" with {', '.join(r['overrides'])}" if r["overrides"] else "") + ". 1/5/15-minute load average "
+                 f"at the end {_load_avg(r['machine'])} on {r['machine']['cores']} cores: the stage times are for "
+                 "comparing the two precisions within this run, not speed figures."]
     return rows
 
 

@@ -512,8 +512,6 @@ class TrialRecorder:
             self._set_tags(run_id, {STATUS_TAG: RUNNING})
 
     def result(self, snap: TrialSnapshot, result: Mapping[str, Any], timestamp: int) -> None:
-        from mlflow.entities import Metric
-
         run_id = self.run_id(snap)
         if run_id is None:
             return
@@ -521,28 +519,29 @@ class TrialRecorder:
         self._set_tags(run_id, self._bookkeeping(run_id, result))
         if result.get(T.EARLIER_EPOCHS):
             self._log_missed_epochs(snap, run_id, json.loads(result[T.EARLIER_EPOCHS]), before=epoch, timestamp=timestamp)
-        if epoch <= self.last_step.get(run_id, 0):
-            return  # replayed from a checkpoint after a restore: logged already
-        metrics = [Metric(k, float(result[k]), timestamp, epoch) for k in EPOCH_METRICS if _number(result.get(k))]
-        if not metrics or self._done(f"epoch {epoch} of trial {snap.trial_id}",
-                                     lambda: self.client.log_batch(run_id, metrics=metrics)):
-            self.last_step[run_id] = epoch
+        if epoch > self.last_step.get(run_id, 0):  # else replayed from a checkpoint after a restore: logged already
+            self._log_epoch(run_id, result, epoch, timestamp, f"epoch {epoch} of trial {snap.trial_id}")
 
     def _log_missed_epochs(self, snap: TrialSnapshot, run_id: str, history: list[dict[str, Any]], *, before: int,
                            timestamp: int) -> None:
         """A resumed trial's checkpoint history: log the epochs this run lacks (the driver died with them
         queued, after Tune had saved their checkpoint), in order, up to the epoch being reported."""
-        from mlflow.entities import Metric
-
         for entry in sorted(history, key=lambda h: int(h.get(T.EPOCH, 0))):
             step = int(entry.get(T.EPOCH, 0))
-            if not self.last_step.get(run_id, 0) < step < before:
-                continue
-            metrics = [Metric(k, float(entry[k]), timestamp, step) for k in EPOCH_METRICS if _number(entry.get(k))]
-            if metrics and not self._done(f"epoch {step} of trial {snap.trial_id} (from its checkpoint)",
-                                          lambda m=metrics: self.client.log_batch(run_id, metrics=m)):
+            if self.last_step.get(run_id, 0) < step < before and not self._log_epoch(
+                    run_id, entry, step, timestamp, f"epoch {step} of trial {snap.trial_id} (from its checkpoint)"):
                 return  # kept in order: a later epoch is not logged before this one
-            self.last_step[run_id] = step
+
+    def _log_epoch(self, run_id: str, values: Mapping[str, Any], step: int, timestamp: int, what: str) -> bool:
+        """One epoch's metrics at ``step``; on success (or with nothing to log) the run's last step moves
+        to it. False when the write failed after the writer's retries (the writer has said so)."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, float(values[k]), timestamp, step) for k in EPOCH_METRICS if _number(values.get(k))]
+        if metrics and not self._done(what, lambda: self.client.log_batch(run_id, metrics=metrics)):
+            return False
+        self.last_step[run_id] = step
+        return True
 
     def _bookkeeping(self, run_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
         """Tags from a report: the LM this trial used (trained it, or reused it and saved its time), where

@@ -8,6 +8,7 @@ training time, tokens seen and tokens/s. ``--train`` first pretrains the preset 
 
     python bench/pretrain_general.py --models models/general-en-small-fwd models/general-en-small-bwd ...
     python bench/pretrain_general.py --train --preset small --directions fwd bwd --out-dir models
+    python bench/pretrain_general.py --models models/general-en-small-bwd --add   # one more, the others kept
     python bench/pretrain_general.py --smoke      # seconds: a tiny model on a slice of the corpus
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, write_result
+from common import RESULTS, ROOT, command_history, earlier_result, write_result
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "general-en"
 DEFAULT_OUT = RESULTS / "pretrain_general.json"
@@ -104,7 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help=f"result JSON (default {DEFAULT_OUT})")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on a slice of the corpus")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the earlier result's other models (a model measured again replaces its row)")
     args = ap.parse_args(argv)
+    out_path = Path(args.out or DEFAULT_OUT)
+    old = earlier_result(out_path, lambda o: None if o.get("corpus") == str(CORPUS.relative_to(ROOT.parent))
+                         else f"measured another corpus ({o.get('corpus')})") if args.add else None
 
     import tempfile
 
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
             preset = "small" if args.smoke else args.preset  # the smoke run shrinks the small config
             models += [pretrain(preset, d, out_dir, overrides) for d in args.directions]
         texts = valid_texts(limit=40 if args.smoke else None)
+        if old and old.get("valid_documents") != len(texts):
+            raise SystemExit(f"--add: {out_path} measured {old.get('valid_documents')} held-out documents, this run "
+                             f"{len(texts)}; rerun without --add")
         rows = []
         for model in models:
             row = {"model": model.name, **evaluate(model, texts, Path(tmp) / "cache"), **training_cost(model)}
@@ -128,10 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f}, next-token accuracy "
                   f"{row['valid_accuracy']:.3f}" + (f", {row['training_minutes']:.0f} min of training at "
                   f"{row['tokens_per_second']:.0f} tokens/s" if row.get("tokens_per_second") else ""), flush=True)
+    if old:  # earlier models first, in their order; the ones measured now replace theirs
+        measured = {r["model"] for r in rows}
+        rows = [r for r in old["models"] if r["model"] not in measured] + rows
     payload = {"corpus": str(CORPUS.relative_to(ROOT.parent)), "valid_documents": len(texts), "models": rows,
                "threads": args.threads}
+    if old:
+        payload["earlier_commands"] = command_history(old)
     if not args.smoke or args.out:
-        write_result("pretrain_general", payload, args.out or DEFAULT_OUT)
+        write_result("pretrain_general", payload, out_path)
     assert all(math.isfinite(r["valid_perplexity"]) for r in rows)
     return payload
 

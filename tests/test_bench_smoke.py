@@ -359,3 +359,8 @@ def test_pretrain_general_smoke(bench, tmp_path):
     for m in (fwd, bwd):
         # measured on the corpus's own held-out documents, far better than uniform over the vocabulary
         assert 1 < m["valid_perplexity"] < 2000 and m["tokens_per_second"] > 0 and m["epochs"] == 1
+    # --add: the forward model measured again replaces its row; the backward one is kept from the first run
+    bench("pretrain_general").main(["--smoke", "--directions", "fwd", "--add", "--out", str(out)])
+    merged = _check_provenance(out, "pretrain_general")
+    assert [m["direction"] for m in merged["models"]] == ["bwd", "fwd"]
+    assert merged["models"][0] == bwd and len(merged["earlier_commands"]) == 1

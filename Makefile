@@ -64,7 +64,7 @@ bench: setup peers
 	$(BIN)/python bench/lm_throughput.py
 	$(BIN)/python bench/trec_recipe.py
 	$(BIN)/python bench/pretrain_general.py --models $(addprefix $(MODELS_DIR)/,general-en-tiny-fwd general-en-tiny-bwd general-en-small-fwd general-en-small-bwd)
-	$(BIN)/python bench/transfer_trec.py
+	$(BIN)/python bench/transfer_trec.py --jobs 2 --threads 1
 	$(PEERS_PY) bench/speed_vs_fastai.py
 	$(PEERS_PY) bench/baselines.py
 	$(PEERS_PY) bench/accuracy_vs_fastai.py

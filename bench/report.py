@@ -282,6 +282,9 @@ def transfer_trec(r: dict[str, Any]) -> list[str]:
         cells = [f"{100 * s[v]['mean']:.1f} ± {100 * s[v]['sd']:.1f}" for v in ("fwd", "bwd", "ensemble")]
         cells[2] = f"**{cells[2]}**"
         rows.append(f"| {starts.get(start, start)} | {' | '.join(cells)} | {len(s['seeds'])} | {s['minutes_per_seed']:.0f} |")
+    if r.get("jobs", 1) > 1:
+        rows += ["", f"{r['jobs']} runs (a start and a seed, both directions) went at a time, each on {r['threads']} "
+                 "thread(s) (`--jobs`), so the minutes are those of a machine the runs shared."]
     rows += ["", "Per seed (test accuracy %, forward / backward / ensemble):", ""]
     for run in sorted(r["runs"], key=lambda x: (x["start"], x["seed"])):
         a = run["test_accuracy"]
@@ -588,14 +591,14 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "weights or from this project's general-domain model, in both directions (`stages.run_recipe` with `directions "
      "fwd bwd`; a zoo name's backward counterpart for the backward run): each LM is fine-tuned on TREC-6's training "
      "questions only, never test text; the ensemble averages the two classifiers' probabilities "
-     "(`python bench/transfer_trec.py`). The paper reports 96.4 % (3.6 % error) with WikiText-103 and the ensemble. One "
+     "(`python bench/transfer_trec.py --jobs 2 --threads 1`). The paper reports 96.4 % (3.6 % error) with WikiText-103 and the ensemble. One "
      "TREC-6 test score has a standard error of ~1.5 points.",
      transfer_trec),
     ("transfer_trec_tiny", "Transfer on TREC-6 with the tiny model (CPU)",
      "The same comparison with `configs/trec_tiny.yaml` (the `tiny` model the demo search uses) and the "
      "general-domain `general-en-tiny-fwd` / `general-en-tiny-bwd` pair (`python bench/transfer_trec.py --config "
      "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`; the backward "
-     "model is not in the shared mirror: docs/MODELS.md gives the `launch.py pretrain` command that made it).",
+     "models are not in the shared mirror: docs/MODELS.md gives the `launch.py pretrain` commands that made them).",
      transfer_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "

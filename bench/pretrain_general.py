@@ -137,16 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f}, next-token accuracy "
                   f"{row['valid_accuracy']:.3f}" + (f", {row['training_minutes']:.0f} min of training at "
                   f"{row['tokens_per_second']:.0f} tokens/s" if row.get("tokens_per_second") else ""), flush=True)
-    if old:  # earlier models first, in their order; the ones measured now replace theirs
-        measured = {r["model"] for r in rows}
-        rows = [r for r in old["models"] if r["model"] not in measured] + rows
     payload = {"corpus": str(CORPUS.relative_to(ROOT.parent)), "valid_documents": len(texts), "models": rows,
                "threads": args.threads}
-    if old:
+    if old:  # earlier models first, in their order; the ones measured now replace theirs
+        measured = {r["model"] for r in rows}
+        payload["models"] = [r for r in old["models"] if r["model"] not in measured] + rows
         payload["earlier_commands"] = command_history(old)
     if not args.smoke or args.out:
         write_result("pretrain_general", payload, out_path)
-    assert all(math.isfinite(r["valid_perplexity"]) for r in rows)
+    assert all(math.isfinite(r["valid_perplexity"]) for r in payload["models"])
     return payload
 
 

@@ -23,6 +23,12 @@ The run, all through ``ulmfit_core`` (corpus, stages, inference):
 
     python bench/imdb_lowshot.py                  # tiny model; about 70 minutes on 2 cores
     python bench/imdb_lowshot.py --smoke          # seconds: tiny slices, checks the script runs
+    python bench/imdb_lowshot.py --pretrained general-en-tiny-fwd --methods general --add
+                                                  # one more method, merged into the earlier result
+
+With ``--add`` the run keeps the earlier result's other methods (a method run again replaces its runs);
+the draws, sizes, budgets, seeds, rate grid and the tokenized corpus must be the same, or it stops before
+training anything.
 """
 from __future__ import annotations
 
@@ -40,11 +46,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATASETS, write_result  # noqa: E402
+from common import SHARED_DATASETS, command_history, earlier_result, write_result  # noqa: E402
 
 #: Classifier epochs by budget: a tiny labeled set gets more passes (3 batches of 32 per epoch at 100).
 DEFAULT_EPOCHS = {100: 20, 1000: 10}
 DEFAULT_EPOCHS_ALL = 6
+#: Every method, in the order results list them.
+METHODS = ("general", "ulmfit", "scratch")
 #: Sizes and rates of the recorded run.
 DEFAULTS = {"unlabeled": 14000, "all": 4000, "valid": 500, "test": 3000, "lm_epochs": 3,
             "lm_lr": 0.03, "lm_bs": 32, "lm_drop_mult": 0.1, "lr_grid": [0.01, 0.03, 0.1, 0.3]}
@@ -91,6 +99,23 @@ def budget_indices(n_pool: int, budget: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(1000 + seed).permutation(n_pool)[:budget].tolist())
 
 
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Recipe settings two runs do not share, as ``key: old -> new``. Data paths are left out (the corpus
+    itself is compared); a setting the older run's recipe did not have yet counts as its value then:
+    ``precision`` was fp32 before the key existed, and other keys added since default to today's
+    behaviour."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, now = flat(old), flat(new)
+    before.setdefault("precision", "fp32")
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in sorted(before.keys() & now.keys())
+            if not k.startswith("data.") and before[k] != now[k]]
+
+
 def _summary(runs: list[dict[str, Any]], budgets: list[int], methods: list[str]) -> list[dict[str, Any]]:
     out = []
     for budget in budgets:
@@ -121,6 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="classifier seeds (and draws of the labeled reviews) for budgets below --all")
     ap.add_argument("--lm-epochs", type=int, default=DEFAULTS["lm_epochs"])
     ap.add_argument("--no-scratch", action="store_true", help="skip the from-scratch classifiers")
+    ap.add_argument("--methods", nargs="+", choices=METHODS,
+                    help="which methods to run (default: general when --pretrained is given, ulmfit, scratch); "
+                         "without ulmfit the IMDb-only language model is not trained")
+    ap.add_argument("--add", action="store_true",
+                    help="merge into the earlier result at --out: its other methods are kept, a method run "
+                         "again replaces its runs")
     ap.add_argument("--pretrained", help="a zoo model (e.g. general-en-tiny-fwd): adds the 'general' method, "
                                          "ULMFiT on it fine-tuned on the same IMDb text")
     ap.add_argument("--models-dir", default="models", help="where --pretrained is fetched")
@@ -167,19 +198,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     overrides = extra + list(args.overrides)
     budgets = sorted(set(args.budgets + ([] if args.skip_all else [args.all])))
-    methods = (["general"] if args.pretrained else []) + ["ulmfit"] + ([] if args.no_scratch else ["scratch"])
+    if args.methods:
+        methods = [m for m in METHODS if m in args.methods]
+        if "general" in methods and not args.pretrained:
+            ap.error("--methods general needs --pretrained (a zoo name or a folder written by launch.py pretrain)")
+    else:
+        methods = (["general"] if args.pretrained else []) + ["ulmfit"] + ([] if args.no_scratch else ["scratch"])
+    out_path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "imdb_lowshot.json"
+    same = {"preset": args.preset, "sizes": {"unlabeled": args.unlabeled, "all": args.all, "valid": args.valid,
+                                             "test": args.test, "test_of": 25000},
+            "budgets": budgets, "seeds": args.seeds, "lr_grid": args.lr_grid}
+
+    def why_not_mergeable(o: dict[str, Any]) -> str | None:
+        for key, value in same.items():
+            if o.get(key) != value:
+                return f"ran with {key} {o.get(key)!r}, this run {value!r}"
+        return None
+
+    old = earlier_result(out_path, why_not_mergeable) if args.add else None
     result: dict[str, Any] = {"smoke": args.smoke, "preset": args.preset, "threads": args.threads,
                               "sizes": {"unlabeled": args.unlabeled, "all": args.all, "valid": args.valid,
                                         "test": args.test, "test_of": 25000},
                               "budgets": budgets, "seeds": args.seeds, "overrides": overrides,
                               "load_average_start": load_start, "complete": False}
 
+    def merged(key: str) -> list[dict[str, Any]]:  # the earlier result's other methods, then this run's
+        kept = [r for r in old.get(key, []) if r["method"] not in methods] if old else []
+        return kept + result.get(key, [])
+
     def save() -> None:  # after every classifier, so a run cut short keeps what it finished
-        result["summary"] = _summary(result.get("runs", []), budgets, methods)
+        all_methods = [m for m in METHODS if m in methods or any(r["method"] == m for r in merged("runs"))]
+        result["summary"] = _summary(merged("runs"), budgets, all_methods)
         result["total_seconds"] = time.perf_counter() - t_start
         result["load_average_end"] = list(os.getloadavg())
+        payload = result
+        if old:
+            payload = {**result, "runs": merged("runs"), "lr_selection": merged("lr_selection"),
+                       "chosen_lr": {**{k: v for k, v in old.get("chosen_lr", {}).items()
+                                        if k.split("/")[0] not in methods}, **result.get("chosen_lr", {})},
+                       "earlier_commands": command_history(old)}
+            for key in ("lm", "general_lm"):  # a language model this run did not train is the earlier one
+                if key not in result and key in old:
+                    payload[key] = old[key]
         if not args.smoke or args.out:
-            write_result("imdb_lowshot", result, args.out)
+            write_result("imdb_lowshot", payload, out_path)
 
     with tempfile.TemporaryDirectory() as tmp_s:
         cache = args.cache_dir or Path(tmp_s)
@@ -196,33 +258,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["corpus"] = corpus.stats
         result["config"] = cfg.to_dict()
         print(f"corpus: {corpus.stats}  ({result['data_seconds']:.0f} s)", flush=True)
+        if old and old.get("corpus") != corpus.stats:
+            raise SystemExit(f"--add: {out_path} used another corpus ({old.get('corpus')}, now {corpus.stats}); "
+                             "rerun without --add")
+        if old and recipe_differences(old["config"], cfg.to_dict()):
+            raise SystemExit(f"--add: {out_path} ran another recipe ({'; '.join(recipe_differences(old['config'], cfg.to_dict()))}); "
+                             "pass the same settings with --set, or rerun without --add")
 
-        t0 = time.perf_counter()
-        lm = stages.ensure_lm(cfg, corpus, cache / "lm",
-                                report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
-                                                          f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
-                                                          flush=True))
-        lm_info = artifacts.read_json(lm.lm_dir / artifacts.METRICS_FILE)  # written when the LM trained
-        result["lm"] = {"seconds": lm_info["seconds"], "reused": not lm.trained,
-                        "metrics": lm.metrics, "history": lm_info["history"],
-                        "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
-                        "load_average": list(os.getloadavg())}
-        print(f"LM: {result['lm']['seconds']:.0f} s{' (reused)' if not lm.trained else ''}, valid perplexity "
-              f"{lm.metrics.get('valid_perplexity', 0):.1f}, accuracy {lm.metrics.get('valid_accuracy', 0):.3f}", flush=True)
-        result["lm_only_seconds"] = time.perf_counter() - t0
-        lm_dirs = {"ulmfit": lm.lm_dir}
-        if args.pretrained:
+        lm_dirs: dict[str, Path] = {}
+        if "ulmfit" in methods:
+            t0 = time.perf_counter()
+            lm = stages.ensure_lm(cfg, corpus, cache / "lm",
+                                  report=lambda m, _: print(f"  LM epoch {m['epoch']}: valid loss {m['valid_loss']:.3f} "
+                                                            f"acc {m['valid_accuracy']:.3f} ({m['epoch_seconds']:.0f} s)",
+                                                            flush=True))
+            lm_info = artifacts.read_json(lm.lm_dir / artifacts.METRICS_FILE)  # written when the LM trained
+            result["lm"] = {"seconds": lm_info["seconds"], "reused": not lm.trained,
+                            "metrics": lm.metrics, "history": lm_info["history"],
+                            "tokens_per_epoch": int(sum(len(d) for d in corpus.lm_train)),
+                            "load_average": list(os.getloadavg())}
+            print(f"LM: {result['lm']['seconds']:.0f} s{' (reused)' if not lm.trained else ''}, valid perplexity "
+                  f"{lm.metrics.get('valid_perplexity', 0):.1f}, accuracy {lm.metrics.get('valid_accuracy', 0):.3f}",
+                  flush=True)
+            result["lm_only_seconds"] = time.perf_counter() - t0
+            lm_dirs["ulmfit"] = lm.lm_dir
+        if "general" in methods:
             # Fine-tuning a general-domain LM: fastai's usual rate (1e-2) and one frozen epoch first; the
             # random start above keeps its higher rate. Neither choice looked at test text.
             gcfg = load_recipe(None, overrides + ["seed=0", f"lm.pretrained={args.pretrained}", "lm.lr=0.01"], base=base)
-            t0 = time.perf_counter()
             glm = stages.ensure_lm(gcfg, corpus, cache / "lm", models_dir=args.models_dir,
                                    report=lambda m, _: print(f"  general LM epoch {m['epoch']}: valid loss "
-                                                             f"{m['valid_loss']:.3f} acc {m['valid_accuracy']:.3f}",
-                                                             flush=True))
+                                                             f"{m['valid_loss']:.3f} acc {m['valid_accuracy']:.3f} "
+                                                             f"({m['epoch_seconds']:.0f} s)", flush=True))
             ginfo = artifacts.read_json(glm.lm_dir / artifacts.METRICS_FILE)
             result["general_lm"] = {"pretrained": args.pretrained, "seconds": ginfo["seconds"], "reused": not glm.trained,
-                                    "metrics": glm.metrics, "history": ginfo["history"]}
+                                    "metrics": glm.metrics, "history": ginfo["history"],
+                                    "load_average": list(os.getloadavg())}
             print(f"general LM: {ginfo['seconds']:.0f} s, valid perplexity {glm.metrics.get('valid_perplexity', 0):.1f}, "
                   f"accuracy {glm.metrics.get('valid_accuracy', 0):.3f}", flush=True)
             lm_dirs["general"] = glm.lm_dir

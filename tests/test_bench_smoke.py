@@ -220,6 +220,22 @@ def test_imdb_lowshot_smoke(bench, tmp_path, datasets_dir):
     again = bench("imdb_lowshot").main(args + ["--no-scratch", "--lr-grid", "0.02", "--out", str(tmp_path / "again.json")])
     assert again["lm"]["reused"] and again["lm"]["seconds"] == pytest.approx(payload["lm"]["seconds"])
     assert again["lm"]["metrics"] == payload["lm"]["metrics"]
+    # --add with another method: a general-domain start (here the LM above, a folder in this project's
+    # layout) joins the first result, whose methods and language model are kept as they were.
+    (lm_dir,) = [d for d in (tmp_path / "cache" / "lm").iterdir() if (d / "lm.pt").exists()]
+    added = bench("imdb_lowshot").main(args + ["--methods", "general", "--pretrained", str(lm_dir), "--add",
+                                               "--out", str(out)])
+    merged = _check_provenance(out, "imdb_lowshot")
+    assert {r["method"] for r in merged["runs"]} == {"general", "ulmfit", "scratch"}
+    assert [r for r in merged["runs"] if r["method"] != "general"] == payload["runs"]
+    assert merged["lm"] == payload["lm"] and not added["general_lm"]["reused"]
+    assert {s["method"] for s in merged["summary"]} == {"general", "ulmfit", "scratch"}
+    assert set(merged["chosen_lr"]) == {f"{m}/{b}" for m in ("general", "ulmfit", "scratch") for b in payload["budgets"]}
+    assert len(merged["earlier_commands"]) == 1
+    # a different setting is refused before any training
+    with pytest.raises(SystemExit, match="--add"):
+        bench("imdb_lowshot").main(args + ["--methods", "scratch", "--set", "classifier.bs=16", "--add",
+                                           "--out", str(out)])
 
 
 def test_imdb_lowshot_budgets_are_nested(bench):
@@ -364,3 +380,13 @@ def test_pretrain_general_smoke(bench, tmp_path):
     merged = _check_provenance(out, "pretrain_general")
     assert [m["direction"] for m in merged["models"]] == ["bwd", "fwd"]
     assert merged["models"][0] == bwd and len(merged["earlier_commands"]) == 1
+
+
+def test_imdb_lowshot_add_compares_recipes(bench):
+    """--add merges only runs of one recipe; a result from before ``precision`` existed ran in float32."""
+    diff = bench("imdb_lowshot").recipe_differences
+    old = {"data": {"train": "/a/pool.csv"}, "lm": {"lr": 0.03}, "seed": 0}
+    assert diff(old, {"data": {"train": "/b/pool.csv"}, "lm": {"lr": 0.03, "pretrained_required": True},
+                      "seed": 0, "precision": "fp32"}) == []
+    assert diff(old, {"data": {}, "lm": {"lr": 0.03}, "seed": 0, "precision": "auto"}) == ["precision: 'fp32' -> 'auto'"]
+    assert diff(old, {"data": {}, "lm": {"lr": 0.01}, "seed": 0, "precision": "fp32"}) == ["lm.lr: 0.03 -> 0.01"]

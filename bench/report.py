@@ -409,11 +409,15 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
              f"{s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per trial). "
              f"Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
              f"{w1['ray_start_seconds']:.1f} s, once per search. The shared LM was trained once up front "
-             f"({s['lm_seconds_once']:.0f} s) and is not in these times. Every mode ran the same {r['trials']} "
+             f"({s['lm_seconds_once']:.0f} s)"
+             + (f" and the MLflow store's database created once ({s['store_create_seconds_once']:.1f} s)"
+                if "store_create_seconds_once" in s else "")
+             + f"; neither is in these times. Every mode ran the same {r['trials']} "
              f"configurations (seeded random sampler, no early stopping)."]
     parts = s.get("overhead_parts")
     if parts:
-        labels = {"per_search": "once per search, outside the trials (store, parent run, LM check, export, plots)",
+        labels = {"per_search": "once per search, outside the trials (parent run, LM lookup, the first trial "
+                                "process's start, export, plots)",
                   "between_trials": "a worker slot idle between trials (scheduling, actor reuse)",
                   "in_trial": "inside a trial, outside its epochs (corpus and LM loading, checkpoint reports)",
                   "slower_epochs": "the epochs themselves slower than direct (driver, Ray and MLflow share the cores)"}

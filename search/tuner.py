@@ -37,6 +37,7 @@ from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
 from ulmfit_core import zoo
 from ulmfit_core.config import build_recipe, to_dict
+from ulmfit_core.corpus import Corpus
 from ulmfit_core.metrics import METRICS
 from ulmfit_core.pretrained import describe_start
 
@@ -266,24 +267,39 @@ def check_language_model_start(cfg: SearchConfig) -> str:
     return "\n".join(lines)
 
 
-def prepare_data_first(cfg: SearchConfig) -> dict[str, Any]:
+def prepare_data_first(cfg: SearchConfig) -> Corpus:
     """Read and tokenize the base recipe's data on the driver, before Ray starts: a missing or malformed
     dataset is one clear error here (not a retried traceback per trial), and the token cache the trials
-    read is built once. Returns the corpus's statistics."""
+    read is built once. Returns the corpus."""
     from ulmfit_core.corpus import prepare_corpus
 
     run = param_space(cfg)[T.RUN]
-    corpus = prepare_corpus(build_recipe(cfg.recipe), data_dir=run["data_dir"], cache_dir=run["cache_dir"])
-    return dict(corpus.stats)
+    return prepare_corpus(build_recipe(cfg.recipe), data_dir=run["data_dir"], cache_dir=run["cache_dir"])
 
 
-def train_shared_lm_first(cfg: SearchConfig) -> dict[str, Any] | None:
-    """With ``search_lm: false`` every trial uses one language model: train it (or find it in the LM
-    cache) now, as a Ray task with one trial's resources, before any trial starts; trials then only
-    load it, so none waits for it holding an accelerator. None when trials need no LM or train their own."""
-    if cfg.search.search_lm or build_recipe(cfg.recipe).classifier.from_scratch:
+def train_shared_lm_first(cfg: SearchConfig, corpus: Corpus | None = None) -> dict[str, Any] | None:
+    """With ``search_lm: false`` every trial uses one language model: train it now, as a Ray task with one
+    trial's resources, before any trial starts; trials then only load it, so none waits for it holding an
+    accelerator. When the LM cache already holds it (``corpus`` given: the driver's own), the driver
+    finds it itself and starts no task (a worker process and its imports, seconds per search). None
+    when trials need no LM or train their own."""
+    recipe = build_recipe(cfg.recipe)
+    if cfg.search.search_lm or recipe.classifier.from_scratch:
         return None
     run = param_space(cfg)[T.RUN]
+    if corpus is not None:
+        from ulmfit_core import stages
+
+        try:
+            found = stages.find_lm(recipe, corpus, Path(run["lm_root"]), models_dir=run["models_dir"])
+        except (OSError, ValueError) as e:  # e.g. files only the workers can read: their task decides
+            logger.info("shared LM: not looked up on the driver (%s); a task checks the cache", e)
+            found = None
+        if found is not None:
+            print(f"language model: found in the cache ({found.lm_dir.name}, "
+                  f"{stages.lm_training_seconds(found.lm_dir):.0f} s of training)", flush=True)
+            return {"lm_key": found.lm_dir.name, "trained": False,
+                    "seconds": stages.lm_training_seconds(found.lm_dir), "node_id": None, "finished_at": time.time()}
     res = cfg.search.resources
     task = ray.remote(T.train_shared_lm).options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)
     print("language model: preparing the one all trials share (trained once, before the trials)", flush=True)
@@ -300,14 +316,15 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
+    corpus = None
     if address is None:  # local: a data error before Ray starts
-        prepare_data_first(cfg)
+        corpus = prepare_data_first(cfg)
     # Before this search's parent run exists: an experiment named here means its newest *earlier* search.
     earlier = warm_start.read_earlier_searches(cfg)
     init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
     if address is not None:  # a cluster: the token cache is written only once its storage is known shared
-        prepare_data_first(cfg)
-    shared_lm = train_shared_lm_first(cfg)
+        corpus = prepare_data_first(cfg)
+    shared_lm = train_shared_lm_first(cfg, corpus)
     search_dir = store.new_search_dir(cfg)
     search_dir.mkdir(parents=True)
     experiment_id = tracking.ensure_experiment(cfg.mlflow.tracking_uri, cfg.experiment,

@@ -64,3 +64,38 @@ def test_with_search_lm_a_trial_never_waits_for_another_trials_lm_holding_a_gpu(
             # Ungated, the second trial starts beside the first and sits on the LM's lock for about the
             # whole training, holding half the GPU; gated, it only loads the finished LM.
             assert float(run.data.tags["lm_seconds"]) < 0.3 * lm_training
+
+
+def test_a_shared_lm_already_in_the_cache_is_found_by_the_driver_without_a_task(tmp_path, datasets_dir, monkeypatch):
+    """A later search over the same data and LM settings finds the shared LM on the driver: no Ray task
+    (a worker process and its imports) is started for it."""
+    import types
+    from pathlib import Path
+
+    from search import tuner
+    from ulmfit_core import stages
+    from ulmfit_core.config import build_recipe
+
+    cfg = smoke_config(tmp_path, ["search.name=cached"])
+    tuner.check_language_model_start(cfg)
+    corpus = tuner.prepare_data_first(cfg)
+    tasks = []
+
+    def no_task(fn):  # stands in for ray.remote: records a task start instead of running one
+        tasks.append(fn.__name__)
+        raise RuntimeError("a Ray task was started")
+
+    monkeypatch.setattr(tuner, "ray", types.SimpleNamespace(remote=no_task))
+    with pytest.raises(RuntimeError, match="Ray task"):  # nothing in the cache yet: the task must train it
+        tuner.train_shared_lm_first(cfg, corpus)
+    run = tuner.param_space(cfg)[tuner.T.RUN]
+    lm = stages.ensure_lm(build_recipe(cfg.recipe), corpus, Path(run["lm_root"]), models_dir=run["models_dir"])
+    assert lm.trained
+    shared = tuner.train_shared_lm_first(cfg, corpus)
+    assert tasks == ["train_shared_lm"]  # only the first call asked for a task
+    assert shared["lm_key"] == lm.lm_dir.name and not shared["trained"]
+    assert shared["seconds"] == pytest.approx(stages.lm_training_seconds(lm.lm_dir))
+    # other LM settings are another key: not found, so a task would train them
+    other = smoke_config(tmp_path, ["search.name=cached", "recipe.lm.drop_mult=0.9"])
+    with pytest.raises(RuntimeError, match="Ray task"):
+        tuner.train_shared_lm_first(other, corpus)

@@ -220,12 +220,11 @@ def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: Re
     lm_dir.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(lm_dir) + ".lock"):
         done = lm_dir / _LM_DONE
-        expected = _lm_fingerprint(cfg, corpus, models_dir)
         fresh = False
         if done.exists():
-            if _recorded_fingerprint(lm_dir) == expected:
-                info = artifacts.read_json(lm_dir / METRICS_FILE)
-                return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
+            found = find_lm(cfg, corpus, lm_root, models_dir)
+            if found is not None:
+                return found
             # Made by something else under this key (an older format, a damaged folder): never reused.
             done.unlink()
             fresh = True
@@ -233,6 +232,18 @@ def ensure_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, report: Re
                              models_dir=models_dir)
         artifacts.write_json(done, {"seconds": result.seconds})
         return result
+
+
+def find_lm(cfg: RecipeConfig, corpus: Corpus, lm_root: str | Path, models_dir: str | Path | None = None
+            ) -> LMResult | None:
+    """The finished LM ``ensure_lm`` would return without training (same key and fingerprint), or None.
+    Takes no lock and writes nothing: a folder is read only once its done-marker exists, which
+    ``ensure_lm`` writes last."""
+    lm_dir = Path(lm_root) / lm_key(cfg, corpus.lm_fingerprint, models_dir)
+    if not (lm_dir / _LM_DONE).exists() or _recorded_fingerprint(lm_dir) != _lm_fingerprint(cfg, corpus, models_dir):
+        return None
+    info = artifacts.read_json(lm_dir / METRICS_FILE)
+    return LMResult(lm_dir=lm_dir, trained=False, seconds=0.0, metrics=info["final"])
 
 
 def _recorded_fingerprint(folder: Path) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import dataclasses
 
 import optuna
 import pytest
-from conftest_search import ray_environment, smoke_config
+from conftest_search import child_runs, ray_environment, smoke_config
 from optuna.trial import TrialState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -94,3 +94,20 @@ def _parents(cfg):
     from conftest_search import parent_runs
 
     return parent_runs(cfg.mlflow.tracking_uri, "second")
+
+
+def test_a_second_search_on_the_same_storage_finds_the_shared_lm_on_its_driver(searches):
+    """The first search trained the shared LM; the second (same data and LM settings) found it in the
+    cache before any task, and its trials loaded that LM without training one."""
+    import json
+
+    first, cfg, second, *_ = searches
+    trained = json.loads((first.search_dir / "search.json").read_text())["shared_lm"]
+    found = json.loads((second.search_dir / "search.json").read_text())["shared_lm"]
+    assert trained["trained"] and trained["node_id"]
+    assert not found["trained"] and found["node_id"] is None and found["lm_key"] == trained["lm_key"]
+    assert found["seconds"] == pytest.approx(trained["seconds"])
+    runs = child_runs(cfg.mlflow.tracking_uri, cfg.experiment)
+    second_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == second.parent_run_id]
+    assert second_runs and all(r.data.tags["lm_key"] == trained["lm_key"] and r.data.tags["lm_trained"] == "false"
+                               for r in second_runs)

@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return None
 
     old = earlier_result(out_path, why_not_mergeable) if args.add else None
-    result: dict[str, Any] = {"smoke": args.smoke, "preset": args.preset, "threads": args.threads,
-                              "sizes": {"unlabeled": args.unlabeled, "all": args.all, "valid": args.valid,
-                                        "test": args.test, "test_of": 25000},
-                              "budgets": budgets, "seeds": args.seeds, "overrides": overrides,
+    result: dict[str, Any] = {"smoke": args.smoke, "threads": args.threads, **same, "overrides": overrides,
                               "load_average_start": load_start, "complete": False}
 
     def merged(key: str) -> list[dict[str, Any]]:  # the earlier result's other methods, then this run's
@@ -261,8 +258,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if old and old.get("corpus") != corpus.stats:
             raise SystemExit(f"--add: {out_path} used another corpus ({old.get('corpus')}, now {corpus.stats}); "
                              "rerun without --add")
-        if old and recipe_differences(old["config"], cfg.to_dict()):
-            raise SystemExit(f"--add: {out_path} ran another recipe ({'; '.join(recipe_differences(old['config'], cfg.to_dict()))}); "
+        differences = recipe_differences(old["config"], cfg.to_dict()) if old else []
+        if differences:
+            raise SystemExit(f"--add: {out_path} ran another recipe ({'; '.join(differences)}); "
                              "pass the same settings with --set, or rerun without --add")
 
         lm_dirs: dict[str, Path] = {}

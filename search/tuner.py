@@ -36,7 +36,7 @@ from search.searcher import make_searcher
 from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
 from ulmfit_core import zoo
-from ulmfit_core.config import build_recipe, to_dict
+from ulmfit_core.config import RecipeConfig, build_recipe, to_dict
 from ulmfit_core.corpus import Corpus
 from ulmfit_core.metrics import METRICS
 from ulmfit_core.pretrained import describe_start
@@ -287,26 +287,30 @@ def train_shared_lm_first(cfg: SearchConfig, corpus: Corpus | None = None) -> di
     if cfg.search.search_lm or recipe.classifier.from_scratch:
         return None
     run = param_space(cfg)[T.RUN]
-    if corpus is not None:
-        from ulmfit_core import stages
-
-        try:
-            found = stages.find_lm(recipe, corpus, Path(run["lm_root"]), models_dir=run["models_dir"])
-        except (OSError, ValueError) as e:  # e.g. files only the workers can read: their task decides
-            logger.info("shared LM: not looked up on the driver (%s); a task checks the cache", e)
-            found = None
-        if found is not None:
-            print(f"language model: found in the cache ({found.lm_dir.name}, "
-                  f"{stages.lm_training_seconds(found.lm_dir):.0f} s of training)", flush=True)
-            return {"lm_key": found.lm_dir.name, "trained": False,
-                    "seconds": stages.lm_training_seconds(found.lm_dir), "node_id": None, "finished_at": time.time()}
-    res = cfg.search.resources
-    task = ray.remote(T.train_shared_lm).options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)
-    print("language model: preparing the one all trials share (trained once, before the trials)", flush=True)
-    info = ray.get(task.remote(cfg.recipe, run))
+    info = _shared_lm_in_cache(recipe, corpus, run) if corpus is not None else None
+    if info is None:
+        res = cfg.search.resources
+        task = ray.remote(T.train_shared_lm).options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)
+        print("language model: preparing the one all trials share (trained once, before the trials)", flush=True)
+        info = ray.get(task.remote(cfg.recipe, run))
     print(f"language model: {'trained' if info['trained'] else 'found in the cache'} ({info['lm_key']}, "
           f"{info['seconds']:.0f} s of training)", flush=True)
     return info
+
+
+def _shared_lm_in_cache(recipe: RecipeConfig, corpus: Corpus, run: dict[str, Any]) -> dict[str, Any] | None:
+    """``train_shared_lm``'s answer for an LM the cache already holds, found on the driver; else None."""
+    from ulmfit_core import stages
+
+    try:
+        found = stages.find_lm(recipe, corpus, Path(run["lm_root"]), models_dir=run["models_dir"])
+    except (OSError, ValueError) as e:  # e.g. files only the workers can read: their task decides
+        logger.info("shared LM: not looked up on the driver (%s); a task checks the cache", e)
+        return None
+    if found is None:
+        return None
+    return {"lm_key": found.lm_dir.name, "trained": False, "seconds": stages.lm_training_seconds(found.lm_dir),
+            "node_id": None, "finished_at": time.time()}
 
 
 def run_search(cfg: SearchConfig, *, address: str | None = None,

@@ -23,6 +23,8 @@ emulation a hundred times below float32, which is why ``precision: auto`` stays 
     python bench/profile_step.py                       # small and paper, fp32 (and bf16 where native): ~5 min on 2 cores
     python bench/profile_step.py --precisions fp32 bf16 --presets small   # force emulated bf16 too (slow)
     python bench/profile_step.py --smoke               # seconds: tiny sizes, for the tests
+    ULMFIT_KEEP_FREED_MEMORY=0 python bench/profile_step.py --out bench/results/profile_step_default_malloc.json
+                                                       # the same steps with glibc's default malloc (ulmfit_core/memory.py)
 
 Writes bench/results/profile_step.json (``--out``); ``bench/report.py`` renders it.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 from collections import defaultdict
@@ -54,6 +57,7 @@ from ulmfit_core.awd_lstm import (
     lm_layer_groups,
 )
 from ulmfit_core.config import MODEL_PRESETS, ClassifierConfig, LMConfig, ModelConfig
+from ulmfit_core.memory import keep_freed_memory
 from ulmfit_core.schedule import freeze_to, unfreeze_phases
 from ulmfit_core.tasks import ClassifierTask, LanguageModelTask
 from ulmfit_core.train import Trainer
@@ -100,9 +104,10 @@ def matmul_peak(dtype: torch.dtype, budget_s: float = 3.0, max_n: int = 4096) ->
     n, best, last = 256, 0.0, 0.0
     while True:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b  # warm-up: oneDNN primitive creation, page faults
+        c = torch.empty(n, n, dtype=dtype)  # one output for every product: no fresh pages timed with it
+        torch.matmul(a, b, out=c)  # warm-up: oneDNN primitive creation, page faults
         t0 = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=c)
         last = time.perf_counter() - t0
         best = max(best, 2 * n ** 3 / last / 1e9)
         if last > 0.3 or n >= max_n:
@@ -111,7 +116,7 @@ def matmul_peak(dtype: torch.dtype, budget_s: float = 3.0, max_n: int = 4096) ->
     deadline = time.perf_counter() + budget_s
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=c)
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": best, "load_after": list(os.getloadavg())}
 
@@ -296,7 +301,7 @@ def profile_stage(trainer: Trainer, lm: bool, warmup: int, timed: int, profiled:
 def lstm_autocast_probe(preset: str, bs: int, bptt: int) -> dict[str, Any]:
     """The raw fused LSTM kernel (``torch.lstm``, as ``nn.LSTM`` and fastai call it) forward + backward
     on the preset's first layer, in float32 and under CPU bf16 autocast: does bf16 run, is it faster,
-    are its gradients finite. Our model keeps this kernel in float32 (docs/RECIPE.md)."""
+    are its gradients finite. Our model runs it under autocast only on CPUs with native bf16 (docs/RECIPE.md)."""
     emb, hid, _ = MODEL_PRESETS[preset]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(bs, bptt, emb, generator=g, requires_grad=True)
@@ -390,6 +395,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"matmul peak ({args.threads} threads): fp32 {peaks['float32']:.1f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} "
           f"GFLOP/s; native bf16: {mixed_precision.cpu_has_native_bf16()}; load {os.getloadavg()}", flush=True)
     rows = [measure_preset(args, preset, prec, peaks) for preset in args.presets for prec in precisions]
+    # The matmul rate of a shared machine drifts by 10-15 % over minutes: measure it again after the steps
+    # and take the better of the two, so a slow moment at the start does not inflate every MFU.
+    peak_runs += [matmul_peak(torch.float32, budget, 1024 if args.smoke else 4096),
+                  matmul_peak(torch.bfloat16, budget, 1024 if args.smoke else 4096)]
+    for dtype in peaks:
+        peaks[dtype] = max(p["gflops"] for p in peak_runs if p["dtype"] == dtype)
+    for row in rows:
+        for stage in ("lm", "classifier"):
+            r = row[stage]
+            r["mfu_vs_fp32_peak"], r["mfu_vs_bf16_peak"] = r["gflops"] / peaks["float32"], r["gflops"] / peaks["bfloat16"]
     probes = [lstm_autocast_probe(p, args.bs, args.bptt) for p in args.presets]
     for p in probes:
         verdict = (f"runs, {p['bf16_speedup']:.2f}x fp32, gradients finite: {p['bf16_grads_finite']}" if p["bf16_runs"]
@@ -397,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"torch.lstm under CPU bf16 autocast ({p['preset']}): {verdict}")
     payload = {
         "smoke": args.smoke, "threads": args.threads, "native_cpu_bf16": mixed_precision.cpu_has_native_bf16(),
+        # The Trainer's malloc setting (ulmfit_core/memory.py); ULMFIT_KEEP_FREED_MEMORY=0 runs the default.
+        "keep_freed_memory": keep_freed_memory(), "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         "peaks": peak_runs, "precisions": precisions,
         "lm": {"vocab": args.vocab, "bs": args.bs, "bptt": args.bptt},
         "classifier": {"vocab": args.vocab, "bs": args.clf_bs, "doc_len": args.doc_len, "bptt": args.clf_bptt,

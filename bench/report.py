@@ -431,9 +431,10 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
 
 
 def profile_step(r: dict[str, Any]) -> list[str]:
-    peaks = {p["dtype"]: p for p in r["peaks"]}
-    fp32, bf16 = peaks["float32"]["gflops"], peaks["bfloat16"]["gflops"]
-    rows = [f"Matmul peak measured in the run ({r['threads']} threads): float32 **{fp32:,.0f} GFLOP/s**, bfloat16 "
+    fp32 = max(p["gflops"] for p in r["peaks"] if p["dtype"] == "float32")
+    bf16 = max(p["gflops"] for p in r["peaks"] if p["dtype"] == "bfloat16")
+    when = "the better of before and after the steps" if len(r["peaks"]) > 2 else "before the steps"
+    rows = [f"Matmul peak measured in the run ({r['threads']} threads, {when}): float32 **{fp32:,.0f} GFLOP/s**, bfloat16 "
             f"**{bf16:,.1f} GFLOP/s** ({'native' if r['native_cpu_bf16'] else 'emulated: this CPU has no AVX512_BF16/AMX'}). "
             f"FLOPs: {r['flops_formula']}.", "",
             "| preset | precision | stage | s / step | throughput | GFLOP/s | MFU vs fp32 peak | MFU vs bf16 peak |",
@@ -459,12 +460,40 @@ def profile_step(r: dict[str, Any]) -> list[str]:
                    f"{'yes' if probe['bf16_grads_finite'] else 'NO'}" if probe["bf16_runs"]
                    else f"does not run: `{probe['bf16_error'][:120]}`")
         rows += ["", f"oneDNN's fused LSTM (`torch.lstm`, {probe['preset']} first layer, forward + backward) under CPU "
-                     f"bf16 autocast: {verdict}. Our model keeps it in float32 under autocast (docs/RECIPE.md)."]
+                     f"bf16 autocast: {verdict}. Our model runs it in bf16 under autocast on CPUs with native bf16 and in "
+                     "float32 on others (docs/RECIPE.md)."]
     load = r.get("load_average_start_end")
     if load:
         rows += ["", f"1-minute load average at the start / end: {load[0][0]:.1f} / {load[1][0]:.1f} on "
                      f"{r['machine']['cores']} cores (above the thread count, other work shared the cores: absolute "
                      "times are then low, the shares less affected)."]
+    return rows + _malloc_comparison(r)
+
+
+def _malloc_comparison(tuned: dict[str, Any]) -> list[str]:
+    """The same steps with glibc's default malloc (profile_step_default_malloc.json), against ``tuned``."""
+    default = _load("profile_step_default_malloc")
+    if not default or not tuned.get("keep_freed_memory") or default.get("keep_freed_memory"):
+        return []
+    steps = {(row["preset"], row["precision"], st): row[st]["step_seconds_median"]
+             for row in default["rows"] for st in ("lm", "classifier")}
+    rows = ["", "**Reusing freed memory** (`ulmfit_core/memory.py`): the Trainer on a CPU raises glibc's mmap and trim "
+            "thresholds, so each step's large tensors come from memory the last step freed instead of fresh pages. The "
+            "same steps with glibc's default malloc (`ULMFIT_KEEP_FREED_MEMORY=0 python bench/profile_step.py --out "
+            "bench/results/profile_step_default_malloc.json`, run right after):", "",
+            "| preset | precision | stage | s / step, default malloc | s / step, freed memory reused | speedup |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for row in tuned["rows"]:
+        for st in ("lm", "classifier"):
+            before = steps.get((row["preset"], row["precision"], st))
+            if before:
+                after = row[st]["step_seconds_median"]
+                rows.append(f"| {row['preset']} | {row['precision']} | {st} | {before:.3f} | {after:.3f} | "
+                            f"**{before / after:.2f}x** |")
+    if "minor_page_faults" in default and "minor_page_faults" in tuned:
+        rows += ["", f"Minor page faults over the whole run: {default['minor_page_faults']:,} with the default, "
+                     f"{tuned['minor_page_faults']:,} reusing freed memory. The two runs are sequential, minutes apart, on a "
+                     "machine whose speed drifts 10-15 % over minutes: read a single ratio with that margin."]
     return rows
 
 
@@ -549,7 +578,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      trec_recipe),
     ("precision_accuracy", "bf16 against fp32: language-model perplexity and TREC-6 accuracy",
      "The whole recipe (`configs/trec_small.yaml`) once with `precision: fp32` and once with `precision: bf16` per "
-     "seed (`python bench/precision_accuracy.py`); the same seed draws the same split and initial weights.",
+     "seed (`python bench/precision_accuracy.py`); the same seed draws the same split and initial weights. Under bf16 "
+     "on a CPU with native bf16 the LSTM kernel runs in bf16 too (oneDNN's, as fastai's; docs/RECIPE.md). A change "
+     "of thread count changes float32 summation order and with it a seed's result: float32 with 1 thread (an earlier "
+     "run) scored 93.2 ± 0.2 %, with 2 threads (this run) 92.3 ± 0.2 %.",
      precision_accuracy),
     ("gpu_check", "On a GPU: agreement with the CPU, mixed precision, speed",
      "Run on a lent GPU machine with `python bench/gpu_check.py --out bench/results/gpu_check.json`. Same batch "
@@ -562,7 +594,9 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "same sizes, dropouts, random batches, step code (cross-entropy + AR/TAR, backward, clipping, AdamW) and threads, "
      "timed alternately in one process (`bench/.peers-venv/bin/python bench/speed_vs_fastai.py`). LM: bs 64 × bptt 70, "
      "vocabulary 30k; classifier: 32 documents of 230 tokens, BPTT chunks of 70. A ratio above 1 means ours is faster. "
-     "Each round times one side then the other (order alternating); the spread is over rounds.",
+     "Each round times one side then the other (order alternating); the spread is over rounds. Inference is the "
+     "eval-mode forward under each side's precision, as validation during training runs it; `predict`, `evaluate` "
+     "and serving run float32.",
      speed_vs_fastai),
     ("speed_vs_fastai_gpu", "Speed against fastai's AWD-LSTM on a GPU, float32",
      "The same comparison on a lent GPU machine, fastai carried there as wheels: `python bench/speed_vs_fastai.py "

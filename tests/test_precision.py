@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ulmfit_core import precision
+from ulmfit_core import awd_lstm, precision
 from ulmfit_core.awd_lstm import (
     WeightDropLSTM,
     build_classifier,
@@ -155,7 +155,8 @@ def test_fp32_training_is_bit_identical_to_training_without_autocast(stage, monk
 # --- bf16 autocast on CPU --------------------------------------------------------------------
 
 
-def test_lstm_stays_float32_under_cpu_autocast_and_hands_on_a_float32_state():
+def test_lstm_stays_float32_under_cpu_autocast_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(awd_lstm, "cpu_lstm_runs_bf16", lambda: False)
     rnn = WeightDropLSTM(8, 12, weight_p=0.0).eval()
     x, state = torch.randn(3, 5, 8), (torch.randn(1, 3, 12), torch.randn(1, 3, 12))
     ref, (ref_h, ref_c) = rnn(x, state)
@@ -165,6 +166,29 @@ def test_lstm_stays_float32_under_cpu_autocast_and_hands_on_a_float32_state():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         same, _ = rnn(x, state)
     assert torch.equal(same, ref)  # float32 inputs: exactly the float32 LSTM (docs/RECIPE.md)
+
+
+@pytest.mark.skipif(not precision.cpu_has_native_bf16(), reason="oneDNN's bf16 LSTM needs AVX512_BF16 or AMX-BF16")
+def test_lstm_runs_bf16_under_cpu_autocast_with_native_bf16_and_hands_on_a_float32_state():
+    torch.manual_seed(0)
+    rnn = WeightDropLSTM(16, 24, weight_p=0.2).train()
+    x, state = torch.randn(4, 70, 16), (torch.randn(1, 4, 24), torch.randn(1, 4, 24))
+    torch.manual_seed(1)  # the same DropConnect mask in both runs
+    ref, (ref_h, ref_c) = rnn(x, state)
+    ref.sum().backward()
+    ref_grad = rnn.weight_hh_raw.grad.clone()
+    rnn.zero_grad()
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = rnn(x, state)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and h.dtype == c.dtype == torch.float32
+    # 70 steps of bf16 gates: outputs and state within 2 % of their float32 range, gradients finite and close.
+    for got, want in ((out, ref), (h, ref_h), (c, ref_c)):
+        assert (got.float() - want).abs().max() <= LOGIT_TOLERANCE * want.abs().max()
+    grad = rnn.weight_hh_raw.grad
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    assert (grad - ref_grad).abs().max() <= 0.05 * ref_grad.abs().max()
 
 
 def test_lm_cross_entropy_takes_bf16_logits_and_computes_in_float32():
@@ -195,7 +219,9 @@ def test_bf16_language_model_logits_match_fp32_and_training_stays_finite():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, raw, _, hidden = model(x)
     _assert_close_logits(logits, ref)
-    assert raw.dtype == torch.float32 and all(h.dtype == c.dtype == torch.float32 for h, c in hidden)
+    # The LSTM's own outputs are bf16 where the CPU runs oneDNN's bf16 LSTM; its state is float32 always.
+    assert raw.dtype == (torch.bfloat16 if awd_lstm.cpu_lstm_runs_bf16() else torch.float32)
+    assert all(h.dtype == c.dtype == torch.float32 for h, c in hidden)
     _check_finite_bf16_training(trainer, model)
     assert all(h.dtype == torch.float32 for h, _ in trainer.task.hidden)  # the state carried between batches
 

@@ -11,8 +11,8 @@
 
 Autocast only changes the dtype of the ops it lists (matmuls, linear layers); parameters, gradients and
 optimizer state stay float32, so AdamW steps float32 master weights. What the recipe keeps in float32 on
-purpose even under autocast (the LSTM on CPU, the recurrent state, the losses, AR/TAR) is listed in
-docs/RECIPE.md and enforced where those ops live (``awd_lstm.py``, ``losses.py``).
+purpose even under autocast (the recurrent state, pooling, the losses, AR/TAR, and the LSTM on a CPU
+without native bf16) is listed in docs/RECIPE.md and enforced where those ops live (``awd_lstm.py``, ``losses.py``).
 """
 from __future__ import annotations
 

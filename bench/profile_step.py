@@ -335,7 +335,7 @@ def lstm_autocast_probe(preset: str, bs: int, bptt: int) -> dict[str, Any]:
     return result
 
 
-def measure_preset(args: argparse.Namespace, preset: str, prec: str, peaks: dict[str, float]) -> dict[str, Any]:
+def measure_preset(args: argparse.Namespace, preset: str, prec: str) -> dict[str, Any]:
     n_steps = args.warmup + args.steps + args.profiled
     row: dict[str, Any] = {"preset": preset, "precision": prec}
     torch.manual_seed(0)
@@ -353,12 +353,9 @@ def measure_preset(args: argparse.Namespace, preset: str, prec: str, peaks: dict
     for stage in ("lm", "classifier"):
         r = row[stage]
         r["gflops"] = r["flops_per_step"] / r["step_seconds_median"] / 1e9
-        r["mfu_vs_fp32_peak"] = r["gflops"] / peaks["float32"]
-        r["mfu_vs_bf16_peak"] = r["gflops"] / peaks["bfloat16"]
         top = sorted(r["breakdown_share"].items(), key=lambda kv: -kv[1])[:5]
         print(f"{preset:6s} {prec:5s} {stage:10s} {r['step_seconds_median']:7.3f} s/step  {r['items_per_s']:>9,.1f} "
-              f"{'tokens' if stage == 'lm' else 'docs'}/s  {r['gflops']:6.1f} GFLOP/s  MFU {100 * r['mfu_vs_fp32_peak']:.0f} % "
-              f"of fp32 peak | " + ", ".join(f"{b} {100 * s:.0f} %" for b, s in top), flush=True)
+              f"{'tokens' if stage == 'lm' else 'docs'}/s  {r['gflops']:6.1f} GFLOP/s | " + ", ".join(f"{b} {100 * s:.0f} %" for b, s in top), flush=True)
     return row
 
 
@@ -389,22 +386,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     budget = 0.5 if args.smoke else 3.0
-    peak_runs = [matmul_peak(torch.float32, budget, 1024 if args.smoke else 4096),
-                 matmul_peak(torch.bfloat16, budget, 1024 if args.smoke else 4096)]
-    peaks = {p["dtype"]: p["gflops"] for p in peak_runs}
-    print(f"matmul peak ({args.threads} threads): fp32 {peaks['float32']:.1f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} "
-          f"GFLOP/s; native bf16: {mixed_precision.cpu_has_native_bf16()}; load {os.getloadavg()}", flush=True)
-    rows = [measure_preset(args, preset, prec, peaks) for preset in args.presets for prec in precisions]
+    max_n = 1024 if args.smoke else 4096
+    peak_runs = [matmul_peak(dtype, budget, max_n) for dtype in (torch.float32, torch.bfloat16)]
+    print(f"matmul peak ({args.threads} threads): fp32 {peak_runs[0]['gflops']:.1f} GFLOP/s, bf16 "
+          f"{peak_runs[1]['gflops']:.1f} GFLOP/s; native bf16: {mixed_precision.cpu_has_native_bf16()}; "
+          f"load {os.getloadavg()}", flush=True)
+    rows = [measure_preset(args, preset, prec) for preset in args.presets for prec in precisions]
     # The matmul rate of a shared machine drifts by 10-15 % over minutes: measure it again after the steps
     # and take the better of the two, so a slow moment at the start does not inflate every MFU.
-    peak_runs += [matmul_peak(torch.float32, budget, 1024 if args.smoke else 4096),
-                  matmul_peak(torch.bfloat16, budget, 1024 if args.smoke else 4096)]
-    for dtype in peaks:
-        peaks[dtype] = max(p["gflops"] for p in peak_runs if p["dtype"] == dtype)
+    peak_runs += [matmul_peak(dtype, budget, max_n) for dtype in (torch.float32, torch.bfloat16)]
+    peaks = {dtype: max(p["gflops"] for p in peak_runs if p["dtype"] == dtype) for dtype in ("float32", "bfloat16")}
     for row in rows:
         for stage in ("lm", "classifier"):
             r = row[stage]
             r["mfu_vs_fp32_peak"], r["mfu_vs_bf16_peak"] = r["gflops"] / peaks["float32"], r["gflops"] / peaks["bfloat16"]
+            print(f"{row['preset']:6s} {row['precision']:5s} {stage:10s} MFU {100 * r['mfu_vs_fp32_peak']:.0f} % of the "
+                  f"fp32 peak ({peaks['float32']:.1f} GFLOP/s), {100 * r['mfu_vs_bf16_peak']:.0f} % of bf16's", flush=True)
     probes = [lstm_autocast_probe(p, args.bs, args.bptt) for p in args.presets]
     for p in probes:
         verdict = (f"runs, {p['bf16_speedup']:.2f}x fp32, gradients finite: {p['bf16_grads_finite']}" if p["bf16_runs"]

@@ -156,7 +156,7 @@ def test_fp32_training_is_bit_identical_to_training_without_autocast(stage, monk
 
 
 def test_lstm_stays_float32_under_cpu_autocast_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(awd_lstm, "cpu_lstm_runs_bf16", lambda: False)
+    monkeypatch.setattr(awd_lstm, "cpu_has_native_bf16", lambda: False)
     rnn = WeightDropLSTM(8, 12, weight_p=0.0).eval()
     x, state = torch.randn(3, 5, 8), (torch.randn(1, 3, 12), torch.randn(1, 3, 12))
     ref, (ref_h, ref_c) = rnn(x, state)
@@ -220,7 +220,7 @@ def test_bf16_language_model_logits_match_fp32_and_training_stays_finite():
             logits, raw, _, hidden = model(x)
     _assert_close_logits(logits, ref)
     # The LSTM's own outputs are bf16 where the CPU runs oneDNN's bf16 LSTM; its state is float32 always.
-    assert raw.dtype == (torch.bfloat16 if awd_lstm.cpu_lstm_runs_bf16() else torch.float32)
+    assert raw.dtype == (torch.bfloat16 if precision.cpu_has_native_bf16() else torch.float32)
     assert all(h.dtype == c.dtype == torch.float32 for h, c in hidden)
     _check_finite_bf16_training(trainer, model)
     assert all(h.dtype == torch.float32 for h, _ in trainer.task.hidden)  # the state carried between batches

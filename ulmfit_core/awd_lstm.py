@@ -136,7 +136,7 @@ class WeightDropLSTM(nn.Module):
             flat = torch.cat([p.reshape(-1) for p in params])
             params = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
             out, h, c = _fused_lstm(x, state, params, self.training)
-        elif torch.is_autocast_enabled("cpu") and not cpu_lstm_runs_bf16():
+        elif torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16():
             # float32 under CPU autocast where the CPU has no native bf16 (docs/RECIPE.md): there oneDNN's
             # bf16 LSTM cannot even create its primitive.
             with torch.autocast("cpu", enabled=False):
@@ -150,12 +150,6 @@ class WeightDropLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_in}, {self.n_out}, weight_p={self.weight_p}"
-
-
-def cpu_lstm_runs_bf16() -> bool:
-    """Whether the LSTM kernel runs in bf16 under CPU bf16 autocast: only on CPUs that compute bf16
-    natively (AVX512_BF16 or AMX-BF16), where oneDNN has a bf16 LSTM primitive; elsewhere it stays float32."""
-    return cpu_has_native_bf16()
 
 
 def _fused_lstm(x: Tensor, state: LayerState, params: list[Tensor], train: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,10 +5,9 @@ A training step allocates and frees the same large tensors every time: the langu
 outputs, their gradients. glibc serves every allocation above its mmap threshold (128 KB, rising to at
 most 32 MB as it adapts) with a fresh ``mmap`` and hands it back to the kernel on ``free``, and trims
 the heap's free top back as well, so each step touches hundreds of megabytes of new pages and pays a
-page fault (a zeroed page) for every 4 KB of them. Measured with ``bench/profile_step.py`` (small
-preset, bf16, 2 threads): about 2.9 million minor page faults over the run against 0.5 million with the
-settings below, and a language-model step of 1.5 s against 1.1 s, for a peak resident size of 2.0 GB
-instead of 1.5 GB.
+page fault (a zeroed page) for every 4 KB of them. docs/BENCHMARKS.md ("Reusing freed memory",
+``bench/profile_step.py``) measures ten times fewer page faults and faster steps with the settings below,
+for a higher peak resident size (2.0 GB instead of 1.5 GB for the small preset).
 
 :func:`keep_freed_memory` raises both thresholds to 2 GB (the most ``mallopt`` takes) once per process,
 so large tensors come from the heap and freed ones stay there for the next step. The process keeps its

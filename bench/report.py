@@ -399,35 +399,57 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
     names = {"direct": "the same trials without the service (stage calls in a loop, 2 threads)",
              "workers_1": "search, 1 trial at a time (2 CPUs each)",
              "workers_2": "search, 2 trials at a time (1 CPU each)"}
-    rows = ["| mode | trials | wall time (s) | trials per hour |", "| --- | --- | --- | --- |"]
+    rounds = r.get("rounds", 1)
+    rows = ["| mode | round | trials | wall time (s) | trials per hour |", "| --- | --- | --- | --- | --- |"]
     for m in r["modes"]:
-        rows.append(f"| {names.get(m['mode'], m['mode'])} | {m['trials']} | {m['wall_seconds']:.0f} | "
-                    f"{m['trials_per_hour']:.0f} |")
-    w1 = next(m for m in r["modes"] if m["mode"] == "workers_1")
+        rows.append(f"| {names.get(m['mode'], m['mode'])} | {m.get('round', 1)} | {m['trials']} | "
+                    f"{m['wall_seconds']:.0f} | {m['trials_per_hour']:.0f} |")
+    w1 = [m for m in r["modes"] if m["mode"] == "workers_1"]
+    by_round = s.get("overhead_share_by_round", [s["overhead_share"]])
+    steady = s["overhead_share_without_per_search"] if "overhead_share_without_per_search" in s else None
+    parts = s.get("overhead_parts")
     rows += ["", f"The service's own cost (Ray scheduling and trial processes, MLflow logging, a checkpoint every "
-             f"epoch): **{s['overhead_seconds_per_trial']:.1f} s per trial, {100 * s['overhead_share']:.1f} %** of a "
-             f"{s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per trial). "
-             f"Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
-             f"{w1['ray_start_seconds']:.1f} s, once per search. The shared LM was trained once up front "
-             f"({s['lm_seconds_once']:.0f} s)"
+             f"epoch, plots): **{s['overhead_seconds_per_trial']:.2f} s per trial, {100 * s['overhead_share']:.1f} %** "
+             f"of a {s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per "
+             f"trial" + (f"; mean of {rounds} rounds: " + ", ".join(f"{100 * x:.1f} %" for x in by_round)
+                        if rounds > 1 else "") + ")."
+             + (f" Without the once-per-search part ({parts['per_search'] * r['trials']:.1f} s per search, spread "
+                f"here over {r['trials']} trials): **{100 * steady:.1f} %** per trial." if steady is not None and parts
+                else "")
+             + f" Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
+             f"{_mean_of([m['ray_start_seconds'] for m in w1]):.1f} s, once per search. The shared LM was trained "
+             f"once up front ({s['lm_seconds_once']:.0f} s)"
              + (f" and the MLflow store's database created once ({s['store_create_seconds_once']:.1f} s)"
                 if "store_create_seconds_once" in s else "")
              + f"; neither is in these times. Every mode ran the same {r['trials']} "
              f"configurations (seeded random sampler, no early stopping)."]
-    parts = s.get("overhead_parts")
     if parts:
         labels = {"per_search": "once per search, outside the trials (parent run, LM lookup, the first trial "
                                 "process's start, export, plots)",
                   "between_trials": "a worker slot idle between trials (scheduling, actor reuse)",
                   "in_trial": "inside a trial, outside its epochs (corpus and LM loading, checkpoint reports)",
-                  "slower_epochs": "the epochs themselves slower than direct (driver, Ray and MLflow share the cores)"}
-        rows += ["", "Where the overhead goes (1 worker), seconds per trial; the parts add up to the total:", "",
-                 "| part | s per trial | share of a direct trial |", "| --- | --- | --- |"]
+                  "slower_epochs": "the epochs themselves slower than direct (driver, Ray, MLflow and the plot "
+                                   "helper share the cores; the machine's drift)"}
+        per_round = s.get("overhead_parts_by_round")
+        head = "| part | s per trial | share of a direct trial |" + (" by round (s) |" if per_round else "")
+        rows += ["", f"Where the overhead goes (1 worker), seconds per trial{', mean of the rounds' if per_round else ''}; "
+                 "the parts add up to the total:", "", head, "| --- | --- | --- |" + (" --- |" if per_round else "")]
         rows += [f"| {labels.get(k, k)} | {v:.2f} | {100 * v / s['direct_seconds_per_trial']:.1f} % |"
+                 + (" " + ", ".join(f"{p[k]:.2f}" for p in per_round) + " |" if per_round else "")
                  for k, v in parts.items()]
         rows += [f"| **total** | **{s['overhead_seconds_per_trial']:.2f}** | "
-                 f"**{100 * s['overhead_share']:.1f} %** |"]
+                 f"**{100 * s['overhead_share']:.1f} %** |" + (" |" if per_round else "")]
+    cpu = s.get("service_cpu_seconds_per_trial")
+    if cpu:
+        rows += ["", f"CPU seconds per trial (1 worker, mean of the rounds): the whole machine was busy "
+                 f"{cpu['machine_extra']:.2f} s more per trial than for the same trials run directly; the driver "
+                 f"process used {cpu['driver']:.2f} s per trial and the plot helper process (niced) "
+                 f"{cpu['plot_helper']:.2f} s."]
     return rows
+
+
+def _mean_of(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def profile_step(r: dict[str, Any]) -> list[str]:

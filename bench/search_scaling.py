@@ -4,31 +4,40 @@ own cost per trial (Ray scheduling, MLflow logging, checkpoints) as a share of t
 One fixed set of trials -- the demo recipe (tiny AWD-LSTM on TREC-6), ``--trials`` configurations drawn
 by the seeded random sampler, no early stopping (``scheduler.type=fifo``) -- runs three ways:
 
-- ``direct``: the same configurations one after another in this process through ``ulmfit_core.stages``
-  (corpus, shared LM, classifier), 2 threads, no Ray, no MLflow, no checkpoints: the work itself;
+- ``direct``: the same configurations one after another through ``ulmfit_core.stages`` (corpus, shared
+  LM, classifier) in a fresh process (as a search's trial process is), 2 threads, no Ray, no MLflow: the
+  work itself;
 - ``workers_1``: ``run_search`` with one trial at a time using both cores (``resources.cpu=2``);
 - ``workers_2``: two trials at a time, one core each (``resources.cpu=1``, ``max_concurrent=2``).
 
 The shared language model is trained once before any of them and the MLflow store's database created
 once (their times are reported apart: a user pays them once, not per search), so every mode measures
-classifier trials, and each search finds the LM in the cache on its driver. Overhead per trial = (``workers_1`` wall time - ``direct`` wall
-time) / trials, both with 2 threads per trial; Ray's start is timed apart. It is split into four parts
-that add up to it, from each trial's result.json (``time_total_s``, the epochs' own ``epoch_seconds``):
+classifier trials, and each search finds the LM in the cache on its driver. ``--rounds`` (default 2)
+turns of (``workers_1``, ``direct``) run one after the other, then ``workers_2`` once: this machine's speed
+drifts by several percent over minutes, and the rounds show how much. Overhead per trial = (``workers_1``
+wall time - ``direct`` wall time) / trials, both with 2 threads per trial, averaged over the rounds; Ray's
+start is timed apart. It is split into four parts that add up to it, from each trial's result.json
+(``time_total_s``, the epochs' own ``epoch_seconds``):
 
-- ``per_search``: ``run_search`` outside Tune's trials (store, parent run, LM check, export, plots) / trials;
+- ``per_search``: ``run_search`` outside Tune's trials (store, parent run, LM check, the first trial
+  process's start, export, plots) / trials;
 - ``between_trials``: time a worker slot sat idle between trials (scheduling, actor reuse) / trials;
 - ``in_trial``: a trial's time outside its epochs (corpus and LM loading, model build, checkpoint
   reports), less the same in ``direct``;
-- ``slower_epochs``: the epochs themselves ran slower than ``direct``'s (the driver, Ray's daemons and
-  the MLflow writer share the 2 cores with the trial).
+- ``slower_epochs``: the epochs themselves ran slower than ``direct``'s (the driver, Ray's daemons, the
+  MLflow writer and the plot helper share the 2 cores with the trial; also the machine's drift).
 
-    python bench/search_scaling.py                 # 10 trials x 3 modes: ~15 minutes on 2 cores
+CPU seconds (Linux ``/proc``) say what the wall times cannot resolve: the whole machine's busy time in the
+search beyond the direct run's, per trial, and the driver's and the plot helper's own.
+
+    python bench/search_scaling.py                 # 10 trials, 2 rounds + workers_2: ~12 minutes on 2 cores
     python bench/search_scaling.py --smoke         # about a minute: 2 trials on 300 rows
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -65,33 +74,77 @@ class TrialClock(Callback):
         return (self.last_end or 0.0) - (self.first_start or 0.0)
 
 
-def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, data_dir: str) -> dict[str, Any]:
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (Linux ``/proc/stat``; None elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used (Linux; 0.0 when it cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds over a span: the whole machine, this (driver) process, and the plot helper process."""
+
+    def __init__(self) -> None:
+        from search import plot_process
+
+        self.helper = plot_process.SHARED
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        pid = self.helper.helper_pid
+        return {"machine": machine_busy_seconds(), "driver": time.process_time(),
+                "plot_helper": process_cpu_seconds(pid) if pid is not None else 0.0}
+
+    def used(self) -> dict[str, float | None]:
+        end = self._read()
+        return {k: (end[k] - self.start[k]) if end[k] is not None and self.start[k] is not None else None
+                for k in end}
+
+
+def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, data_dir: str,
+                    round_: int) -> dict[str, Any]:
     import ray
 
     from search import tuner
 
     ray.shutdown()  # a fresh local Ray per search (a no-op when none runs)
-    cfg = demo_search_config(work, name, overrides, smoke=smoke, data_dir=data_dir)
+    cfg = demo_search_config(work, f"{name}_round{round_}", overrides, smoke=smoke, data_dir=data_dir)
     t0 = time.perf_counter()
     tuner.init_ray(cfg)
     ray_start = time.perf_counter() - t0
     t1 = time.perf_counter()
     clock = TrialClock()
+    cpu = CpuMeter()
     outcome = tuner.run_search(cfg, callbacks=[clock])
     wall = time.perf_counter() - t1
+    cpu_seconds = cpu.used()
     ray.shutdown()
     spans = trial_spans(outcome.search_dir)
     in_trial = [s["time_total_s"] for s in spans]
     n = len(outcome.leaderboard)
     makespan = clock.makespan()
-    row = {"mode": name, "overrides": overrides, "trials": n, "wall_seconds": wall, "ray_start_seconds": ray_start,
+    row = {"mode": name, "round": round_, "overrides": overrides, "trials": n, "wall_seconds": wall, "ray_start_seconds": ray_start,
            "trials_per_hour": 3600 * n / wall, "trial_time_total_s": in_trial,
            "trial_epoch_seconds": [s["epoch_seconds"] for s in spans], "trials_makespan_seconds": makespan,
            "slots": cfg.search.max_concurrent,
+           "cpu_seconds": cpu_seconds,
            "trials_completed": outcome.summary["trials_completed"], "lm_trainings": outcome.summary["lm_trainings"],
            "sampled": [{k: v for k, v in r.items() if "." in k} for r in outcome.leaderboard],
            "valid_accuracy": [r.get("valid_accuracy") for r in outcome.leaderboard]}
-    print(f"{name}: {n} trials in {wall:.0f} s ({row['trials_per_hour']:.0f} trials/hour); Ray start "
+    print(f"{name} (round {round_}): {n} trials in {wall:.0f} s ({row['trials_per_hour']:.0f} trials/hour); Ray start "
           f"{ray_start:.1f} s", flush=True)
     return row
 
@@ -107,6 +160,7 @@ def run_direct(base_recipe, sampled: list[dict[str, Any]], storage: Path, data_d
 
     torch.set_num_threads(threads)
     seconds, epoch_seconds = [], []
+    cpu = CpuMeter()
     t0 = time.perf_counter()
     for values in sampled:
         t = time.perf_counter()
@@ -118,9 +172,22 @@ def run_direct(base_recipe, sampled: list[dict[str, Any]], storage: Path, data_d
         seconds.append(time.perf_counter() - t)
         epoch_seconds.append(sum(h["epoch_seconds"] for h in result.history))
     wall = time.perf_counter() - t0
+    cpu_seconds = cpu.used()
     print(f"direct: {len(sampled)} trials in {wall:.0f} s", flush=True)
     return {"mode": "direct", "trials": len(sampled), "wall_seconds": wall, "trial_seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "trial_epoch_seconds": epoch_seconds, "trials_per_hour": 3600 * len(sampled) / wall, "threads": threads}
+
+
+def run_direct_in_fresh_process(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``run_direct`` in a new process, as a trial runs in a new Ray worker process: a long-lived process
+    that has trained the LM and driven searches runs the same epochs measurably slower, which would
+    count against the direct run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_direct, *args, **kwargs).result()
 
 
 def overhead_parts(direct: dict[str, Any], searched: dict[str, Any]) -> dict[str, float]:
@@ -137,6 +204,52 @@ def overhead_parts(direct: dict[str, Any], searched: dict[str, Any]) -> dict[str
     }
 
 
+def service_cpu(direct: dict[str, Any], searched: dict[str, Any]) -> dict[str, float] | None:
+    """CPU seconds per trial the search used beyond the same trials run directly (the whole machine:
+    driver, plot helper, Ray's processes, trial processes' setup), and the driver's and the plot helper's
+    own. None without /proc."""
+    d, s = direct.get("cpu_seconds") or {}, searched.get("cpu_seconds") or {}
+    if d.get("machine") is None or s.get("machine") is None:
+        return None
+    n = searched["trials"]
+    return {"machine_extra": (s["machine"] - d["machine"]) / n, "driver": s["driver"] / n,
+            "plot_helper": s["plot_helper"] / n}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overhead and throughput from the rounds' (direct, workers_1) pairs, averaged over rounds."""
+    rounds = sorted({r["round"] for r in rows if r["mode"] == "direct"})
+    pairs = [tuple(next(x for x in rows if x["mode"] == m and x["round"] == r) for m in ("direct", "workers_1"))
+             for r in rounds]
+    w2 = next(x for x in rows if x["mode"] == "workers_2")
+    n = pairs[0][1]["trials"]
+    direct_per_trial = [d["wall_seconds"] / d["trials"] for d, _ in pairs]
+    overhead = [(w["wall_seconds"] - d["wall_seconds"]) / n for d, w in pairs]
+    parts = [overhead_parts(d, w) for d, w in pairs]
+    mean_parts = {k: _mean([p[k] for p in parts]) for k in parts[0]}
+    per_trial, total = _mean(direct_per_trial), _mean(overhead)
+    cpu = [service_cpu(d, w) for d, w in pairs]
+    w1_per_hour = _mean([w["trials_per_hour"] for _, w in pairs])
+    sampled = [_as_set(x["sampled"]) for x in rows if x["mode"] != "direct"]
+    return {
+        "direct_seconds_per_trial": per_trial, "overhead_seconds_per_trial": total, "overhead_share": total / per_trial,
+        "overhead_share_by_round": [o / t for o, t in zip(overhead, direct_per_trial)],
+        "overhead_parts": mean_parts, "overhead_parts_by_round": parts,
+        "overhead_per_trial_without_per_search": total - mean_parts["per_search"],
+        "overhead_share_without_per_search": (total - mean_parts["per_search"]) / per_trial,
+        "service_cpu_seconds_per_trial": ({k: _mean([c[k] for c in cpu]) for k in cpu[0]}
+                                          if all(cpu) else None),
+        "trials_per_hour": {"direct": _mean([d["trials_per_hour"] for d, _ in pairs]), "workers_1": w1_per_hour,
+                            "workers_2": w2["trials_per_hour"]},
+        "speedup_2_workers": w2["trials_per_hour"] / w1_per_hour,
+        "same_configs_all_modes": all(s == sampled[0] for s in sampled),
+    }
+
+
 def _as_set(sampled: list[dict[str, Any]]) -> set[str]:
     return {json.dumps(v, sort_keys=True) for v in sampled}
 
@@ -145,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2, help="turns of (1-worker search, direct) (default 2)")
     ap.add_argument("--data-dir", default=str(SHARED_DATASETS))
     ap.add_argument("--out", help="result JSON (default bench/results/search_scaling.json)")
     ap.add_argument("--smoke", action="store_true", help="2 trials on 300 rows: checks the script runs")
@@ -157,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ulmfit_core.corpus import prepare_corpus
 
     trials = 2 if args.smoke else args.trials
+    rounds = 1 if args.smoke else args.rounds
     # The LM starts from random weights in every mode: this measures the service, not the transfer.
     common = ["search.algorithm=random", "search.scheduler.type=fifo", f"search.num_samples={trials}",
               f"search.seed={args.seed}", "recipe.lm.pretrained=null"]
@@ -177,25 +292,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tracking.check_reachable(cfg.mlflow.tracking_uri)  # creates the store's schema, as a first search would
         store_seconds = time.perf_counter() - t0
         rows = []
-        for name, overrides in MODES.items():
-            rows.append(run_search_mode(name, common + overrides, work, args.smoke, args.data_dir))
-        rows.insert(0, run_direct(cfg.recipe, rows[0]["sampled"], storage, args.data_dir, threads=2))
+        for r in range(1, rounds + 1):  # direct and 1-worker search take turns: drift shows as spread
+            w1 = run_search_mode("workers_1", common + MODES["workers_1"], work, args.smoke, args.data_dir, r)
+            direct = run_direct_in_fresh_process(cfg.recipe, w1["sampled"], storage, args.data_dir, threads=2)
+            rows += [{**direct, "round": r}, w1]
+        rows.append(run_search_mode("workers_2", common + MODES["workers_2"], work, args.smoke, args.data_dir, 1))
 
-    direct, w1, w2 = rows
-    per_trial_direct = direct["wall_seconds"] / direct["trials"]
-    overhead = (w1["wall_seconds"] - direct["wall_seconds"]) / w1["trials"]
-    parts = overhead_parts(direct, w1)
-    summary = {"lm_seconds_once": lm_seconds, "store_create_seconds_once": store_seconds, "direct_seconds_per_trial": per_trial_direct,
-               "overhead_seconds_per_trial": overhead, "overhead_share": overhead / per_trial_direct,
-               "overhead_parts": parts,
-               "overhead_per_trial_without_per_search": overhead - parts["per_search"],
-               "trials_per_hour": {r["mode"]: r["trials_per_hour"] for r in rows},
-               "speedup_2_workers": w2["trials_per_hour"] / w1["trials_per_hour"],
-               "same_configs_both_modes": _as_set(w1["sampled"]) == _as_set(w2["sampled"])}
-    print(f"overhead {overhead:.1f} s per trial ({100 * summary['overhead_share']:.1f} % of "
-          f"{per_trial_direct:.1f} s); 2 workers: {summary['speedup_2_workers']:.2f}x trials/hour", flush=True)
-    payload = {"config": "configs/search_trec_demo.yaml", "trials": trials, "seed": args.seed, "smoke": args.smoke,
-               "modes": rows, "summary": summary}
+    summary = {"lm_seconds_once": lm_seconds, "store_create_seconds_once": store_seconds,
+               **summarize(rows)}
+    print(f"overhead {summary['overhead_seconds_per_trial']:.2f} s per trial "
+          f"({100 * summary['overhead_share']:.1f} % of {summary['direct_seconds_per_trial']:.1f} s; by round: "
+          + ", ".join(f"{100 * x:.1f} %" for x in summary["overhead_share_by_round"])
+          + f"); without the once-per-search part {100 * summary['overhead_share_without_per_search']:.1f} %; "
+          f"2 workers: {summary['speedup_2_workers']:.2f}x trials/hour", flush=True)
+    payload = {"config": "configs/search_trec_demo.yaml", "trials": trials, "rounds": rounds, "seed": args.seed,
+               "smoke": args.smoke, "modes": rows, "summary": summary}
     if not args.smoke or args.out:
         write_result("search_scaling", payload, args.out)
     return payload

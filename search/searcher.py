@@ -119,7 +119,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         url = _database_url(self._ot_study)
         if url is None:  # an in-memory study (a search from before optuna.db): the pickle is the study
             return
-        study = optuna.load_study(study_name=self._ot_study.study_name, storage=study_storage(url),
+        study = optuna.load_study(study_name=self._ot_study.study_name, storage=store.study_storage(url),
                                   sampler=self._ot_study.sampler, pruner=optuna.pruners.NopPruner())
         stored = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
         for ray_id, old in list(self._ot_trials.items()):
@@ -202,13 +202,6 @@ def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
     return {"seed": seed}
 
 
-def study_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``. Only the driver writes, but a dashboard may read alongside:
-    SQLite then waits for its lock (30 s) instead of failing at once."""
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
 def _database_url(study: optuna.Study) -> str | None:
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
@@ -233,7 +226,7 @@ def make_searcher(cfg: SearchConfig, search_dir: Path | None = None) -> PruningA
     base = to_dict(build_recipe(cfg.recipe))
     stored: dict[str, Any] = {}
     if search_dir is not None:
-        stored = {"storage": study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
+        stored = {"storage": store.study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
     return PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
                                     lm_gate=_lm_gate(cfg), **_sampler(s.algorithm, s.seed), **stored)
 
@@ -249,11 +242,9 @@ def _lm_gate(cfg: SearchConfig) -> LMGate | None:
 def load_study(search_dir: str | Path) -> optuna.Study:
     """The Optuna study of a search, e.g. for optuna.visualization or warm start: from its ``optuna.db``,
     or for a search made before studies were stored, from Ray's saved searcher state."""
-    if (Path(search_dir) / store.OPTUNA_DB).exists():
-        storage = study_storage(store.study_url(search_dir))
-        names = optuna.get_all_study_names(storage)
-        name = store.study_name(search_dir)
-        return optuna.load_study(study_name=name if name in names or len(names) != 1 else names[0], storage=storage)
+    study = store.load_study(search_dir)
+    if study is not None:
+        return study
     searcher = PruningAwareOptunaSearch()
     searcher.restore_from_dir(str(search_dir))
     return searcher._ot_study

@@ -18,7 +18,7 @@ import io
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.errors import SearchConfigError
 from search.settings import SearchConfig, search_config_from_dict
@@ -29,6 +29,9 @@ LEADERBOARD_CSV = "leaderboard.csv"
 BEST_YAML = "best.yaml"
 OPTUNA_DB = "optuna.db"
 
+if TYPE_CHECKING:
+    import optuna
+
 
 def study_url(search_dir: str | Path) -> str:
     """The SQLAlchemy URL of a search's Optuna study database (absolute: trials run elsewhere)."""
@@ -38,6 +41,28 @@ def study_url(search_dir: str | Path) -> str:
 def study_name(search_dir: str | Path) -> str:
     """A search's study is named after its folder (``NAME-YYYYmmdd-HHMMSS``)."""
     return Path(search_dir).name
+
+
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``. Only the driver writes, but a dashboard may read alongside:
+    SQLite then waits for its lock (30 s) instead of failing at once."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def load_study(search_dir: str | Path) -> optuna.Study | None:
+    """The search's study from its ``optuna.db``; None for a folder without one (a search made before
+    studies were stored: ``searcher.load_study`` reads Ray's saved searcher state for those)."""
+    if not (Path(search_dir) / OPTUNA_DB).exists():
+        return None
+    import optuna
+
+    storage = study_storage(study_url(search_dir))
+    names = optuna.get_all_study_names(storage)
+    name = study_name(search_dir)
+    return optuna.load_study(study_name=name if name in names or len(names) != 1 else names[0], storage=storage)
 
 
 def new_search_dir(cfg: SearchConfig) -> Path:

@@ -596,7 +596,7 @@ class TrialRecorder:
 
     def _log_plots(self, snap: TrialSnapshot, run_id: str) -> None:
         """Learning curves and the learning-rate schedule the trial used, from its latest checkpoint."""
-        from search import plots
+        from search import plot_process
         from ulmfit_core.artifacts import TRAIN_LOG_FILE, read_json
 
         folder = snap.latest_checkpoint
@@ -604,10 +604,8 @@ class TrialRecorder:
             return
         log = read_json(Path(folder) / TRAIN_LOG_FILE)
         with tempfile.TemporaryDirectory(prefix="ulmfit-plots-") as tmp:
-            made = [plots.plot_learning_curves(log.get("history", []), Path(tmp) / "learning_curves.png")]
-            if log.get("lr_schedule"):
-                made.append(plots.plot_lr_schedule(log["lr_schedule"], Path(tmp) / "lr_schedule.png",
-                                                   group_names=log.get("group_names")))
+            # Drawn in the low-priority helper process: off this process's GIL and behind the trials.
+            made = plot_process.SHARED.call(plot_process.draw_trial_plots, log, tmp)
             for path in made:
                 self._call(f"plot {path.name} of trial {snap.trial_id}",
                            lambda p=path: self.client.log_artifact(run_id, str(p), "plots"))

@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from search import store, tracking, warm_start
+from search import plot_process, store, tracking, warm_start
 from search import trainable as T
 from search.local_ray import start_local_ray
 from search.progress import progress_reporter, use_classic_progress_output
@@ -318,6 +318,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     """Validate, check MLflow, prepare the data, start Ray, train the shared LM, run every trial,
     export the best config. Blocks."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
+    plot_process.SHARED.start()  # imports matplotlib in the background, at low priority, while work goes on
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
     corpus = None
@@ -357,6 +358,7 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
     search_dir = Path(search_dir).expanduser().resolve()
     cfg, meta = store.read_search_json(search_dir)
+    plot_process.SHARED.start()  # (see run_search)
     tracking.check_reachable(meta["tracking_uri"])
     init_ray(cfg, address)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
@@ -409,20 +411,17 @@ def search_plots(cfg: SearchConfig, search_dir: Path, board: list[dict[str, Any]
     """The search's plots under ``search_dir/plots``: Optuna's optimization history, parallel coordinates
     and parameter importances, and how many trials survived each ASHA rung. A plot that cannot be made
     (too few trials) is skipped with a logged reason; a failure never fails the search."""
-    from search import plots
-    from search.searcher import load_study
-
-    out = search_dir / "plots"
-    made: list[Path] = []
+    s = cfg.search.scheduler
+    asha = (s.grace_period, s.reduction_factor, cfg.max_t) if s.type == "asha" else None
     try:
-        made += [p for p in plots.plot_study(load_study(search_dir), out).values() if p is not None]
-        s = cfg.search.scheduler
-        if s.type == "asha":
-            rungs = plots.asha_rung_epochs(s.grace_period, s.reduction_factor, cfg.max_t)
-            reached = [int(r["epochs"] or 0) for r in board]
-            made.append(plots.plot_asha_survival(reached, rungs, out / "asha_survival.png"))
+        made, skipped = plot_process.SHARED.call(plot_process.draw_search_plots, str(search_dir),
+                                                 str(search_dir / "plots"), asha,
+                                                 [int(r["epochs"] or 0) for r in board])
     except Exception as e:  # noqa: BLE001 (plots are a view of the results, never a reason to fail)
         logger.warning("search plots skipped: %s: %s", type(e).__name__, e)
+        return []
+    for reason in skipped:
+        logger.info("%s", reason)  # e.g. "skipping the parameter importances plot: 2 completed trials; ..."
     return made
 
 

@@ -286,16 +286,19 @@ def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "scaling.json"
     payload = bench("search_scaling").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
-    direct, w1, w2 = payload["modes"]
-    assert [m["mode"] for m in payload["modes"]] == ["direct", "workers_1", "workers_2"]
+    w1, direct, w2 = payload["modes"]
+    assert [(m["mode"], m["round"]) for m in payload["modes"]] == [("workers_1", 1), ("direct", 1), ("workers_2", 1)]
     assert direct["trials"] == w1["trials"] == w2["trials"] == 2
-    assert payload["summary"]["same_configs_both_modes"]
+    assert payload["summary"]["same_configs_all_modes"]
     assert w1["lm_trainings"] == w2["lm_trainings"] == 0  # the LM was trained once, before the modes
     assert len(w1["trial_time_total_s"]) == 2 and all(t > 0 for t in w1["trial_time_total_s"])
     assert all(0 < e < t for e, t in zip(w1["trial_epoch_seconds"], w1["trial_time_total_s"]))
     s = payload["summary"]
     assert sum(s["overhead_parts"].values()) == pytest.approx(s["overhead_seconds_per_trial"])
     assert s["overhead_parts"]["per_search"] > 0 and s["overhead_parts"]["between_trials"] >= 0
+    assert s["overhead_share_by_round"] == [pytest.approx(s["overhead_share"])]
+    cpu = s["service_cpu_seconds_per_trial"]  # the search's plots were drawn by the helper, not the driver
+    assert cpu is None or cpu["plot_helper"] > 0
     r = _check_provenance(out, "search_scaling")
     assert bench("report").search_scaling(r)
 

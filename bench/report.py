@@ -396,7 +396,7 @@ def space_evidence(r: dict[str, Any]) -> list[str]:
 
 def search_scaling(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
-    names = {"direct": "the same trials without the service (stage calls in a loop, 2 threads)",
+    names = {"direct": "the same trials without the service (stage calls in a loop in a fresh process, 2 threads)",
              "workers_1": "search, 1 trial at a time (2 CPUs each)",
              "workers_2": "search, 2 trials at a time (1 CPU each)"}
     rounds = r.get("rounds", 1)
@@ -422,7 +422,9 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
              + (f" and the MLflow store's database created once ({s['store_create_seconds_once']:.1f} s)"
                 if "store_create_seconds_once" in s else "")
              + f"; neither is in these times. Every mode ran the same {r['trials']} "
-             f"configurations (seeded random sampler, no early stopping)."]
+             f"configurations (seeded random sampler, no early stopping)."
+             + (" Round 1 is the driver process's first search, as every `launch.py search` is: it also starts the "
+                "plot helper process and imports what the search's plots need." if rounds > 1 else "")]
     if parts:
         labels = {"per_search": "once per search, outside the trials (parent run, LM lookup, the first trial "
                                 "process's start, export, plots)",

@@ -286,8 +286,8 @@ def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "scaling.json"
     payload = bench("search_scaling").main(["--smoke", "--data-dir", str(datasets_dir), "--out", str(out)])
-    w1, direct, w2 = payload["modes"]
-    assert [(m["mode"], m["round"]) for m in payload["modes"]] == [("workers_1", 1), ("direct", 1), ("workers_2", 1)]
+    direct, w1, w2 = payload["modes"]  # each round's direct run is listed before its search (run after it)
+    assert [(m["mode"], m["round"]) for m in payload["modes"]] == [("direct", 1), ("workers_1", 1), ("workers_2", 1)]
     assert direct["trials"] == w1["trials"] == w2["trials"] == 2
     assert payload["summary"]["same_configs_all_modes"]
     assert w1["lm_trainings"] == w2["lm_trainings"] == 0  # the LM was trained once, before the modes

@@ -6,6 +6,7 @@ versions that produced it. ``make bench`` runs the benchmarks and then this scri
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -417,7 +418,7 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
                 f"here over {r['trials']} trials): **{100 * steady:.1f} %** per trial." if steady is not None and parts
                 else "")
              + f" Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
-             f"{_mean_of([m['ray_start_seconds'] for m in w1]):.1f} s, once per search. The shared LM was trained "
+             f"{statistics.mean([m['ray_start_seconds'] for m in w1]):.1f} s, once per search. The shared LM was trained "
              f"once up front ({s['lm_seconds_once']:.0f} s)"
              + (f" and the MLflow store's database created once ({s['store_create_seconds_once']:.1f} s)"
                 if "store_create_seconds_once" in s else "")
@@ -449,9 +450,6 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
                  f"{cpu['plot_helper']:.2f} s."]
     return rows
 
-
-def _mean_of(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
 
 
 def profile_step(r: dict[str, Any]) -> list[str]:

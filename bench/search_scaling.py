@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -216,10 +217,6 @@ def service_cpu(direct: dict[str, Any], searched: dict[str, Any]) -> dict[str, f
             "plot_helper": s["plot_helper"] / n}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Overhead and throughput from the rounds' (direct, workers_1) pairs, averaged over rounds."""
     rounds = sorted({r["round"] for r in rows if r["mode"] == "direct"})
@@ -230,10 +227,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     direct_per_trial = [d["wall_seconds"] / d["trials"] for d, _ in pairs]
     overhead = [(w["wall_seconds"] - d["wall_seconds"]) / n for d, w in pairs]
     parts = [overhead_parts(d, w) for d, w in pairs]
-    mean_parts = {k: _mean([p[k] for p in parts]) for k in parts[0]}
-    per_trial, total = _mean(direct_per_trial), _mean(overhead)
+    mean_parts = {k: statistics.mean([p[k] for p in parts]) for k in parts[0]}
+    per_trial, total = statistics.mean(direct_per_trial), statistics.mean(overhead)
     cpu = [service_cpu(d, w) for d, w in pairs]
-    w1_per_hour = _mean([w["trials_per_hour"] for _, w in pairs])
+    w1_per_hour = statistics.mean([w["trials_per_hour"] for _, w in pairs])
     sampled = [_as_set(x["sampled"]) for x in rows if x["mode"] != "direct"]
     return {
         "direct_seconds_per_trial": per_trial, "overhead_seconds_per_trial": total, "overhead_share": total / per_trial,
@@ -241,9 +238,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "overhead_parts": mean_parts, "overhead_parts_by_round": parts,
         "overhead_per_trial_without_per_search": total - mean_parts["per_search"],
         "overhead_share_without_per_search": (total - mean_parts["per_search"]) / per_trial,
-        "service_cpu_seconds_per_trial": ({k: _mean([c[k] for c in cpu]) for k in cpu[0]}
+        "service_cpu_seconds_per_trial": ({k: statistics.mean([c[k] for c in cpu]) for k in cpu[0]}
                                           if all(cpu) else None),
-        "trials_per_hour": {"direct": _mean([d["trials_per_hour"] for d, _ in pairs]), "workers_1": w1_per_hour,
+        "trials_per_hour": {"direct": statistics.mean([d["trials_per_hour"] for d, _ in pairs]), "workers_1": w1_per_hour,
                             "workers_2": w2["trials_per_hour"]},
         "speedup_2_workers": w2["trials_per_hour"] / w1_per_hour,
         "same_configs_all_modes": all(s == sampled[0] for s in sampled),

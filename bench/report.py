@@ -442,6 +442,20 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
                  for k, v in parts.items()]
         rows += [f"| **total** | **{s['overhead_seconds_per_trial']:.2f}** | "
                  f"**{100 * s['overhead_share']:.1f} %** |" + (" |" if per_round else "")]
+    phases = s.get("per_search_seconds")
+    if phases:
+        labels = {"setup": "setup: validation, MLflow check, data and LM lookup, parent run, Tune's setup",
+                  "first_trial_process": "the first trial's process: start, imports (Ray Tune, torch), set-up",
+                  "tune_end": "after the last trial: Tune stops the trial process, saves its state",
+                  "search_plots": "the search's plots (Optuna's, drawn by the plot helper)",
+                  "finish": "leaderboard, best config export, MLflow parent run's summary"}
+        by_round = s.get("per_search_seconds_by_round") or []
+        rows += ["", "The once-per-search part, seconds per search (1 worker, mean of the rounds):", "",
+                 "| phase | s per search | by round (s) |", "| --- | --- | --- |"]
+        rows += [f"| {labels.get(k, k)} | {v:.2f} | {', '.join(f'{b[k]:.2f}' for b in by_round)} |"
+                 for k, v in phases.items()]
+        rows += [f"| **total** | **{sum(phases.values()):.2f}** | "
+                 f"{', '.join(f'{sum(b.values()):.2f}' for b in by_round)} |"]
     cpu = s.get("service_cpu_seconds_per_trial")
     if cpu:
         rows += ["", f"CPU seconds per trial (1 worker, mean of the rounds): the whole machine was busy "

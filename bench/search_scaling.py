@@ -20,7 +20,8 @@ start is timed apart. It is split into four parts that add up to it, from each t
 (``time_total_s``, the epochs' own ``epoch_seconds``):
 
 - ``per_search``: ``run_search`` outside Tune's trials (store, parent run, LM check, the first trial
-  process's start, export, plots) / trials;
+  process's start, export, plots) / trials; each search also records this part in phases that add up
+  to it (``per_search_seconds``, see PHASES);
 - ``between_trials``: time a worker slot sat idle between trials (scheduling, actor reuse) / trials;
 - ``in_trial``: a trial's time outside its epochs (corpus and LM loading, model build, checkpoint
   reports), less the same in ``direct``;
@@ -36,11 +37,13 @@ search beyond the direct run's, per trial, and the driver's and the plot helper'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +61,75 @@ MODES = {
 
 
 class TrialClock(Callback):
-    """The driver's clock on the trials: from the first trial's start to the last one's end (Tune's
-    result timestamps are whole seconds)."""
+    """The driver's clock on the trials (``time.perf_counter``): the first trial's start, the last one's
+    end and Tune's end of the experiment (Tune's result timestamps are whole seconds)."""
 
     def __init__(self) -> None:
         self.first_start: float | None = None
         self.last_end: float | None = None
+        self.experiment_end: float | None = None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.first_start = self.first_start or time.time()
+        self.first_start = self.first_start or time.perf_counter()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.last_end = time.time()
+        self.last_end = time.perf_counter()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.experiment_end = time.perf_counter()
 
     def makespan(self) -> float:
         return (self.last_end or 0.0) - (self.first_start or 0.0)
+
+
+@contextlib.contextmanager
+def timed_calls(module: Any, names: list[str]) -> Iterator[dict[str, tuple[float, float]]]:
+    """Records (start, end) ``time.perf_counter`` of the last call of each named function of ``module``
+    while the block runs (the benchmark's view into ``run_search``; the module is restored after)."""
+    spans: dict[str, tuple[float, float]] = {}
+    originals = {name: getattr(module, name) for name in names}
+
+    def timed(name: str, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans[name] = (t, time.perf_counter())
+        return call
+
+    for name, fn in originals.items():
+        setattr(module, name, timed(name, fn))
+    try:
+        yield spans
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
+def per_search_phases(start: float, end: float, clock: TrialClock,
+                      spans: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """``run_search``'s time outside the trials (``start`` to ``end`` less the trials' makespan) in five
+    parts that add up to it, seconds (see PHASES)."""
+    tuner_built = spans["build_tuner"][1]
+    plots = spans["search_plots"][1] - spans["search_plots"][0]
+    return {
+        "setup": tuner_built - start,
+        "first_trial_process": clock.first_start - tuner_built,
+        "tune_end": clock.experiment_end - clock.last_end,
+        "search_plots": plots,
+        "finish": end - clock.experiment_end - plots,
+    }
+
+
+#: What each part of ``per_search_phases`` holds.
+PHASES = {
+    "setup": "validation, MLflow check, data and LM lookup, parent run, Tune's setup",
+    "first_trial_process": "the first trial's process: start, imports (Ray Tune, torch), trainable set-up",
+    "tune_end": "after the last trial: Tune stops the trial process and saves its state",
+    "search_plots": "the search's plots (Optuna's, in the plot helper)",
+    "finish": "leaderboard, best config export, MLflow parent run's summary",
+}
 
 
 def machine_busy_seconds() -> float | None:
@@ -126,20 +183,23 @@ def run_search_mode(name: str, overrides: list[str], work: Path, smoke: bool, da
     t0 = time.perf_counter()
     tuner.init_ray(cfg)
     ray_start = time.perf_counter() - t0
-    t1 = time.perf_counter()
     clock = TrialClock()
     cpu = CpuMeter()
-    outcome = tuner.run_search(cfg, callbacks=[clock])
-    wall = time.perf_counter() - t1
+    with timed_calls(tuner, ["build_tuner", "search_plots"]) as spans:
+        t1 = time.perf_counter()
+        outcome = tuner.run_search(cfg, callbacks=[clock])
+        t2 = time.perf_counter()
+    wall = t2 - t1
     cpu_seconds = cpu.used()
     ray.shutdown()
-    spans = trial_spans(outcome.search_dir)
-    in_trial = [s["time_total_s"] for s in spans]
+    trials = trial_spans(outcome.search_dir)
+    in_trial = [s["time_total_s"] for s in trials]
     n = len(outcome.leaderboard)
     makespan = clock.makespan()
     row = {"mode": name, "round": round_, "overrides": overrides, "trials": n, "wall_seconds": wall, "ray_start_seconds": ray_start,
            "trials_per_hour": 3600 * n / wall, "trial_time_total_s": in_trial,
-           "trial_epoch_seconds": [s["epoch_seconds"] for s in spans], "trials_makespan_seconds": makespan,
+           "trial_epoch_seconds": [s["epoch_seconds"] for s in trials], "trials_makespan_seconds": makespan,
+           "per_search_seconds": per_search_phases(t1, t2, clock, spans),
            "slots": cfg.search.max_concurrent,
            "cpu_seconds": cpu_seconds,
            "trials_completed": outcome.summary["trials_completed"], "lm_trainings": outcome.summary["lm_trainings"],
@@ -236,6 +296,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "direct_seconds_per_trial": per_trial, "overhead_seconds_per_trial": total, "overhead_share": total / per_trial,
         "overhead_share_by_round": [o / t for o, t in zip(overhead, direct_per_trial)],
         "overhead_parts": mean_parts, "overhead_parts_by_round": parts,
+        "per_search_seconds": {k: statistics.mean([w["per_search_seconds"][k] for _, w in pairs])
+                               for k in pairs[0][1]["per_search_seconds"]},
+        "per_search_seconds_by_round": [w["per_search_seconds"] for _, w in pairs],
         "overhead_per_trial_without_per_search": total - mean_parts["per_search"],
         "overhead_share_without_per_search": (total - mean_parts["per_search"]) / per_trial,
         "service_cpu_seconds_per_trial": ({k: statistics.mean([c[k] for c in cpu]) for k in cpu[0]}

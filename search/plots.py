@@ -339,12 +339,11 @@ def _log_skip(plot: str, reason: str) -> None:
 def plot_optimization_history(study: optuna.Study, path: str | Path) -> Path | None:
     """Each completed trial's objective value and the best so far, by trial number; None (and the
     reason logged) when no trial has completed."""
-    from optuna.visualization import matplotlib as optuna_plots
-
     reason = study_skip_reason(study, "history")
     if reason:
         _log_skip("optimization history", reason)
         return None
+    from optuna.visualization import matplotlib as optuna_plots
     with _optuna_axes(path, (8, 4.5)) as axes:
         axes.append(optuna_plots.plot_optimization_history(study))
     return Path(path)
@@ -353,12 +352,11 @@ def plot_optimization_history(study: optuna.Study, path: str | Path) -> Path | N
 def plot_parallel_coordinate(study: optuna.Study, path: str | Path, params: Sequence[str] | None = None) -> Path | None:
     """The sampled values of ``params`` (default: all) and the objective of each completed trial as
     lines across parallel axes; None (reason logged) when no trial has completed."""
-    from optuna.visualization import matplotlib as optuna_plots
-
     reason = study_skip_reason(study, "parallel")
     if reason:
         _log_skip("parallel coordinate", reason)
         return None
+    from optuna.visualization import matplotlib as optuna_plots
     n_axes = len(params) if params else len({name for t in study.trials for name in t.params})
     with _optuna_axes(path, (max(8.0, 1.8 * (n_axes + 1)), 5)) as axes:
         axes.append(optuna_plots.plot_parallel_coordinate(study, params=list(params) if params else None))
@@ -369,13 +367,14 @@ def plot_param_importances(study: optuna.Study, path: str | Path, *, min_trials:
                            seed: int = 0) -> Path | None:
     """fANOVA importance of each sampled parameter for the objective (seeded, so repeatable); None (and
     the reason logged) with fewer than ``min_trials`` completed trials or no parameter that varied."""
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.visualization import matplotlib as optuna_plots
-
     reason = study_skip_reason(study, "importances", min_trials_for_importance=min_trials)
     if reason:
         _log_skip("parameter importances", reason)
         return None
+    # Imported only now: fANOVA's random forest comes from scikit-learn, ~2.5 s to import on 2 cores, a
+    # cost a search too small for importances should not pay.
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
     with _optuna_axes(path, (8, 4.5)) as axes:
         axes.append(optuna_plots.plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed)))
     return Path(path)

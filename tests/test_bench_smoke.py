@@ -296,6 +296,9 @@ def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
     s = payload["summary"]
     assert sum(s["overhead_parts"].values()) == pytest.approx(s["overhead_seconds_per_trial"])
     assert s["overhead_parts"]["per_search"] > 0 and s["overhead_parts"]["between_trials"] >= 0
+    phases = w1["per_search_seconds"]  # run_search outside its trials, in parts that add up to it
+    assert sum(phases.values()) == pytest.approx(w1["wall_seconds"] - w1["trials_makespan_seconds"])
+    assert all(v >= 0 for v in phases.values()) and phases["first_trial_process"] > 0
     assert s["overhead_share_by_round"] == [pytest.approx(s["overhead_share"])]
     cpu = s["service_cpu_seconds_per_trial"]  # the search's plots were drawn by the helper, not the driver
     assert cpu is None or cpu["plot_helper"] > 0

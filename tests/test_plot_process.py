@@ -78,25 +78,40 @@ def test_a_helper_that_cannot_start_falls_back(monkeypatch, tmp_path, caplog):
     assert "no processes left" in process.unavailable and "no processes left" in caplog.text
 
 
-def test_search_plots_report_what_they_skipped(helper, tmp_path):
-    """Two completed trials: the history and parallel plots are drawn, importances skipped with the
-    reason returned to the driver (the helper's own log goes nowhere)."""
+def _two_trial_study(search_dir: Path) -> None:
     import optuna
 
     from search import store
 
-    search_dir = tmp_path / "search"
     search_dir.mkdir()
     study = optuna.create_study(study_name=store.study_name(search_dir), storage=store.study_url(search_dir),
                                 direction="maximize")
     for x in (0.1, 0.5):
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
         study.tell(trial, x)
+
+
+def test_search_plots_report_what_they_skipped(helper, tmp_path):
+    """Two completed trials: the history and parallel plots are drawn, importances skipped with the
+    reason returned to the driver (the helper's own log goes nowhere)."""
+    search_dir = tmp_path / "search"
+    _two_trial_study(search_dir)
     made, skipped = helper.call(plot_process.draw_search_plots, str(search_dir), str(tmp_path / "plots"),
                                 (1, 2, 2), [1, 2])
     assert sorted(p.name for p in made) == ["asha_survival.png", "optimization_history.png",
                                             "parallel_coordinate.png"]
     assert len(skipped) == 1 and "parameter importances" in skipped[0] and "2 completed trials" in skipped[0]
+
+
+def test_skipped_importances_do_not_import_scikit_learn(own_helper, tmp_path):
+    """fANOVA's forest is scikit-learn's (seconds to import): a search with too few trials for
+    importances never loads it."""
+    search_dir = tmp_path / "search"
+    _two_trial_study(search_dir)
+    own_helper.call(plot_process.draw_search_plots, str(search_dir), str(tmp_path / "plots"), None, [1, 1])
+    assert own_helper.call(os.getpid) != os.getpid()  # it ran in the helper, whose modules are asked next
+    assert own_helper.call(eval, "'optuna' in __import__('sys').modules") is True
+    assert own_helper.call(eval, "'sklearn' in __import__('sys').modules") is False
 
 
 def test_a_script_without_a_main_guard_runs_once(tmp_path):

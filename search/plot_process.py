@@ -90,6 +90,19 @@ class PlotProcess:
                     raise value
         return fn(*args, **kwargs)
 
+    def call_in_background(self, fn: Callable[..., Any], /, *args: Any) -> threading.Thread:
+        """``call(fn, *args)`` on a daemon thread, its result dropped and any error logged: work the
+        helper can do ahead of a later call (imports). Calls made meanwhile wait for it, as calls do."""
+        def run() -> None:
+            try:
+                self.call(fn, *args)
+            except Exception as e:  # noqa: BLE001 (ahead-of-time work only: the later call does it anyway)
+                logger.debug("plot helper: %s failed in the background: %s", getattr(fn, "__name__", fn), e)
+
+        thread = threading.Thread(target=run, name="plot-helper-background", daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
         """Stop the helper; a later ``call`` starts a new one."""
         with self._lock:
@@ -132,8 +145,9 @@ def _serve(niceness: int) -> None:
         except OSError:  # not allowed here: drawing still stays off the driver's GIL
             pass
     # Only what every search draws (the trials' plots): Optuna's plots and their scikit-learn (fANOVA),
-    # seconds of CPU, are imported when the search's end asks for them, since on a small machine work
-    # in the background during the trials slows them (measured: bench/search_scaling.py).
+    # seconds of CPU, are imported once the search's last trial has started (import_search_plot_modules),
+    # since on a small machine work in the background during the first trials slows them (measured:
+    # bench/search_scaling.py).
     from search import plots  # noqa: F401
 
     while True:
@@ -165,6 +179,23 @@ def draw_trial_plots(train_log: Mapping[str, Any], out_dir: str) -> list[Path]:
         made.append(plots.plot_lr_schedule(train_log["lr_schedule"], out / "lr_schedule.png",
                                            group_names=train_log.get("group_names")))
     return made
+
+
+def import_search_plot_modules(trials: int) -> list[str]:
+    """Import what ``draw_search_plots`` needs for a search of ``trials`` trials (Optuna's plots and
+    study storage; from ``plots.MIN_TRIALS_FOR_IMPORTANCE`` trials, the fANOVA evaluator and its
+    scikit-learn, ~2.5 s on 2 cores), so that the search's end, which waits for its plots, does not
+    wait for imports; returns the modules imported. Sent ahead by ``tuner.SearchPlotsAhead``."""
+    from optuna.visualization import matplotlib  # noqa: F401
+
+    from search import plots, store  # noqa: F401  (store: Optuna's RDB storage, SQLAlchemy)
+
+    imported = ["optuna.visualization.matplotlib", "search.store"]
+    if trials >= plots.MIN_TRIALS_FOR_IMPORTANCE:
+        from optuna.importance import FanovaImportanceEvaluator  # noqa: F401
+
+        imported.append("optuna.importance")
+    return imported
 
 
 def draw_search_plots(search_dir: str, out_dir: str, asha: tuple[int, float, int] | None,

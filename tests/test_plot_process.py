@@ -131,3 +131,41 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     assert (tmp_path / "runs.txt").read_text() == "ran\n"
+
+
+def _helper_has(helper: PlotProcess, module: str) -> bool:
+    return helper.call(eval, f"{module!r} in __import__('sys').modules")
+
+
+def test_the_search_plots_imports_start_once_the_last_trial_has_started(own_helper, monkeypatch):
+    """The search's end waits for its plots: their imports (scikit-learn for fANOVA) go ahead in the
+    helper while the last trial trains, and not before that trial starts."""
+    import time
+
+    from search.tuner import SearchPlotsAhead
+
+    monkeypatch.setattr(plot_process, "SHARED", own_helper)
+    ahead = SearchPlotsAhead(num_samples=4)
+    ahead.on_trial_start(3, trials=[object()] * 3, trial=None)
+    assert not _helper_has(own_helper, "optuna.importance") and not _helper_has(own_helper, "sklearn")
+    ahead.on_trial_start(4, trials=[object()] * 4, trial=None)
+    deadline = time.monotonic() + 120
+    while not _helper_has(own_helper, "sklearn") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _helper_has(own_helper, "optuna.importance") and _helper_has(own_helper, "sklearn")
+    assert own_helper.helper_pid is not None and own_helper.unavailable is None
+
+
+def test_a_search_too_small_for_importances_imports_no_scikit_learn_ahead(own_helper):
+    made = own_helper.call(plot_process.import_search_plot_modules, 3)
+    assert made == ["optuna.visualization.matplotlib", "search.store"]
+    assert not _helper_has(own_helper, "sklearn")
+
+
+def test_a_background_call_that_fails_is_logged_not_raised(own_helper, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger=plot_process.__name__)
+    own_helper.call_in_background(plot_process.draw_trial_plots, {"history": []}, "/nonexistent").join(60)
+    assert "failed in the background" in caplog.text and "history is empty" in caplog.text
+    assert own_helper.unavailable is None

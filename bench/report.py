@@ -409,12 +409,21 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
     by_round = s.get("overhead_share_by_round", [s["overhead_share"]])
     steady = s["overhead_share_without_per_search"] if "overhead_share_without_per_search" in s else None
     parts = s.get("overhead_parts")
+    stderr = s.get("overhead_share_stderr")
+    timed = s.get("timed_in_search_seconds_per_trial")
     rows += ["", f"The service's own cost (Ray scheduling and trial processes, MLflow logging, a checkpoint every "
              f"epoch, plots): **{s['overhead_seconds_per_trial']:.2f} s per trial, {100 * s['overhead_share']:.1f} %** "
-             f"of a {s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per "
+             + (f"(± {100 * stderr:.1f} points, standard error over the rounds) " if stderr is not None else "")
+             + f"of a {s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per "
              f"trial" + (f"; mean of {rounds} rounds: " + ", ".join(f"{100 * x:.1f} %" for x in by_round)
                         if rounds > 1 else "") + ")."
-             + (f" Without the once-per-search part ({parts['per_search'] * r['trials']:.1f} s per search, spread "
+             + (f" The parts timed within the search itself, which the machine's drift barely moves: "
+                f"{parts['per_search'] * r['trials']:.1f} s once per search and {parts['between_trials']:.2f} s between "
+                f"trials, **{timed:.2f} s per trial ({100 * timed / s['direct_seconds_per_trial']:.1f} %)** at "
+                f"{r['trials']} trials per search; the rest (a trial's setup, its epochs beside the driver) is a "
+                f"difference against the direct run and carries the drift."
+                if timed is not None and parts else
+                f" Without the once-per-search part ({parts['per_search'] * r['trials']:.1f} s per search, spread "
                 f"here over {r['trials']} trials): **{100 * steady:.1f} %** per trial." if steady is not None and parts
                 else "")
              + f" Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "

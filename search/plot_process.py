@@ -1,8 +1,9 @@
 """Draw a search's plots in one helper process at low CPU priority, off the driver.
 
 A trial's learning curves and learning-rate schedule take about 0.25 s of CPU to draw; the search's
-Optuna plots at its end about 1 s, plus about 2.5 s the first time for importing scikit-learn (Optuna's
-fANOVA importances) and Optuna's visualization (2-core machine). Drawn on the driver's MLflow writer
+Optuna plots at its end about 1 s, plus about 3.5 s the first time for importing Optuna's visualization
+and scikit-learn (Optuna's fANOVA importances) on a 2-core machine: those imports go ahead once the
+search's last trial has started (``import_search_plot_modules``). Drawn on the driver's MLflow writer
 thread, that work held the GIL that Tune's event loop needs to answer every trial's per-epoch report,
 and ran at the trials' priority. Here it runs in one helper process, started with the search and
 niced by :data:`NICENESS` so that the kernel runs a trial's threads first. The process stays for later

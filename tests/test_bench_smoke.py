@@ -300,6 +300,9 @@ def test_search_scaling_smoke(bench, tmp_path, datasets_dir, monkeypatch):
     assert sum(phases.values()) == pytest.approx(w1["wall_seconds"] - w1["trials_makespan_seconds"])
     assert all(v >= 0 for v in phases.values()) and phases["first_trial_process"] > 0
     assert s["overhead_share_by_round"] == [pytest.approx(s["overhead_share"])]
+    assert s["overhead_share_stderr"] is None  # one round has no spread to report
+    assert s["timed_in_search_seconds_per_trial"] == pytest.approx(
+        s["overhead_parts"]["per_search"] + s["overhead_parts"]["between_trials"])
     cpu = s["service_cpu_seconds_per_trial"]  # the search's plots were drawn by the helper, not the driver
     assert cpu is None or cpu["plot_helper"] > 0
     r = _check_provenance(out, "search_scaling")

@@ -91,9 +91,15 @@ class PlotProcess:
                     raise value
         return fn(*args, **kwargs)
 
-    def call_in_background(self, fn: Callable[..., Any], /, *args: Any) -> threading.Thread:
+    def call_in_background(self, fn: Callable[..., Any], /, *args: Any) -> threading.Thread | None:
         """``call(fn, *args)`` on a daemon thread, its result dropped and any error logged: work the
-        helper can do ahead of a later call (imports). Calls made meanwhile wait for it, as calls do."""
+        helper can do ahead of a later call (imports). Calls made meanwhile wait for it, as calls do.
+        Nothing runs (None) when the helper is unavailable: done in this process, such work would take
+        the GIL from Tune's loop while trials run, to save nothing the later call would not do anyway."""
+        self.start()
+        if self.unavailable:
+            return None
+
         def run() -> None:
             try:
                 self.call(fn, *args)

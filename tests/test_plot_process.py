@@ -78,6 +78,18 @@ def test_a_helper_that_cannot_start_falls_back(monkeypatch, tmp_path, caplog):
     assert "no processes left" in process.unavailable and "no processes left" in caplog.text
 
 
+def test_work_ahead_is_not_done_in_the_driver_without_a_helper(monkeypatch):
+    """Imports ahead of the search's plots are worth it only off the driver's GIL."""
+    def no_processes(*args, **kwargs):
+        raise OSError("no processes left on this system")
+
+    monkeypatch.setattr(plot_process.subprocess, "Popen", no_processes)
+    ran = []
+    process = PlotProcess()
+    assert process.call_in_background(ran.append, "imported") is None
+    assert ran == [] and "no processes left" in process.unavailable
+
+
 def _two_trial_study(search_dir: Path) -> None:
     import optuna
 

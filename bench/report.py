@@ -400,79 +400,64 @@ def search_scaling(r: dict[str, Any]) -> list[str]:
     names = {"direct": "the same trials without the service (stage calls in a loop in a fresh process, 2 threads)",
              "workers_1": "search, 1 trial at a time (2 CPUs each)",
              "workers_2": "search, 2 trials at a time (1 CPU each)"}
-    rounds = r.get("rounds", 1)
+    rounds, trials, per_trial = r["rounds"], r["trials"], s["direct_seconds_per_trial"]
     rows = ["| mode | round | trials | wall time (s) | trials per hour |", "| --- | --- | --- | --- | --- |"]
     for m in r["modes"]:
-        rows.append(f"| {names.get(m['mode'], m['mode'])} | {m.get('round', 1)} | {m['trials']} | "
+        rows.append(f"| {names.get(m['mode'], m['mode'])} | {m['round']} | {m['trials']} | "
                     f"{m['wall_seconds']:.0f} | {m['trials_per_hour']:.0f} |")
     w1 = [m for m in r["modes"] if m["mode"] == "workers_1"]
-    by_round = s.get("overhead_share_by_round", [s["overhead_share"]])
-    steady = s["overhead_share_without_per_search"] if "overhead_share_without_per_search" in s else None
-    parts = s.get("overhead_parts")
-    stderr = s.get("overhead_share_stderr")
-    timed = s.get("timed_in_search_seconds_per_trial")
+    parts, stderr, timed = s["overhead_parts"], s["overhead_share_stderr"], s["timed_in_search_seconds_per_trial"]
     rows += ["", f"The service's own cost (Ray scheduling and trial processes, MLflow logging, a checkpoint every "
              f"epoch, plots): **{s['overhead_seconds_per_trial']:.2f} s per trial, {100 * s['overhead_share']:.1f} %** "
              + (f"(± {100 * stderr:.1f} points, standard error over the rounds) " if stderr is not None else "")
-             + f"of a {s['direct_seconds_per_trial']:.1f} s trial (1-worker search against direct, both 2 threads per "
-             f"trial" + (f"; mean of {rounds} rounds: " + ", ".join(f"{100 * x:.1f} %" for x in by_round)
-                        if rounds > 1 else "") + ")."
-             + (f" The parts timed within the search itself, which the machine's drift barely moves: "
-                f"{parts['per_search'] * r['trials']:.1f} s once per search and {parts['between_trials']:.2f} s between "
-                f"trials, **{timed:.2f} s per trial ({100 * timed / s['direct_seconds_per_trial']:.1f} %)** at "
-                f"{r['trials']} trials per search; the rest (a trial's setup, its epochs beside the driver) is a "
-                f"difference against the direct run and carries the drift."
-                if timed is not None and parts else
-                f" Without the once-per-search part ({parts['per_search'] * r['trials']:.1f} s per search, spread "
-                f"here over {r['trials']} trials): **{100 * steady:.1f} %** per trial." if steady is not None and parts
-                else "")
-             + f" Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
+             + f"of a {per_trial:.1f} s trial (1-worker search against direct, both 2 threads per trial"
+             + (f"; mean of {rounds} rounds: " + ", ".join(f"{100 * x:.1f} %" for x in s["overhead_share_by_round"])
+                if rounds > 1 else "") + ")."
+             f" The parts timed within the search itself, which the machine's drift barely moves: "
+             f"{parts['per_search'] * trials:.1f} s once per search and {parts['between_trials']:.2f} s between "
+             f"trials, **{timed:.2f} s per trial ({100 * timed / per_trial:.1f} %)** at {trials} trials per search; "
+             f"the rest (a trial's setup, its epochs beside the driver) is a difference against the direct run and "
+             f"carries the drift."
+             f" Two workers: **{s['speedup_2_workers']:.2f}x** the trials per hour of one. Starting the local Ray: "
              f"{statistics.mean([m['ray_start_seconds'] for m in w1]):.1f} s, once per search. The shared LM was trained "
-             f"once up front ({s['lm_seconds_once']:.0f} s)"
-             + (f" and the MLflow store's database created once ({s['store_create_seconds_once']:.1f} s)"
-                if "store_create_seconds_once" in s else "")
-             + f"; neither is in these times. Every mode ran the same {r['trials']} "
+             f"once up front ({s['lm_seconds_once']:.0f} s) and the MLflow store's database created once "
+             f"({s['store_create_seconds_once']:.1f} s); neither is in these times. Every mode ran the same {trials} "
              f"configurations (seeded random sampler, no early stopping)."
              + (" Round 1 is the driver process's first search, as every `launch.py search` is: it also starts the "
                 "plot helper process and imports what the search's plots need." if rounds > 1 else "")]
-    if parts:
-        labels = {"per_search": "once per search, outside the trials (parent run, LM lookup, the first trial "
-                                "process's start, export, plots)",
-                  "between_trials": "a worker slot idle between trials (scheduling, actor reuse)",
-                  "in_trial": "inside a trial, outside its epochs (corpus and LM loading, checkpoint reports)",
-                  "slower_epochs": "the epochs themselves slower than direct (driver, Ray, MLflow and the plot "
-                                   "helper share the cores; the machine's drift)"}
-        per_round = s.get("overhead_parts_by_round")
-        head = "| part | s per trial | share of a direct trial |" + (" by round (s) |" if per_round else "")
-        rows += ["", f"Where the overhead goes (1 worker), seconds per trial{', mean of the rounds' if per_round else ''}; "
-                 "the parts add up to the total:", "", head, "| --- | --- | --- |" + (" --- |" if per_round else "")]
-        rows += [f"| {labels.get(k, k)} | {v:.2f} | {100 * v / s['direct_seconds_per_trial']:.1f} % |"
-                 + (" " + ", ".join(f"{p[k]:.2f}" for p in per_round) + " |" if per_round else "")
-                 for k, v in parts.items()]
-        rows += [f"| **total** | **{s['overhead_seconds_per_trial']:.2f}** | "
-                 f"**{100 * s['overhead_share']:.1f} %** |" + (" |" if per_round else "")]
-    phases = s.get("per_search_seconds")
-    if phases:
-        labels = {"setup": "setup: validation, MLflow check, data and LM lookup, parent run, Tune's setup",
-                  "first_trial_process": "the first trial's process: start, imports (Ray Tune, torch), set-up",
-                  "tune_end": "after the last trial: Tune stops the trial process, saves its state",
-                  "search_plots": "the search's plots (Optuna's, drawn by the plot helper)",
-                  "finish": "leaderboard, best config export, MLflow parent run's summary"}
-        by_round = s.get("per_search_seconds_by_round") or []
-        rows += ["", "The once-per-search part, seconds per search (1 worker, mean of the rounds):", "",
-                 "| phase | s per search | by round (s) |", "| --- | --- | --- |"]
-        rows += [f"| {labels.get(k, k)} | {v:.2f} | {', '.join(f'{b[k]:.2f}' for b in by_round)} |"
-                 for k, v in phases.items()]
-        rows += [f"| **total** | **{sum(phases.values()):.2f}** | "
-                 f"{', '.join(f'{sum(b.values()):.2f}' for b in by_round)} |"]
-    cpu = s.get("service_cpu_seconds_per_trial")
-    if cpu:
+    part_labels = {"per_search": "once per search, outside the trials (parent run, LM lookup, the first trial "
+                                 "process's start, export, plots)",
+                   "between_trials": "a worker slot idle between trials (scheduling, actor reuse)",
+                   "in_trial": "inside a trial, outside its epochs (corpus and LM loading, checkpoint reports)",
+                   "slower_epochs": "the epochs themselves slower than direct (driver, Ray, MLflow and the plot "
+                                    "helper share the cores; the machine's drift)"}
+    parts_by_round = s["overhead_parts_by_round"]
+    rows += ["", "Where the overhead goes (1 worker), seconds per trial, mean of the rounds; the parts add up to "
+             "the total:", "", "| part | s per trial | share of a direct trial | by round (s) |",
+             "| --- | --- | --- | --- |"]
+    rows += [f"| {part_labels.get(k, k)} | {v:.2f} | {100 * v / per_trial:.1f} % | "
+             + ", ".join(f"{p[k]:.2f}" for p in parts_by_round) + " |" for k, v in parts.items()]
+    rows += [f"| **total** | **{s['overhead_seconds_per_trial']:.2f}** | **{100 * s['overhead_share']:.1f} %** | |"]
+    # The phases bench/search_scaling.py's per_search_phases splits the once-per-search part into.
+    phase_labels = {"setup": "setup: validation, MLflow check, data and LM lookup, parent run, Tune's setup",
+                    "first_trial_process": "the first trial's process: start, imports (Ray Tune, torch), set-up",
+                    "tune_end": "after the last trial: Tune stops the trial process, saves its state",
+                    "search_plots": "the search's plots (Optuna's, drawn by the plot helper)",
+                    "finish": "leaderboard, best config export, MLflow parent run's summary"}
+    phases, phases_by_round = s["per_search_seconds"], s["per_search_seconds_by_round"]
+    rows += ["", "The once-per-search part, seconds per search (1 worker, mean of the rounds):", "",
+             "| phase | s per search | by round (s) |", "| --- | --- | --- |"]
+    rows += [f"| {phase_labels.get(k, k)} | {v:.2f} | {', '.join(f'{b[k]:.2f}' for b in phases_by_round)} |"
+             for k, v in phases.items()]
+    rows += [f"| **total** | **{sum(phases.values()):.2f}** | "
+             f"{', '.join(f'{sum(b.values()):.2f}' for b in phases_by_round)} |"]
+    cpu = s["service_cpu_seconds_per_trial"]
+    if cpu:  # None without Linux /proc
         rows += ["", f"CPU seconds per trial (1 worker, mean of the rounds): the whole machine was busy "
                  f"{cpu['machine_extra']:.2f} s more per trial than for the same trials run directly; the driver "
                  f"process used {cpu['driver']:.2f} s per trial and the plot helper process (niced) "
                  f"{cpu['plot_helper']:.2f} s."]
     return rows
-
 
 
 def profile_step(r: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ start is timed apart. It is split into four parts that add up to it, from each t
 
 - ``per_search``: ``run_search`` outside Tune's trials (store, parent run, LM check, the first trial
   process's start, export, plots) / trials; each search also records this part in phases that add up
-  to it (``per_search_seconds``, see PHASES);
+  to it (``per_search_seconds``, see ``per_search_phases``);
 - ``between_trials``: time a worker slot sat idle between trials (scheduling, actor reuse) / trials;
 - ``in_trial``: a trial's time outside its epochs (corpus and LM loading, model build, checkpoint
   reports), less the same in ``direct``;
@@ -110,7 +110,10 @@ def timed_calls(module: Any, names: list[str]) -> Iterator[dict[str, tuple[float
 def per_search_phases(start: float, end: float, clock: TrialClock,
                       spans: dict[str, tuple[float, float]]) -> dict[str, float]:
     """``run_search``'s time outside the trials (``start`` to ``end`` less the trials' makespan) in five
-    parts that add up to it, seconds (see PHASES)."""
+    parts that add up to it, seconds: ``setup`` (validation, MLflow check, data and LM lookup, parent
+    run, up to the built Tuner), ``first_trial_process`` (Tune's start and the first trial's process:
+    its start, imports, set-up), ``tune_end`` (from the last trial's end to Tune's end of the
+    experiment), ``search_plots`` and ``finish`` (leaderboard, export, the parent run's summary)."""
     tuner_built = spans["build_tuner"][1]
     plots = spans["search_plots"][1] - spans["search_plots"][0]
     return {
@@ -120,16 +123,6 @@ def per_search_phases(start: float, end: float, clock: TrialClock,
         "search_plots": plots,
         "finish": end - clock.experiment_end - plots,
     }
-
-
-#: What each part of ``per_search_phases`` holds.
-PHASES = {
-    "setup": "validation, MLflow check, data and LM lookup, parent run, Tune's setup",
-    "first_trial_process": "the first trial's process: start, imports (Ray Tune, torch), trainable set-up",
-    "tune_end": "after the last trial: Tune stops the trial process and saves its state",
-    "search_plots": "the search's plots (Optuna's, in the plot helper)",
-    "finish": "leaderboard, best config export, MLflow parent run's summary",
-}
 
 
 def machine_busy_seconds() -> float | None:

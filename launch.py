@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED_DEFAULT_DATA = {"dataset": "trec"}
+DESCRIPTION = ("ULMFiT text classifiers and their hyperparameter search. 'python launch.py COMMAND --help' "
+               "tells each command's options.")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ulmfit-search")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -32,10 +43,10 @@ def _add_run_options(p: argparse.ArgumentParser, out_default: str) -> None:
                         "the same settings and data, or the command refuses)")
 
 
-def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: bool = True):
+def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: bool = True, describe: bool = True):
     """The recipe to run (config file + ``--set``), checked before any work: its values, its device, its
-    pretrained start, and that ``--out`` and ``--cache-dir`` can be written. ``announce`` prints which
-    language model it starts from."""
+    pretrained start (``describe``), and that ``--out`` and ``--cache-dir`` can be written. ``announce``
+    prints which language model it starts from."""
     from ulmfit_core.config import load_recipe
     from ulmfit_core.pretrained import describe_start
     from ulmfit_core.train import resolve_device
@@ -46,6 +57,8 @@ def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: 
     cfg = load_recipe(args.config, overrides, base=base)
     resolve_device(cfg.device)  # `device: cuda` on a machine without CUDA fails now, not after tokenizing
     _check_output_folders(args)
+    if not describe:
+        return cfg
     cfg, start = describe_start(cfg, args.models_dir)
     if announce:
         print(start, flush=True)
@@ -160,11 +173,12 @@ def _update_metrics_json(out: Path, final: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ulmfit_core import stages
 
-    cfg = _recipe(args)
+    cfg = _recipe(args, describe=False)  # run_recipe checks and announces the start of every direction
     result = stages.run_recipe(cfg, args.out, report=_epoch_printer("classifier"), data_dir=args.data_dir,
                                cache_dir=args.cache_dir, progress=not args.no_progress,
                                lm_report=_epoch_printer("lm"), models_dir=args.models_dir,
-                               directions=args.directions, resume=not args.restart)
+                               directions=args.directions, resume=not args.restart,
+                               announce=lambda line: print(line, flush=True))
     model = Path(args.out) if args.directions and len(set(args.directions)) > 1 else Path(args.out) / "classifier"
     _print_metrics(f"recipe finished; model in {model}, metrics in {Path(args.out) / 'metrics.json'}", result)
     return 0
@@ -175,17 +189,26 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from search import plots
     from ulmfit_core import artifacts
     from ulmfit_core.corpus import prepare_corpus
-    from ulmfit_core.lr_find import lr_find
+    from ulmfit_core.lr_find import MIN_FALL, lr_find
 
-    cfg = _recipe(args, announce=args.stage == "lm")
+    cfg = _recipe(args, announce=False)
+    start = cfg.lm.pretrained if args.stage == "lm" else args.lm
+    if start:  # said only when there is a start: the test itself trains a throwaway copy, nothing is saved
+        print(f"range test of the {args.stage} stage starting from {start}", flush=True)
     corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
-    res = lr_find(cfg, corpus, args.stage, lm_dir=args.lm, num_it=args.num_it, models_dir=args.models_dir)
+    res = lr_find(cfg, corpus, args.stage, lm_dir=args.lm, num_it=args.num_it, models_dir=args.models_dir,
+                  start_lr=args.start_lr, end_lr=args.end_lr)
     out = Path(args.out)
     png = plots.plot_lr_find(res.lrs, res.losses, out / f"lr_find_{args.stage}.png", suggestion=res.suggestion)
     artifacts.write_json(out / f"lr_find_{args.stage}.json", res.to_dict())
     key = "lm.lr" if args.stage == "lm" else "classifier.lr"
     print(f"{len(res.lrs)} batches from {res.lrs[0]:.1e} to {res.lrs[-1]:.1e}"
           + (" (stopped: the loss ran away)" if res.stopped_early else ""))
+    if res.suggestion is None:
+        print(f"warning: the loss never fell (its lowest point is within {MIN_FALL:.0%} of where it started), so "
+              f"no rate is suggested; look at the plot ({png}), or try more batches (--num-it) or more text",
+              file=sys.stderr)
+        return 0
     print(f"suggested learning rate: {res.suggestion:.2e}  (--set {key}={res.suggestion:.2g}); plot: {png}")
     return 0
 
@@ -233,17 +256,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulmfit", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ulmfit", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     data = sub.add_parser("data", help="manage named datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", help="fetch")
     fetch = data_sub.add_parser("fetch", help="download a public dataset (trec, imdb) and convert it")
-    fetch.add_argument("name", choices=["trec", "imdb"])
+    fetch.add_argument("name", choices=["trec", "imdb"], help="the dataset: trec (TREC-6) or imdb")
     fetch.add_argument("--data-dir", help="where datasets live (default: $ULMFIT_DATA or ./data)")
     fetch.add_argument("--mirror", help="a local directory or base URL to take the files from instead")
-    fetch.add_argument("--no-progress", action="store_true")
+    fetch.add_argument("--no-progress", action="store_true", help="hide the download's progress bar")
     fetch.set_defaults(func=cmd_data_fetch)
 
     _add_models_commands(sub)
@@ -269,25 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lr-find", help="fastai's learning-rate range test for the lm or classifier stage")
     _add_run_options(p, "runs/lr_find")
-    p.add_argument("--stage", choices=["lm", "classifier"], default="classifier")
+    p.add_argument("--stage", choices=["lm", "classifier"], default="classifier",
+                   help="the stage whose learning rate to test (default: classifier)")
     p.add_argument("--lm", help="classifier stage: a fine-tuned LM folder whose encoder it starts from")
-    p.add_argument("--num-it", type=int, default=100, help="batches, from 1e-7 to 10 (default: 100)")
+    p.add_argument("--num-it", type=int, default=100, help="batches, the rate rising from --start-lr to --end-lr (default: 100)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the first batch's learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the last batch's learning rate (default: 10)")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix on a labeled file")
-    p.add_argument("--model", required=True, help="classifier directory (or a run's folder holding ensemble.json)")
-    p.add_argument("--ensemble", nargs="+", metavar="DIR", help="more classifier directories (e.g. backwards) to average")
+    p.add_argument("--model", required=True, help="a folder run or retrain wrote, or a classifier folder")
+    p.add_argument("--ensemble", nargs="+", metavar="DIR", help="more classifier folders (e.g. backwards) to average")
     p.add_argument("--file", required=True, help="labeled CSV/TSV (same columns as training)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label texts from arguments, a file (one per line) or stdin")
-    p.add_argument("texts", nargs="*")
-    p.add_argument("--model", required=True, help="classifier directory (or a run's folder holding ensemble.json)")
-    p.add_argument("--ensemble", nargs="+", metavar="DIR")
+    p.add_argument("texts", nargs="*", help="texts to label (none: --file, else one per line from stdin)")
+    p.add_argument("--model", required=True, help="a folder run or retrain wrote, or a classifier folder")
+    p.add_argument("--ensemble", nargs="+", metavar="DIR", help="more classifier folders whose probabilities are averaged in")
     p.add_argument("--file", help="a text file, one document per line")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print JSON with all class probabilities")
     p.set_defaults(func=cmd_predict)
 
@@ -304,7 +332,7 @@ def _add_models_commands(sub: argparse._SubParsersAction) -> None:
     from ulmfit_core.zoo import ZOO  # the registry only: no torch
 
     models = sub.add_parser("models", help="pretrained language models (the model zoo): list, fetch")
-    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", help="list or fetch")
     dest_help = "the models directory (default: $ULMFIT_MODELS or ./models)"
     p = models_sub.add_parser("list", help="the zoo's models, and which are fetched")
     p.add_argument("--dest", help=dest_help)
@@ -314,7 +342,7 @@ def _add_models_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", help=dest_help)
     p.add_argument("--mirror", help="a local directory (holding NAME/ or NAME.tgz) or base URL (serving NAME.tgz) "
                                     "to take the model from instead")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the download's progress bar")
     p.set_defaults(func=cmd_models_fetch)
 
 

@@ -354,3 +354,12 @@ def test_truncation_warns_once_with_count():
     assert len(w) == 1 and "2 of 3 documents are longer than 30 tokens" in str(w[0].message)
     x, lens, _, idx = batches[0]
     assert lens.tolist() == [30, 30] and x[0].tolist() == list(range(30))  # the first max_len tokens
+
+
+def test_a_backwards_batch_holds_one_token_documents():
+    """A reversed one-token document (an empty text's lone xxbos, for a backwards model) is copied like the
+    rest: NumPy calls its reversed view contiguous, and torch refuses a negative stride."""
+    docs = [np.array([2], dtype=np.int64), np.array([2, 5, 6], dtype=np.int64)]
+    (x, _lengths, _y, idx), = list(ClassifierBatches(docs, None, 4, pad_idx=1, bptt=8, shuffle=False, generator=None,
+                                                     max_len=100, backwards=True))
+    assert x.tolist() == [[6, 5, 2], [2, 1, 1]] and idx.tolist() == [1, 0]

@@ -11,7 +11,7 @@ import pytest
 import launch
 from ulmfit_core.config import recipe_from_dict
 from ulmfit_core.corpus import prepare_corpus
-from ulmfit_core.lr_find import lr_find, valley
+from ulmfit_core.lr_find import loss_fell, lr_find, valley
 
 TINY = {"data": {"dataset": "trec", "max_train_rows": 300}, "model": {"preset": "tiny"},
         "lm": {"bs": 16, "bptt": 20}, "classifier": {"bs": 16, "bptt": 20, "from_scratch": True}}
@@ -38,16 +38,37 @@ def test_range_test_rises_exponentially_and_stops_when_the_loss_runs_away(stage,
     assert all(math.isfinite(x) for x in res.losses)
     assert res.losses[-1] > 1.5 * min(res.losses)  # at rates near 100 the loss runs away
     assert len(res.lrs) == 60 or (res.stopped_early and res.losses[-1] > 4 * min(res.losses))
-    assert res.lrs[0] < res.suggestion < res.lrs[-1]
+    if stage == "lm":
+        assert res.lrs[0] < res.suggestion < res.lrs[-1]
+    else:  # a classifier from scratch on 300 questions: too few batches at a useful rate to fall before it runs away
+        assert res.suggestion is None and not loss_fell(res.raw_losses, res.losses)
 
 
 def test_cli_writes_the_plot_the_numbers_and_the_suggestion(datasets_dir, tmp_path, capsys):
-    rc = launch.main(["lr-find", "--stage", "classifier", "--set", "data.max_train_rows=300",
-                      "--set", "model.preset=tiny", "--set", "classifier.from_scratch=true", "--set", "classifier.bs=16",
+    rc = launch.main(["lr-find", "--stage", "lm", "--set", "data.max_train_rows=300",
+                      "--set", "model.preset=tiny", "--set", "lm.bs=16", "--set", "lm.bptt=20",
                       "--num-it", "40", "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
                       "--out", str(tmp_path / "lrf"), "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
-    saved = json.loads((tmp_path / "lrf" / "lr_find_classifier.json").read_text())
-    assert f"--set classifier.lr={saved['suggestion']:.2g}" in out
-    assert (tmp_path / "lrf" / "lr_find_classifier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "lrf" / "lr_find_lm.json").read_text())
+    assert f"--set lm.lr={saved['suggestion']:.2g}" in out
+    assert (tmp_path / "lrf" / "lr_find_lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_flat_curve_gets_no_suggestion_and_the_cli_says_why(datasets_dir, tmp_path, capsys):
+    start = [2.1, 1.9, 2.0, 2.05, 1.95]  # the first batches' mean: 2.0
+    assert loss_fell(start + [1.9, 1.8], start + [1.99, 1.9]) and not loss_fell(start + [2.0], start + [1.97])
+    cfg = recipe_from_dict(TINY)
+    corpus = prepare_corpus(cfg, datasets_dir, tmp_path / "cache")
+    res = lr_find(cfg, corpus, "lm", num_it=20, end_lr=1e-6)  # rates far too small to move the loss
+    assert res.suggestion is None and not loss_fell(res.raw_losses, res.losses)
+    # the CLI says nothing of a start it does not have, and suggests no rate from a flat curve
+    rc = launch.main(["lr-find", "--stage", "lm", "--set", "data.max_train_rows=300", "--set", "model.preset=tiny",
+                      "--set", "lm.bs=16", "--set", "lm.bptt=20", "--num-it", "10", "--end-lr", "1e-6",
+                      "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
+                      "--out", str(tmp_path / "lrf"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "random weights" not in captured.out and "starting from" not in captured.out
+    assert json.loads((tmp_path / "lrf" / "lr_find_lm.json").read_text())["suggestion"] is None
+    assert "no rate is suggested" in captured.err and "suggested learning rate" not in captured.out

@@ -332,8 +332,8 @@ def load_classifier_files(directory: str | Path) -> SavedClassifier:
     """Read what :func:`save_classifier` wrote; needs no training data."""
     directory = Path(directory)
     if not (directory / MODEL_FILE).is_file():
-        raise ArtifactError(f"{directory}: no {MODEL_FILE}; pass the classifier folder that train-classifier "
-                            "or run wrote (e.g. runs/recipe/classifier)")
+        raise ArtifactError(f"{directory}: no {MODEL_FILE}; pass a folder that run, retrain or train-classifier "
+                            "wrote (e.g. runs/recipe, or runs/recipe/classifier)")
     payload = _state_payload(directory / MODEL_FILE)
     return SavedClassifier(state_dict=payload["state_dict"], config=dict(payload["config"]),
                            itos=read_vocab(directory / VOCAB_FILE), labels=list(payload["labels"]))

@@ -197,7 +197,9 @@ class LMConfig(StageConfig):
     #: False: a zoo model in ``pretrained`` that is not fetched yet is left out (random weights), and
     #: the run says so and how to fetch it; the recorded config then holds ``pretrained: null``.
     pretrained_required: bool = True
-    freeze_epochs: int = 1  # epochs training only the embeddings/decoder first (pretrained only)
+    #: with a pretrained start, frozen epochs (embeddings and decoder only) trained before the lm.epochs ones:
+    #: lm.epochs 4 trains 5 epochs in all, printed epoch 1/5 (frozen) to 5/5
+    freeze_epochs: int = 1
     valid_pct: float = 0.1  # share of the LM text held out for perplexity
 
     _prefix = "lm"

@@ -25,13 +25,26 @@ def report_user_error(error: BaseException) -> int:
 
 
 def epoch_printer(stage: str) -> Callable[[dict[str, float], Path | None], None]:
-    """A ``report`` callback printing ``[stage] epoch N: key=value ...`` after every epoch."""
+    """A ``report`` callback printing ``[stage] epoch N/TOTAL (frozen): key=value ...`` after every epoch.
+
+    The total counts every epoch the stage trains: a language model fine-tuned from a pretrained start first
+    trains ``lm.freeze_epochs`` frozen epochs (its embeddings and decoder only), then ``lm.epochs``; the
+    classifier's first epochs train only its top layer groups (gradual unfreezing)."""
 
     def report(metrics: dict[str, float], _checkpoint: Path | None = None) -> None:
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float))
-        print(f"[{stage}] epoch {int(metrics['epoch'])}: {shown}", flush=True)
+        print(f"[{stage}] {epoch_label(stage, metrics)}: {shown}", flush=True)
 
     return report
+
+
+def epoch_label(stage: str, metrics: Mapping[str, Any]) -> str:
+    """``epoch 1/5 (frozen)``, ``epoch 2/8 (top 2 of 4 layer groups)``, ``epoch 5/8``, or ``epoch 3`` without a total."""
+    total, trainable, groups = (metrics.get(k) for k in ("epochs_total", "trainable_groups", "layer_groups"))
+    label = f"epoch {int(metrics['epoch'])}" + (f"/{int(total)}" if total else "")
+    if trainable and groups and trainable < groups:
+        label += " (frozen)" if stage == "lm" else f" (top {int(trainable)} of {int(groups)} layer groups)"
+    return label
 
 
 def metrics_table(title: str, metrics: Mapping[str, Any]) -> str:

@@ -456,7 +456,9 @@ class ClassifierBatches:
                           f"to their first {max_len}; raise classifier.max_len to keep more", stacklevel=2)
         if backwards:
             docs = [np.asarray(d)[::-1] for d in docs]
-        self.docs = [np.ascontiguousarray(d[:max_len], dtype=np.int64) for d in docs]
+        # A copy, not ascontiguousarray: a reversed one-token view counts as contiguous to NumPy and keeps its
+        # negative stride, which torch refuses (a backwards model given a one-token or empty document).
+        self.docs = [np.array(d[:max_len], dtype=np.int64) for d in docs]
         if any(len(d) == 0 for d in self.docs):
             raise DataError("an empty document (0 tokens); every document needs at least one token")
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import ArtifactError, load_classifier_files, read_json, write_json
+from .artifacts import MODEL_FILE, ArtifactError, load_classifier_files, read_json, write_json
 from .awd_lstm import TextClassifier, build_classifier
 from .config import RecipeConfig, recipe_from_dict
 from .corpus import Split, label_codes
@@ -40,11 +40,19 @@ def write_ensemble(directory: str | Path, members: Sequence[str | Path]) -> Path
     return write_json(directory / ENSEMBLE_FILE, {"members": names})
 
 
+#: The classifier folder inside a folder that ``run``/``retrain`` wrote for one direction.
+RUN_CLASSIFIER_SUBDIR = "classifier"
+
+
 def classifier_dirs(directory: str | Path) -> list[Path]:
-    """The classifier folders ``directory`` stands for: its ensemble's members, or itself."""
+    """The classifier folders ``directory`` stands for: its ensemble's members; the one classifier of a
+    ``run``/``retrain`` folder (``directory/classifier``); or itself."""
     directory = Path(directory)
     path = directory / ENSEMBLE_FILE
     if not path.is_file():
+        inner = directory / RUN_CLASSIFIER_SUBDIR
+        if not (directory / MODEL_FILE).is_file() and (inner / MODEL_FILE).is_file():
+            return [inner]
         return [directory]
     members = read_json(path).get("members") if isinstance(read_json(path), dict) else None
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
@@ -116,12 +124,12 @@ class Predictor:
         return cls([load_classifier(d, device) for d in expand(model_dirs)])
 
     def predict_proba(self, texts: Sequence[str], cache_dir: str | Path | None = None) -> np.ndarray:
-        """(N, C) probabilities of ``texts``, the mean over the members. ``ValueError`` for no or empty texts."""
+        """(N, C) probabilities of ``texts``, the mean over the members. ``ValueError`` for no texts.
+
+        An empty or whitespace-only text is the empty document (``xxbos`` alone) and gets the model's
+        prediction for it, as fastai's ``predict`` gives: one blank row never fails a batch."""
         if not texts:
             raise ValueError("no texts to predict")
-        empty = [i for i, t in enumerate(texts) if not str(t).strip()]
-        if empty:
-            raise ValueError(f"texts {empty[:5]} are empty; give each document some text")
         texts = [str(t) for t in texts]
         tokens = tokenize_cached(texts, self.tokenizer, cache_dir) if cache_dir else self.tokenizer.tokenize(texts)
         probs = [_softmax(_logits(clf, [clf.vocab.numericalize(t) for t in tokens])) for clf in self.classifiers]

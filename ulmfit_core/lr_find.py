@@ -28,7 +28,7 @@ from .train import resolve_device, seed_everything
 class LRFindResult:
     lrs: list[float]
     losses: list[float]  # smoothed (exponential moving average, debiased), as fastai plots them
-    suggestion: float
+    suggestion: float | None  # None when the loss never fell: no rate can be read off a flat curve
     stage: str
     stopped_early: bool  # the loss ran away before num_it batches
     raw_losses: list[float] = field(default_factory=list)
@@ -115,5 +115,21 @@ def lr_find(cfg: RecipeConfig, corpus: Corpus, stage: str, lm_dir: str | Path | 
                 break
     if len(lrs) < 2:
         raise ValueError("the range test ran fewer than two batches; give it more text or a lower start_lr")
-    return LRFindResult(lrs=lrs, losses=smooth, suggestion=valley(lrs, smooth), stage=stage,
+    suggestion = valley(lrs, smooth) if loss_fell(raw, smooth) else None
+    return LRFindResult(lrs=lrs, losses=smooth, suggestion=suggestion, stage=stage,
                         stopped_early=stopped, raw_losses=raw)
+
+
+#: How far below its start the smoothed loss must get for the curve to say anything (fastai suggests a
+#: rate from any curve; a flat one gives a rate from noise).
+MIN_FALL = 0.02
+#: The start: the mean loss of the first batches (at least this many, or a tenth of them), where the rate is
+#: still too small to change anything; one batch alone is as noisy as the batches are different.
+START_BATCHES = 5
+
+
+def loss_fell(raw: list[float], smoothed: list[float]) -> bool:
+    """Whether the smoothed loss, after the first batches, ever got ``MIN_FALL`` (2 %) below their mean loss."""
+    k = min(max(START_BATCHES, len(raw) // 10), len(raw) - 1)
+    start = sum(raw[:k]) / k
+    return min(smoothed[k:]) < (1 - MIN_FALL) * start

@@ -243,9 +243,11 @@ def load_source(source: LocalModel, backwards: bool | None = None) -> tuple[Stat
 def describe_start(cfg: RecipeConfig, models_dir: str | Path | None = None) -> tuple[RecipeConfig, str]:
     """The recipe to run and one line saying which language model it starts from.
 
-    With ``lm.pretrained_required: false`` a zoo model that is not fetched yet is left out: the
-    returned recipe has ``lm.pretrained: null`` (so every record shows what really ran) and the line
-    says how to fetch the model. Any other problem raises, before any training.
+    The pretrained model is resolved and checked against the configured model's sizes, so a start that
+    would fail at its first load fails here, in one line, before any training. With
+    ``lm.pretrained_required: false`` a zoo model that is not fetched yet is left out: the returned recipe
+    has ``lm.pretrained: null`` (so every record shows what really ran) and the line says how to fetch the
+    model. Any other problem raises.
     """
     lm = cfg.lm
     if cfg.classifier.from_scratch:
@@ -264,8 +266,48 @@ def describe_start(cfg: RecipeConfig, models_dir: str | Path | None = None) -> t
         return recipe_from_dict(values), (f"language model: random weights, because {name} is not fetched "
                                           f"({e}); lm.pretrained_required is false, so the run goes on without it")
     assert source is not None
+    check_fits(source, cfg)
     what = source.name or str(source.path)
     return cfg, f"language model: starting from {what} ({source.path})"
+
+
+_SIZE_KEYS = ("emb_sz", "n_hid", "n_layers")
+
+
+def source_sizes(source: LocalModel) -> dict[str, int]:
+    """``{"emb_sz", "n_hid", "n_layers"}`` of a pretrained model: a zoo model of this project's layout has
+    its registered preset's (fetch checked its files against it); any other is read from its weights,
+    which also checks that the files load and belong together."""
+    if source.name is not None and source.layout == "ulmfit":
+        from .config import MODEL_PRESETS
+
+        return dict(zip(_SIZE_KEYS, MODEL_PRESETS[zoo.get(source.name).preset]))
+    state, _ = load_source(source)
+    return infer_sizes(state)
+
+
+def check_fits(source: LocalModel, cfg: RecipeConfig) -> None:
+    """:class:`PretrainedError` naming both sizes when the pretrained model is not the configured model's size."""
+    from .config import MODEL_PRESETS
+
+    sizes = source_sizes(source)
+    configured = {k: getattr(cfg.model, k) for k in _SIZE_KEYS}
+    if sizes == configured:
+        return
+    what = source.name or str(source.path)
+    preset = next((name for name, s in MODEL_PRESETS.items() if dict(zip(_SIZE_KEYS, s)) == sizes), None)
+    fix = f"set model.preset: {preset}" if preset else \
+        f"set model.emb_sz/n_hid/n_layers to {sizes['emb_sz']}/{sizes['n_hid']}/{sizes['n_layers']}"
+    same_size = [e.name for e in zoo.ZOO.values() if e.preset == cfg.model.preset and e.direction == (
+        "bwd" if cfg.lm.backwards else "fwd")]
+    other = f", or use a {cfg.model.preset} model ({', '.join(same_size)})" if same_size else ""
+    raise PretrainedError(
+        f"lm.pretrained: {what} is {_sizes_text(sizes)}{f' (preset {preset})' if preset else ''} but the configured "
+        f"model is {_sizes_text(configured)} (model.preset: {cfg.model.preset}); {fix}{other}")
+
+
+def _sizes_text(sizes: Mapping[str, int]) -> str:
+    return f"{sizes['emb_sz']}/{sizes['n_hid']}/{sizes['n_layers']} (emb/hid/layers)"
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

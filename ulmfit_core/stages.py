@@ -342,11 +342,26 @@ def _direction_dirs(out: Path, direction: str, first: bool) -> tuple[Path, Path]
     return out / f"lm{suffix}", out / f"classifier{suffix}"
 
 
+def plan_directions(cfg: RecipeConfig, directions: Sequence[str] | None = None,
+                    models_dir: str | Path | None = None) -> list[tuple[str, RecipeConfig, str]]:
+    """``(direction, its recipe, the line saying which language model it starts from)`` for each direction
+    (default: the config's own), every one resolved and checked before anything trains: a pretrained
+    model that is missing or of another size fails here, whichever direction needs it.
+    ``lm.pretrained_required: false`` applies per direction: a direction whose model is not fetched starts
+    from random weights (its recipe then says ``pretrained: null``) while the others keep theirs."""
+    own = "bwd" if cfg.lm.backwards else "fwd"
+    plans = []
+    for direction in dict.fromkeys(directions or [own]):
+        dcfg, line = pretrained.describe_start(cfg if direction == own else with_direction(cfg, direction), models_dir)
+        plans.append((direction, dcfg, line))
+    return plans
+
+
 def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None = None,
                data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                progress: bool = False, lm_report: ReportFn | None = None,
                models_dir: str | Path | None = None, directions: Sequence[str] | None = None,
-               resume: bool = True) -> dict[str, Any]:
+               resume: bool = True, announce: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
 
     ``directions`` (default: the config's own) trains one classifier per direction, each on the
@@ -356,11 +371,16 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     so ``predict``/``evaluate --model out_dir`` use the ensemble. ``report`` runs after each classifier
     epoch, ``lm_report`` after each language-model epoch. ``resume=False`` starts over in ``out_dir``
     instead of continuing its checkpoints (which must otherwise belong to this run, or it refuses).
+    Every direction's pretrained start is checked before the data is read (:func:`plan_directions`);
+    ``announce`` receives the line saying where each starts.
     """
     out = Path(out_dir)
     resolve_device(cfg.device)  # a missing CUDA device fails before the data is read
-    own = "bwd" if cfg.lm.backwards else "fwd"
-    directions = list(dict.fromkeys(directions or [own]))
+    plans = plan_directions(cfg, directions, models_dir)
+    directions = [d for d, _, _ in plans]
+    if announce:
+        for direction, _, line in plans:
+            announce(line if len(plans) == 1 else f"[{direction}] {line}")
     times: dict[str, float] = {}
     t = time.perf_counter()
     corpus = prepare_corpus(cfg, data_dir, cache_dir, progress=progress)
@@ -368,8 +388,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     result: dict[str, Any] = {}
     reports: dict[str, Any] = {}  # direction (or "ensemble") -> test labels, confusion matrix, scores
     members = []
-    for i, direction in enumerate(directions):
-        dcfg = cfg if direction == own else with_direction(cfg, direction)
+    for i, (direction, dcfg, _) in enumerate(plans):
         lm_out, clf_out = _direction_dirs(out, direction, first=i == 0)
         prefix = "" if i == 0 else f"{direction}_"
         lm_dir, lm_metrics = None, {}
@@ -397,6 +416,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     result.update(times)
     if reports:
         artifacts.write_json(out / TEST_REPORT_FILE, reports)
-    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(cfg),
-                                              "directions": directions})
+    # The first direction's recipe as it ran (``pretrained: null`` where it started from random weights).
+    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(plans[0][1]),
+                                              "directions": directions, "data_fingerprint": corpus.fingerprint})
     return result

@@ -42,6 +42,9 @@ from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Points of the learning-rate schedule kept per epoch (for its plot; the schedule itself is exact).
 LR_POINTS_PER_EPOCH = 50
+#: Passed to the epoch callback beside the metrics: the stage's epochs in all (a language model's frozen
+#: epochs included), and how many of its layer groups trained this epoch (fewer than all: frozen below).
+EPOCHS_TOTAL, TRAINABLE_GROUPS, LAYER_GROUPS = "epochs_total", "trainable_groups", "layer_groups"
 
 
 @dataclass
@@ -301,7 +304,8 @@ class Trainer:
         resumed_from = self.epoch
         while self.epoch < self.total_epochs:
             t0 = time.perf_counter()
-            train_loss, top_lr = self._train_one_epoch(phase_of_epoch(self.phases, self.epoch))
+            phase = phase_of_epoch(self.phases, self.epoch)
+            train_loss, top_lr = self._train_one_epoch(phase)
             metrics = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": top_lr}
             metrics.update(self.evaluate())
             metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -311,8 +315,9 @@ class Trainer:
                 self.write_checkpoint(self.state_dict())
             elif self.checkpoint_dir is not None:
                 save_checkpoint(self.checkpoint_dir / CHECKPOINT_FILE, self.state_dict())
-            if on_epoch_end is not None:
-                on_epoch_end(dict(metrics))
+            if on_epoch_end is not None:  # with where the epoch stands (the history keeps the metrics alone)
+                on_epoch_end({**metrics, EPOCHS_TOTAL: self.total_epochs,
+                              TRAINABLE_GROUPS: min(phase.n_trainable, len(self.groups)), LAYER_GROUPS: len(self.groups)})
         return FitResult(history=list(self.history), resumed_from_epoch=resumed_from)
 
     def evaluate(self) -> dict[str, float]:

@@ -109,6 +109,15 @@ def for_direction(name: str, backwards: bool) -> str:
     return name[: -len(entry.direction)] + wanted
 
 
+def of_preset(name: str, preset: str) -> str | None:
+    """The model of ``name``'s family (same source and direction) at another size ``preset``, or None
+    (``general-en-small-fwd`` at ``tiny`` is ``general-en-tiny-fwd``; fastai's WikiText-103 models come in
+    one size only)."""
+    entry = get(name)
+    return next((e.name for e in ZOO.values()
+                 if e.source == entry.source and e.direction == entry.direction and e.preset == preset), None)
+
+
 def get(name: str) -> ZooEntry:
     """The entry for ``name``; :class:`ZooError` listing the zoo when there is none."""
     if name not in ZOO:

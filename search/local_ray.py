@@ -44,7 +44,7 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def start_local_ray(num_cpus: int, object_store_memory: int) -> str:
+def start_local_ray(num_cpus: int, object_store_memory: int, configure_logging: bool = True) -> str:
     """Start a private Ray instance whose ports all listen on 127.0.0.1; returns the node's address.
 
     Raises ``NotOnLoopbackError`` (after shutting the instance down) when Ray put the node on another
@@ -52,7 +52,8 @@ def start_local_ray(num_cpus: int, object_store_memory: int) -> str:
     """
     with _node_address_kept_on_loopback(), _auth_off_unless_chosen():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=object_store_memory, _node_ip_address=LOOPBACK)
+                 object_store_memory=object_store_memory, _node_ip_address=LOOPBACK,
+                 configure_logging=configure_logging)
     node_ip = ray.util.get_node_ip_address()
     if not is_loopback(node_ip):
         ray.shutdown()

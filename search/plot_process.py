@@ -190,16 +190,16 @@ def draw_trial_plots(train_log: Mapping[str, Any], out_dir: str) -> list[Path]:
 
 def import_search_plot_modules(trials: int) -> list[str]:
     """Import what ``draw_search_plots`` needs for a search of ``trials`` trials (Optuna's plots and
-    study storage; from ``plots.MIN_TRIALS_FOR_IMPORTANCE`` trials, the fANOVA evaluator and its
-    scikit-learn, ~2.5 s on 2 cores), so that the search's end, which waits for its plots, does not
-    wait for imports; returns the modules imported. Sent ahead by ``tuner.SearchPlotsAhead``."""
+    study storage; from ``plots.MIN_TRIALS_FOR_IMPORTANCE`` trials, its importance evaluators), so that the
+    search's end, which waits for its plots, does not wait for imports; returns the modules imported. Sent
+    ahead by ``tuner.SearchPlotsAhead``."""
     from optuna.visualization import matplotlib  # noqa: F401
 
     from search import plots, store  # noqa: F401  (store: Optuna's RDB storage, SQLAlchemy)
 
     imported = ["optuna.visualization.matplotlib", "search.store"]
     if trials >= plots.MIN_TRIALS_FOR_IMPORTANCE:
-        from optuna.importance import FanovaImportanceEvaluator  # noqa: F401
+        from optuna.importance import PedAnovaImportanceEvaluator  # noqa: F401
 
         imported.append("optuna.importance")
     return imported

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -363,21 +363,54 @@ def plot_parallel_coordinate(study: optuna.Study, path: str | Path, params: Sequ
     return Path(path)
 
 
-def plot_param_importances(study: optuna.Study, path: str | Path, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE,
-                           seed: int = 0) -> Path | None:
-    """fANOVA importance of each sampled parameter for the objective (seeded, so repeatable); None (and
-    the reason logged) with fewer than ``min_trials`` completed trials or no parameter that varied."""
+#: The importance method of the search's plot: optuna-dashboard's (PED-ANOVA, on completed trials, better
+#: values meaning lower targets), so the plot in MLflow and the dashboard rank the parameters alike.
+IMPORTANCE_METHOD = "PED-ANOVA"
+
+
+def plot_param_importances(study: optuna.Study, path: str | Path, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE
+                           ) -> Path | None:
+    """Each sampled parameter's importance for the objective by PED-ANOVA, computed as optuna-dashboard does
+    (the same evaluator and target), the method named in the title; None (and the reason logged) with fewer
+    than ``min_trials`` completed trials or no parameter that varied."""
     reason = study_skip_reason(study, "importances", min_trials_for_importance=min_trials)
     if reason:
         _log_skip("parameter importances", reason)
         return None
-    # Imported only now: fANOVA's random forest comes from scikit-learn, ~2.5 s to import on 2 cores, a
-    # cost a search too small for importances should not pay.
-    from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization import matplotlib as optuna_plots
-    with _optuna_axes(path, (8, 4.5)) as axes:
-        axes.append(optuna_plots.plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed)))
+
+    evaluator, target = _importance_method(study)
+    name = objective_name(study)
+    with _optuna_axes(path, (8, 4.5)) as axes, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+        ax = optuna_plots.plot_param_importances(study, evaluator=evaluator, target=target, target_name=name)
+        ax.set_title(f"Parameter importances for {name} ({IMPORTANCE_METHOD}, as optuna-dashboard computes them)")
+        axes.append(ax)
     return Path(path)
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """``{parameter: importance}``, most important first: what :func:`plot_param_importances` draws."""
+    from optuna.importance import get_param_importances
+
+    evaluator, target = _importance_method(study)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+        return get_param_importances(study, evaluator=evaluator, target=target)
+
+
+def _importance_method(study: optuna.Study) -> tuple[Any, Callable[[Any], float]]:
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.study import StudyDirection
+
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0  # PED-ANOVA looks for low targets
+    return PedAnovaImportanceEvaluator(), lambda t: sign * t.value
+
+
+def objective_name(study: optuna.Study) -> str:
+    """The objective's name as the study records it (``set_metric_names``), else Optuna's ``Objective Value``."""
+    names = study.metric_names
+    return names[0] if names else "Objective Value"
 
 
 def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path | None]:

@@ -227,8 +227,10 @@ def make_searcher(cfg: SearchConfig, search_dir: Path | None = None) -> PruningA
     stored: dict[str, Any] = {}
     if search_dir is not None:
         stored = {"storage": store.study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
-    return PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                    lm_gate=_lm_gate(cfg), **_sampler(s.algorithm, s.seed), **stored)
+    searcher = PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
+                                        lm_gate=_lm_gate(cfg), **_sampler(s.algorithm, s.seed), **stored)
+    searcher.study.set_metric_names([s.metric])  # optuna-dashboard and the plots name the objective
+    return searcher
 
 
 def _lm_gate(cfg: SearchConfig) -> LMGate | None:

@@ -10,11 +10,16 @@ What a logged model holds (at ``ModelInfo.model_uri``, or ``models:/NAME/VERSION
     code/ulmfit_core/          the recipe package (the model, tokenizer, vocabulary)
     code/search/               only ``__init__.py`` and this module (the PythonModel class)
 
-Input: a pandas DataFrame with a ``text`` column, or a Series named ``text`` (the model object itself
-also takes a list of strings; see :meth:`ULMFiTClassifierModel.predict`).
+Input: a list of strings, a pandas Series, or a DataFrame with a ``text`` column (a DataFrame of one
+column of any name is read as the texts). An empty, blank or null text is the empty document and gets
+the model's prediction for it (fastai's ``predict`` on an empty text gives the same), so one blank row
+never fails a batch.
 Output: a DataFrame, one row per text, with ``label`` (the most probable class) and one float column
 ``prob_<class>`` per class, in the classifier's class order; the probabilities of a row sum to 1 and
 are the mean over the ensemble's members.
+
+The model is logged *from code* (``served_model.py`` names the class, MLflow's models-from-code): nothing of
+it is pickled, so loading it runs only the logged code, never a deserialized object.
 
 REST (``mlflow models serve``)::
 
@@ -69,12 +74,16 @@ def probabilities_frame(labels: Sequence[str], probs: np.ndarray) -> pd.DataFram
 
 
 def texts_from_input(model_input: Any) -> list[str]:
-    """The texts of a pyfunc input: a DataFrame's ``text`` column, a Series, or a list of strings."""
+    """The texts of a pyfunc input: a DataFrame's ``text`` column (or its only column), a Series, or a
+    list of strings. A null (None, NaN) is the empty text."""
     if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN not in model_input.columns:
+        if TEXT_COLUMN in model_input.columns:
+            values = model_input[TEXT_COLUMN].tolist()
+        elif len(model_input.columns) == 1:  # a list through MLflow's schema check arrives as column 0
+            values = model_input.iloc[:, 0].tolist()
+        else:
             raise ValueError(f"the input DataFrame has columns {list(model_input.columns)}; put the documents "
                              f"in a column named {TEXT_COLUMN!r}")
-        values = model_input[TEXT_COLUMN].tolist()
     elif isinstance(model_input, pd.Series):
         values = model_input.tolist()
     elif isinstance(model_input, (list, tuple, np.ndarray)):
@@ -84,6 +93,7 @@ def texts_from_input(model_input: Any) -> list[str]:
     else:
         raise TypeError(f"cannot read texts from a {type(model_input).__name__}; pass a DataFrame with a "
                         f"{TEXT_COLUMN!r} column, a Series or a list of strings")
+    values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
     bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
     if bad:
         raise ValueError(f"rows {bad[:5]} are not strings (e.g. {values[bad[0]]!r}); every row needs a text")
@@ -93,48 +103,49 @@ def texts_from_input(model_input: Any) -> list[str]:
 class ULMFiTClassifierModel(mlflow.pyfunc.PythonModel):
     """A ULMFiT classifier, or the mean of several (forward + backward), as an MLflow pyfunc model.
 
-    ``artifact_keys`` name the members among the logged artifacts, in ensemble order. See the module
+    Logged from code (``served_model.py``): its members are the logged artifacts ``classifier_0``,
+    ``classifier_1``, ... in ensemble order, its class names the model config's ``labels``. See the module
     docstring for the input and output format.
     """
 
-    def __init__(self, artifact_keys: Sequence[str], labels: Sequence[str]):
-        if not artifact_keys:
-            raise ValueError("an ensemble needs at least one classifier folder")
-        self.artifact_keys = list(artifact_keys)
-        self.labels = list(labels)  # known at log time; checked against the loaded members
+    def __init__(self) -> None:
+        self.labels: list[str] = []
         self._predictor: Predictor | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_predictor": None}  # MLflow pickles the model at log time: no weights in it
-
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Find the member folders among the model's artifacts and load each once, so a broken or
-        inconsistent model fails when it is loaded, not on its first request."""
-        missing = [k for k in self.artifact_keys if k not in context.artifacts]
-        if missing:
-            raise FileNotFoundError(f"the logged model lacks the artifacts {missing}; log it again with "
+        """Load each member once, so a broken or inconsistent model fails when it is loaded, not on its
+        first request; every request then reuses the weights and the tokenizer (CUDA when present)."""
+        keys = member_keys(context.artifacts)
+        if not keys:
+            raise FileNotFoundError(f"the logged model has no {ARTIFACT_PREFIX}<i> artifacts; log it again with "
                                     "search.serving.log_classifier_model")
-        # Loaded once: every request reuses the weights and the tokenizer (CUDA when present, else CPU).
-        self._predictor = Predictor.from_dirs([Path(context.artifacts[k]) for k in self.artifact_keys])
-        if self._predictor.labels != self.labels:
+        self.labels = list((context.model_config or {}).get("labels") or [])
+        self._predictor = Predictor.from_dirs([Path(context.artifacts[k]) for k in keys])
+        if self.labels and self._predictor.labels != self.labels:
             raise ValueError(f"the loaded classifiers know {self._predictor.labels}, the logged model {self.labels}")
+        self.labels = self._predictor.labels
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """``label`` and ``prob_<class>`` columns for each input text (see the module docstring).
 
-        ``model_input``: a DataFrame with a ``text`` column. Through ``mlflow.pyfunc`` MLflow checks the
-        input against the logged signature first and hands over a DataFrame: pass a DataFrame or a
-        Series named ``text`` (MLflow refuses a plain list there, as it has no column name). Called
-        directly (``unwrap_python_model().predict(None, texts)``) a Series or a list of strings works too.
+        Through ``mlflow.pyfunc`` MLflow checks the input against the logged signature (one string column,
+        nulls allowed) and hands over a DataFrame; a list of strings, a Series or a DataFrame with a
+        ``text`` column all pass it.
         """
         # The hint is pd.DataFrame because MLflow 3 reads it: a DataFrame hint keeps the explicit
         # signature, no hint or a Union hint only adds warnings at import.
         texts = texts_from_input(model_input)
-        if not texts:
-            return probabilities_frame(self.labels, np.zeros((0, len(self.labels)), dtype=np.float32))
         if self._predictor is None:
             raise RuntimeError("the model is not loaded; load it with mlflow.pyfunc.load_model")
+        if not texts:
+            return probabilities_frame(self.labels, np.zeros((0, len(self.labels)), dtype=np.float32))
         return probabilities_frame(self._predictor.labels, self._predictor.predict_proba(texts))
+
+
+def member_keys(artifacts: dict[str, str]) -> list[str]:
+    """The ensemble members among a logged model's artifacts, in their order (``classifier_0``, ``_1``, ...)."""
+    keys = [k for k in artifacts if k.startswith(ARTIFACT_PREFIX) and k[len(ARTIFACT_PREFIX):].isdigit()]
+    return sorted(keys, key=lambda k: int(k[len(ARTIFACT_PREFIX):]))
 
 
 # -- logging -----------------------------------------------------------------------------------------
@@ -184,6 +195,10 @@ def _stage_members(model_dirs: Sequence[Path], root: Path) -> dict[str, str]:
     return artifacts
 
 
+#: The models-from-code file: it names the model class (``mlflow.models.set_model``).
+MODEL_CODE = Path(__file__).resolve().parent / "served_model.py"
+
+
 def _stage_code(root: Path) -> list[str]:
     """The packages the model imports when loaded: all of ``ulmfit_core``, and of ``search`` only its
     ``__init__`` and this module (the rest imports Ray, which serving does not need)."""
@@ -196,6 +211,15 @@ def _stage_code(root: Path) -> list[str]:
     for source in (here.parent / "__init__.py", here):
         shutil.copy2(source, package / source.name)
     return [str(root / core.name), str(package)]
+
+
+def signature_for(labels: Sequence[str]) -> mlflow.models.ModelSignature:
+    """One string column in, unnamed and optional: a list of strings, a Series or a ``text`` column all
+    match it, and a null row reaches the model (as the empty text) instead of failing the batch's check."""
+    from mlflow.types import ColSpec, Schema
+
+    outputs = Schema([ColSpec("string", LABEL_COLUMN)] + [ColSpec("float", f"{PROB_PREFIX}{c}") for c in labels])
+    return mlflow.models.ModelSignature(inputs=Schema([ColSpec("string")]), outputs=outputs)
 
 
 def log_classifier_model(run_id: str, model_dirs: Sequence[str | Path], *, tracking_uri: str | None = None,
@@ -225,17 +249,14 @@ def log_classifier_model(run_id: str, model_dirs: Sequence[str | Path], *, track
         artifacts = _stage_members(dirs, Path(tmp) / "artifacts")
         code_paths = _stage_code(Path(tmp) / "code")
         example = pd.DataFrame({TEXT_COLUMN: list(example_texts)})
-        # The signature's output comes from the staged copies: exactly what the logged model serves.
-        predictor = Predictor.from_dirs(list(artifacts.values()))
-        output = probabilities_frame(predictor.labels, predictor.predict_proba(list(example_texts)))
-        signature = mlflow.models.infer_signature(example, output)
         with _tracking(tracking_uri), _in_run(run_id):
             return mlflow.pyfunc.log_model(
                 name=name,
-                python_model=ULMFiTClassifierModel(list(artifacts), labels[0]),
+                python_model=str(MODEL_CODE),
                 artifacts=artifacts,
                 code_paths=code_paths,
-                signature=signature,
+                model_config={"labels": labels[0]},
+                signature=signature_for(labels[0]),
                 input_example=example,
                 pip_requirements=pinned_requirements(),
                 registered_model_name=registered_model_name,

@@ -44,17 +44,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from search import portable
 from search.errors import SearchConfigError, SpaceError, fail
 from search.space import PAPER, SearchSpace
 from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, coerce, default_recipe, read_yaml, recipe_from_dict, to_dict
 from ulmfit_core.metrics import METRICS
-
-#: Recipe keys holding file paths: made absolute on the driver, because each trial runs in its own
-#: working directory (and, on a cluster, on another machine that must see the same path).
-PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("data", "unlabeled"),
-             ("data", "unlabeled_valid"), ("lm", "pretrained"), ("lm", "pretrained_vocab"),
-             ("lm", "pretrained_backwards"))
 
 
 @dataclass
@@ -239,6 +234,8 @@ class SearchConfig:
     space: SearchSpace
     search: SearchSettings
     mlflow: TrackingSettings
+    #: Lines the search prints before it starts (what the smoke test changed), not part of the config.
+    notes: list[str] = field(default_factory=list, compare=False)
 
     @property
     def experiment(self) -> str:
@@ -329,13 +326,7 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
     unknown = set(values) - {"recipe", "space", "search", "mlflow"}
     if unknown:
         fail(sorted(unknown)[0], "unknown section; a search config has recipe, space, search and mlflow")
-    recipe = values.get("recipe")
-    if isinstance(recipe, str):  # a path to a training config, relative to the search config
-        path = Path(recipe)
-        recipe = read_yaml(path if path.is_absolute() or base_dir is None else base_dir / path)
-    if not isinstance(recipe, Mapping):
-        fail("recipe", "give the base recipe as a mapping (data, model, lm, classifier, ...) or a path to one")
-    recipe = absolute_paths(copy.deepcopy(dict(recipe)))
+    recipe = absolute_paths(copy.deepcopy(_recipe_section(values.get("recipe"), base_dir)))
     try:
         space = SearchSpace.from_dict(values.get("space"))
     except SpaceError as e:
@@ -351,23 +342,69 @@ def search_config_from_dict(values: Mapping[str, Any], base_dir: Path | None = N
     return cfg
 
 
+def _recipe_section(recipe: Any, base_dir: Path | None) -> dict[str, Any]:
+    """The ``recipe:`` section as a mapping: written inline, or read from the file it names (relative to
+    the search config's folder)."""
+    if isinstance(recipe, str):
+        path = Path(recipe).expanduser()
+        recipe = read_yaml(path if path.is_absolute() or base_dir is None else base_dir / path)
+    if not isinstance(recipe, Mapping):
+        fail("recipe", "give the base recipe as a mapping (data, model, lm, classifier, ...) or a path to one")
+    return dict(recipe)
+
+
 def absolute_paths(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Make the recipe's file paths absolute (relative to the current directory); zoo names stay names
-    (each trial finds them in ``search.models_dir``). Mutates and returns."""
-    for section, key in PATH_KEYS:
-        node = recipe.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key] and not zoo.is_zoo_name(node[key]):
-            p = Path(node[key]).expanduser()
-            node[key] = str(p if p.is_absolute() else p.resolve())
-    return recipe
+    """The recipe with its file paths made absolute (relative to the current directory), because each trial
+    runs in its own working directory (on a cluster, on another machine that must see the same path); zoo
+    names stay names (each trial finds them in ``search.models_dir``)."""
+    return portable.recipe_paths(recipe, lambda v: portable.absolute(v, Path.cwd()))
 
 
 #: ``--smoke-test``: the whole machinery in about a minute: 2 trials, tiny model, 300 rows, 2 epochs.
+SMOKE_PRESET = "tiny"
 SMOKE_OVERRIDES = [
-    "search.num_samples=2", "search.max_concurrent=1", "recipe.model.preset=tiny",
+    "search.num_samples=2", "search.max_concurrent=1", f"recipe.model.preset={SMOKE_PRESET}",
+    "recipe.model.emb_sz=null", "recipe.model.n_hid=null", "recipe.model.n_layers=null",
     "recipe.data.max_train_rows=300", "recipe.lm.epochs=1", "recipe.classifier.epochs=2",
     "recipe.classifier.unfreeze=[1]", "recipe.text.max_vocab=2000", "search.scheduler.grace_period=1",
 ]
+
+
+SMOKE_SUFFIX = "_smoke"
+
+
+def _smoke_test_names(values: dict[str, Any]) -> None:
+    """A smoke test gets its own search folder name and MLflow experiment (``NAME_smoke``), so its two tiny
+    trials never mix with the real search's trials, leaderboard or registered models."""
+    search = values.setdefault("search", {})
+    search["name"] = str(search.get("name") or SearchSettings.name) + SMOKE_SUFFIX
+    tracking = values.get("mlflow")
+    if isinstance(tracking, dict) and tracking.get("experiment"):
+        tracking["experiment"] = str(tracking["experiment"]) + SMOKE_SUFFIX
+
+
+def smoke_test_start(values: dict[str, Any]) -> str | None:
+    """The smoke test's language model: it trains the tiny model, so a pretrained model of another size is
+    swapped for its tiny twin in the zoo (``general-en-small-fwd`` -> ``general-en-tiny-fwd``) when that is
+    fetched, else dropped (random weights). Mutates ``values``; returns the line that says so, or None."""
+    lm = values.get("recipe", {}).get("lm")
+    name = lm.get("pretrained") if isinstance(lm, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if not zoo.is_zoo_name(name):
+        lm["pretrained"] = None
+        return (f"smoke test: the tiny model starts from random weights, not from {name} (a model of your "
+                "configured size)")
+    if zoo.get(name).preset == SMOKE_PRESET:
+        return None
+    twin = zoo.of_preset(name, SMOKE_PRESET)
+    models = (values.get("search") or {}).get("models_dir")
+    if twin is not None and zoo.fetched(twin, models):
+        lm["pretrained"] = twin
+        return f"smoke test: the tiny model starts from {twin}, the tiny twin of {name}"
+    lm["pretrained"] = None
+    hint = f" (`{zoo.fetch_command(twin, models)} --mirror DIR` fetches its tiny twin)" if twin else ""
+    return f"smoke test: the tiny model starts from random weights, not from {name}{hint}"
 
 
 def load_search_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
@@ -375,13 +412,23 @@ def load_search_config(path: str | os.PathLike | None, overrides: list[str] | No
     """Read a search-config YAML, apply ``--set`` overrides (``search.num_samples=4``,
     ``recipe.classifier.epochs=2``, ...) and validate. ``path=None`` starts from an empty config."""
     values = read_yaml(path) if path is not None else {}
-    try:
-        apply_overrides(values, (SMOKE_OVERRIDES if smoke_test else []) + list(overrides or []),
-                        defaults={"recipe": default_recipe()})
-    except ConfigError as e:
-        raise SearchConfigError(str(e)) from None
     base_dir = Path(path).resolve().parent if path is not None else None
+    defaults = {"recipe": default_recipe()}
     try:
-        return search_config_from_dict(values, base_dir)
+        # A recipe given as a file is read in first: `--set recipe.*` and the smoke test's overrides
+        # change its values, as they would the same recipe written inline.
+        values["recipe"] = _recipe_section(values.get("recipe", {}), base_dir)
+        if smoke_test:
+            apply_overrides(values, SMOKE_OVERRIDES, defaults=defaults)
+            _smoke_test_names(values)
+        apply_overrides(values, list(overrides or []), defaults=defaults)  # the user's --set win
+    except ConfigError as e:
+        raise SearchConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+    note = smoke_test_start(values) if smoke_test else None
+    try:
+        cfg = search_config_from_dict(values, base_dir)
+        if note:
+            cfg.notes.append(note)
+        return cfg
     except SearchConfigError as e:
         raise SearchConfigError(f"{path}: {e}" if path is not None else str(e)) from None

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search import portable
 from search.errors import SearchConfigError
 from search.settings import SearchConfig, search_config_from_dict
 from ulmfit_core import artifacts
@@ -77,12 +78,26 @@ def new_search_dir(cfg: SearchConfig) -> Path:
     return path
 
 
-def write_search_json(search_dir: Path, meta: dict[str, Any]) -> Path:
-    return artifacts.write_json(Path(search_dir) / SEARCH_JSON, meta)
+def write_search_json(search_dir: Path, meta: dict[str, Any], root: Path | None = None) -> Path:
+    """Write ``search.json``: ``meta`` (``config``: ``SearchConfig.to_dict()``; ``tracking_uri``; MLflow ids)
+    with every path under the project ``root`` (default: the current directory, where the search runs)
+    stored relative to it, and the search folder's own place in the project, so the folder can move
+    (``search/portable.py``). ``project_root`` records where it ran, for the reader's messages."""
+    root = (root or Path.cwd()).resolve()
+    out = dict(meta)
+    if isinstance(out.get("config"), dict):
+        out["config"] = portable.search_config_paths(out["config"], lambda v: portable.relative(v, root),
+                                                     lambda u: portable.relative_uri(u, root))
+    out["tracking_uri"] = portable.relative_uri(out.get("tracking_uri"), root)
+    out["search_dir"] = portable.relative(str(Path(search_dir).resolve()), root)
+    out["project_root"] = str(root)
+    return artifacts.write_json(Path(search_dir) / SEARCH_JSON, out)
 
 
 def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, Any]]:
-    """``(search config, metadata)`` of a search folder; clear errors for a wrong or damaged folder."""
+    """``(search config, metadata)`` of a search folder, its paths made absolute against the project the
+    folder belongs to now (``portable.project_root``); clear errors for a wrong or damaged folder.
+    ``meta["project_root"]`` is that project; ``meta["recorded_project_root"]`` where the search ran."""
     path = Path(search_dir) / SEARCH_JSON
     if not path.exists():
         raise FileNotFoundError(f"{search_dir} is not a search folder (no {SEARCH_JSON}); give the folder "
@@ -91,7 +106,12 @@ def read_search_json(search_dir: str | Path) -> tuple[SearchConfig, dict[str, An
         meta = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise ValueError("it holds no search config")
-        return search_config_from_dict(meta["config"]), meta
+        root = portable.project_root(Path(search_dir), meta.get("search_dir"))
+        config = portable.search_config_paths(meta["config"], lambda v: portable.absolute(v, root),
+                                              lambda u: portable.absolute_uri(u, root))
+        meta.update(tracking_uri=portable.absolute_uri(meta.get("tracking_uri"), root),
+                    recorded_project_root=meta.get("project_root"), project_root=str(root))
+        return search_config_from_dict(config), meta
     except json.JSONDecodeError as e:
         problem: Exception | str = f"not valid JSON: {e}"
     # ValueError: not UTF-8, no config, or a config that does not validate (SearchConfigError, ConfigError)

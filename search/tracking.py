@@ -8,7 +8,8 @@ Layout of one search in MLflow (what a user sees in the UI):
 - **parent run** per search (named like its Ray folder; tag ``search_role=parent``): the search
   settings and the base recipe's key settings as params, ``search_config.yaml`` and
   ``search_space.yaml``; at the end the ``leaderboard.csv`` / ``leaderboard.json`` table, ``best.yaml``,
-  summary metrics under ``summary/``, the search's plots under ``plots/``, and the tag
+  the best value as its one metric (``best_valid_accuracy``), the counts and timings as ``summary.*`` tags and
+  ``summary.json``, the search's plots under ``plots/``, and the tag
   ``search_status`` (finished | failed | interrupted).
 - **child run** per trial, nested with the ``mlflow.parentRunId`` tag, named by its index and key
   values, and found again by its tag ``ray_trial_id`` (a retried or resumed trial reopens its run):
@@ -46,6 +47,7 @@ import yaml
 from ray import tune
 from ray.tune.experiment import Trial
 
+from search import store_location
 from search import trainable as T
 from search.mlflow_writer import MlflowWriter
 
@@ -65,7 +67,7 @@ INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C) before the trial ende
 ABANDONED = "abandoned"  # see TrialRecorder.retire_abandoned
 #: What a child run records per epoch; everything else a trial reports is bookkeeping (tags).
 EPOCH_METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss", "lr")
-SUMMARY_PREFIX = "summary/"
+SUMMARY_PREFIX = "summary."
 #: The base recipe's settings shown on the parent run (the rest is in search_config.yaml).
 KEY_RECIPE_SETTINGS = ("data.dataset", "data.train", "data.max_train_rows", "model.preset", "text.max_vocab",
                        "lm.pretrained", "lm.epochs", "lm.backwards", "classifier.epochs", "classifier.unfreeze",
@@ -171,20 +173,39 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 os.environ[k] = v
 
 
+def check_experiment(uri: str, name: str) -> Any:
+    """The experiment ``name`` if it exists (None if not), after checking that new runs can go into it: not
+    deleted, and its artifacts not left in the folder a copied or moved store came from. Called before any
+    training, so a store that needs attention costs no work."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+    old = store_location.moved_from(client, uri, exp)
+    if old is not None:
+        raise TrackingError(
+            f"MLflow store {uri} was copied or moved from {old}: experiment {name!r} still keeps its artifacts "
+            f"there ({exp.artifact_location}), so new runs would write to the old place; run "
+            f"`{store_location.relocate_command(uri)}` once to point them at {store_location.sqlite_file(uri).parent}")
+    return exp
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name`` (tagged as model training), created if new (with
     ``artifact_location`` for a local store)."""
     client = _client(uri)
-    exp = client.get_experiment_by_name(name)
+    exp = check_experiment(uri, name)
     if exp is not None:
-        if exp.lifecycle_stage != "active":
-            raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
         experiment_id = exp.experiment_id
     else:
         location = None
         if artifact_location and not uri.startswith(("http://", "https://", "databricks")):
             location = Path(artifact_location).expanduser().resolve().as_uri()
-        experiment_id = client.create_experiment(name, artifact_location=location)
+        db = store_location.sqlite_file(uri)
+        experiment_id = client.create_experiment(name, artifact_location=location,
+                                                 tags={store_location.STORE_TAG: str(db)} if db else None)
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment_id
 
@@ -257,6 +278,15 @@ def _tags(values: Mapping[str, Any]) -> list:
     return [RunTag(k, display(v)) for k, v in values.items()]
 
 
+def metric_value(key: str, value: Any) -> float:
+    """A metric as MLflow stores it. A loss (or perplexity) is computed in float32: its float64 copy carries
+    digits past a float32's 7 significant ones that are noise (``0.6931471824645996``), so it is stored to 7
+    digits. Accuracies and F1 are exact ratios of counts and learning rates exact doubles: stored as they are,
+    so what a warm start reads back from MLflow is what the search measured."""
+    value = float(value)
+    return float(f"{value:.7g}") if key.endswith(("loss", "perplexity")) else value
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
@@ -294,15 +324,19 @@ def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
 
 def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[dict[str, Any]],
                   summary: Mapping[str, float], best_yaml: Path | None, plots: Sequence[Path] = ()) -> None:
-    """Leaderboard table, best config, summary metrics (``summary/*``), plots and final status."""
+    """Leaderboard table, best config, plots and final status; of the summary, the best value as the run's one
+    metric (``best_<metric>``: what the runs table and the charts show for the search), the counts and
+    timings as ``summary.*`` tags and ``summary.json`` (bookkeeping stays out of the charts)."""
     from mlflow.entities import Metric
 
     from search.store import LEADERBOARD_CSV, leaderboard_csv
 
     client = _client(uri)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, 0) for k, v in summary.items() if _number(v)]
-    client.log_batch(parent_run_id, metrics=metrics, tags=_tags({SEARCH_STATUS_TAG: status}))
+    metrics = [Metric(k, metric_value(k, v), now, 0) for k, v in summary.items() if k.startswith("best_") and _number(v)]
+    tags = {f"{SUMMARY_PREFIX}{k}": v for k, v in summary.items() if not k.startswith("best_")}
+    client.log_batch(parent_run_id, metrics=metrics, tags=_tags({**tags, SEARCH_STATUS_TAG: status}))
+    client.log_dict(parent_run_id, dict(summary), "summary.json")
     if leaderboard:
         columns = list(dict.fromkeys(k for row in leaderboard for k in row))
         client.log_text(parent_run_id, leaderboard_csv(leaderboard), LEADERBOARD_CSV)
@@ -537,7 +571,8 @@ class TrialRecorder:
         to it. False when the write failed after the writer's retries (the writer has said so)."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, float(values[k]), timestamp, step) for k in EPOCH_METRICS if _number(values.get(k))]
+        metrics = [Metric(k, metric_value(k, values[k]), timestamp, step) for k in EPOCH_METRICS
+                   if _number(values.get(k))]
         if metrics and not self._done(what, lambda: self.client.log_batch(run_id, metrics=metrics)):
             return False
         self.last_step[run_id] = step
@@ -719,14 +754,35 @@ def run_id_of_trial(uri: str, experiment_id: str, parent_run_id: str, trial_id: 
     return None
 
 
+#: The registered model's alias for its version with the best test accuracy.
+CHAMPION = "champion"
+#: A model version's tag holding the test accuracy the champion alias compares.
+TEST_ACCURACY_TAG = "test_accuracy"
+
+
+def headline_test_accuracy(metrics: Mapping[str, Any]) -> float | None:
+    """The test accuracy of what is registered: the ensemble's when there is one, else the model's."""
+    for key in ("ensemble_test_accuracy", "test_accuracy"):
+        if _number(metrics.get(key)):
+            return float(metrics[key])
+    return None
+
+
 def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe: Mapping[str, Any],
                 metrics: Mapping[str, Any], model_dirs: Sequence[Path], model_name: str,
-                source: Mapping[str, Any], files: Sequence[Path] = ()) -> dict[str, Any]:
-    """Log a retrained model as a run (the recipe as params and ``recipe.yaml``, its final metrics, ``files``
-    such as plots and reports under ``plots/``) and register the classifier, or the forward + backward
-    ensemble of ``model_dirs``, as one MLflow pyfunc model (``search.serving``).
+                source: Mapping[str, Any], files: Sequence[Path] = (), *, started: float | None = None,
+                parent_run_id: str | None = None, version_tags: Mapping[str, Any] | None = None,
+                description: str = "") -> dict[str, Any]:
+    """Log a retrained model as a run and register it as one MLflow pyfunc model (``search.serving``; the
+    forward + backward ensemble of ``model_dirs`` as one).
 
-    Returns ``{"run_id", "model_name", "version", "model_uri"}`` (``model_uri``: ``models:/NAME/VERSION``).
+    The run: the recipe as params and ``recipe.yaml``, the learning and test metrics (timings as tags),
+    ``files`` such as plots and reports under ``plots/``; it starts at ``started`` (the retrain's own start,
+    so MLflow shows how long the work took) and is nested under the search's parent run when that run is in
+    this store. The registered version gets ``description``, ``version_tags`` and its test accuracy as a tag;
+    the alias :data:`CHAMPION` moves to it when its test accuracy beats the current champion's.
+
+    Returns ``{"run_id", "model_name", "version", "model_uri", "champion", "nested"}``.
     """
     from mlflow.entities import Metric
 
@@ -735,17 +791,55 @@ def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe
     client = _client(uri)
     exp_id = ensure_experiment(uri, experiment, artifact_location)
     tags = {ROLE_TAG: "retrain", **{f"source_{k}": v for k, v in source.items() if v is not None}}
+    nested = bool(parent_run_id) and _run_in_experiment(client, parent_run_id, exp_id)
+    if nested:
+        tags[PARENT_TAG] = parent_run_id
+    timings = {k: v for k, v in metrics.items() if k.endswith("_seconds") and _number(v)}
+    tags.update({k: f"{float(v):.1f}" for k, v in timings.items()})
     name = f"retrain of trial {source['trial_id']}" if source.get("trial_id") else "retrain"
-    run = client.create_run(exp_id, run_name=name, tags=tags)
+    start_ms = int((started or time.time()) * 1000)
+    run = client.create_run(exp_id, run_name=name, tags=tags, start_time=start_ms)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     log_params(client, run_id, flatten(recipe))
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _number(v)])
+    client.log_batch(run_id, metrics=[Metric(k, metric_value(k, v), now, 0) for k, v in metrics.items()
+                                      if _number(v) and k not in timings])
     client.log_text(run_id, yaml.safe_dump(dict(recipe), sort_keys=False), "recipe.yaml")
     for path in files:
         client.log_artifact(run_id, str(path), "plots")
     info = serving.log_classifier_model(run_id, list(model_dirs), tracking_uri=uri, registered_model_name=model_name)
     client.set_terminated(run_id, "FINISHED")
-    version = info.registered_model_version
+    version = str(info.registered_model_version)
+    accuracy = headline_test_accuracy(metrics)
+    if description:
+        client.update_model_version(model_name, version, description=description)
+    for key, value in {**(version_tags or {}), TEST_ACCURACY_TAG: accuracy}.items():
+        if value is not None:
+            client.set_model_version_tag(model_name, version, key, str(value))
+    champion = crown_if_best(client, model_name, version, accuracy)
     return {"run_id": run_id, "model_name": model_name, "version": version,
-            "model_uri": f"models:/{model_name}/{version}"}
+            "model_uri": f"models:/{model_name}/{version}", "champion": champion, "nested": nested}
+
+
+def _run_in_experiment(client: Any, run_id: str, experiment_id: str) -> bool:
+    try:
+        return client.get_run(run_id).info.experiment_id == experiment_id
+    except Exception:  # noqa: BLE001 (not in this store: the retrain is logged on its own)
+        return False
+
+
+def crown_if_best(client: Any, model_name: str, version: str, accuracy: float | None) -> bool:
+    """Move the :data:`CHAMPION` alias to ``version`` when its test accuracy beats the current champion's
+    (or there is none). A version without a test accuracy never takes it."""
+    if accuracy is None:
+        return False
+    try:
+        current = client.get_model_version_by_alias(model_name, CHAMPION)
+    except Exception:  # noqa: BLE001 (MLflow raises when the alias is not set yet)
+        current = None
+    if current is not None and str(current.version) != str(version):
+        held = current.tags.get(TEST_ACCURACY_TAG)
+        if held is not None and float(held) >= accuracy:
+            return False
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return True

@@ -29,6 +29,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from search import plot_process, store, tracking, warm_start
 from search import trainable as T
+from search.console_log import LibraryLog
 from search.local_ray import start_local_ray
 from search.progress import progress_reporter, use_classic_progress_output
 from search.schedulers import make_limiter, make_scheduler
@@ -121,7 +122,7 @@ def _state_save_period() -> float:
 # -- Ray -------------------------------------------------------------------------------------------
 
 
-def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
+def init_ray(cfg: SearchConfig, address: str | None = None, log: LibraryLog | None = None) -> dict[str, float]:
     """Connect to ``address`` or start a local Ray (``num_cpus`` <= cores, every port on 127.0.0.1:
     ``search.local_ray``); returns cluster resources.
 
@@ -131,12 +132,15 @@ def init_ray(cfg: SearchConfig, address: str | None = None) -> dict[str, float]:
     cores, since a trial's threads = its CPUs).
     """
     s = cfg.search
+    quiet = log is not None and log.active  # Ray's own console logging stays off: its records go to the log
     if not ray.is_initialized():
         if address:
             _check_ray_address(address)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, configure_logging=not quiet)
         else:
-            start_local_ray(_local_num_cpus(s.num_cpus), s.object_store_mb * 1024 * 1024)
+            start_local_ray(_local_num_cpus(s.num_cpus), s.object_store_mb * 1024 * 1024, configure_logging=not quiet)
+        if log is not None:
+            log.reroute("ray")
     for key, folder in _folders_every_node_needs(cfg).items():
         check_storage_shared(folder, key)  # returns at once on a single node
     resources = ray.cluster_resources()
@@ -331,24 +335,30 @@ def _shared_lm_in_cache(recipe: RecipeConfig, corpus: Corpus, run: dict[str, Any
 
 
 def run_search(cfg: SearchConfig, *, address: str | None = None,
-               callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
+               callbacks: Iterable[tune.Callback] = (), log: LibraryLog | None = None) -> SearchOutcome:
     """Validate, check MLflow, prepare the data, start Ray, train the shared LM, run every trial,
-    export the best config. Blocks."""
+    export the best config. Blocks. ``log``: where the libraries' messages go (moved into the search
+    folder once it exists)."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
     plot_process.SHARED.start()  # imports matplotlib in the background, at low priority, while work goes on
+    for note in cfg.notes:
+        print(note, flush=True)
     print(check_language_model_start(cfg), flush=True)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
+    tracking.check_experiment(cfg.mlflow.tracking_uri, cfg.experiment)  # deleted, or left behind by a moved store
     corpus = None
     if address is None:  # local: a data error before Ray starts
         corpus = prepare_data_first(cfg)
     # Before this search's parent run exists: an experiment named here means its newest *earlier* search.
     earlier = warm_start.read_earlier_searches(cfg)
-    init_ray(cfg, address)  # a missing cluster or a trial larger than it also fails before any record exists
+    init_ray(cfg, address, log)  # a missing cluster or a trial larger than it also fails before any record exists
     if address is not None:  # a cluster: the token cache is written only once its storage is known shared
         corpus = prepare_data_first(cfg)
     shared_lm = train_shared_lm_first(cfg, corpus)
     search_dir = store.new_search_dir(cfg)
     search_dir.mkdir(parents=True)
+    if log is not None:
+        log.move_into(search_dir)
     experiment_id = tracking.ensure_experiment(cfg.mlflow.tracking_uri, cfg.experiment,
                                                cfg.mlflow.artifact_location)
     parent = tracking.start_parent(cfg.mlflow.tracking_uri, experiment_id, search_dir.name, search_dir,
@@ -371,14 +381,16 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
 
 
 def resume_search(search_dir: str | Path, *, address: str | None = None,
-                  callbacks: Iterable[tune.Callback] = ()) -> SearchOutcome:
+                  callbacks: Iterable[tune.Callback] = (), log: LibraryLog | None = None) -> SearchOutcome:
     """Continue a search whose driver stopped: finished trials stay, unfinished and errored ones
     resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
     search_dir = Path(search_dir).expanduser().resolve()
     cfg, meta = store.read_search_json(search_dir)
+    if log is not None:
+        log.move_into(search_dir)
     plot_process.SHARED.start()  # (see run_search)
     tracking.check_reachable(meta["tracking_uri"])
-    init_ray(cfg, address)
+    init_ray(cfg, address, log)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
     if callbacks:
         logger.warning("extra callbacks are not re-attached on resume (Ray restores the original ones)")

@@ -87,6 +87,18 @@ class Workspace:
         self.uses_trained = True
         return self._request.getfixturevalue("trained_run")
 
+    def zoo_models(self, *names: str) -> Path:
+        """A models folder holding these zoo models, copied from the shared mirror as `models fetch` does."""
+        from ulmfit_core import zoo
+
+        folder = self.root / "models"
+        mirror = self.data.parent / "pretrained"
+        if not all((mirror / n).is_dir() for n in names):
+            pytest.skip(f"{names} not in {mirror}")
+        for name in names:
+            zoo.fetch(name, folder, mirror=mirror, progress=False)
+        return folder
+
     @property
     def fastai(self) -> Path:
         return self._request.getfixturevalue("fastai_fixtures")
@@ -264,7 +276,21 @@ CASES = [
     Case("pretrained-wrong-sizes",
          lambda w: w.training("finetune-lm", "model.preset=small", f"lm.pretrained={w.fastai / 'fastai_tiny_lm.pth'}",
                               f"lm.pretrained_vocab={w.fastai / 'fastai_tiny_vocab.pkl'}"),
-         ("lm.pretrained: the pretrained weights do not fit the configured model", "set model.preset")),
+         ("fastai_tiny_lm.pth is 64/128/2 (emb/hid/layers) (preset tiny) but the configured model is 200/512/3",
+          "set model.preset: tiny")),
+    Case("pretrained-zoo-model-of-another-size",
+         lambda w: [*w.training("run", "model.preset=small", "lm.pretrained=general-en-tiny-fwd"),
+                    "--models-dir", str(w.zoo_models("general-en-tiny-fwd"))],
+         ("general-en-tiny-fwd is 64/128/2", "(model.preset: small); set model.preset: tiny",
+          "or use a small model (general-en-small-fwd)")),
+    Case("pretrained-backward-model-not-fetched",
+         lambda w: [*w.training("run", "lm.pretrained=general-en-tiny-fwd"), "--directions", "fwd", "bwd",
+                    "--models-dir", str(w.zoo_models("general-en-tiny-fwd"))],
+         ("zoo model 'general-en-tiny-bwd' is not fetched yet", "python launch.py models fetch general-en-tiny-bwd")),
+    Case("search-pretrained-of-another-size",
+         lambda w: [*w.search("recipe.lm.pretrained=general-en-tiny-fwd", "recipe.model.preset=small"),
+                    "--models-dir", str(w.zoo_models("general-en-tiny-fwd"))],
+         ("general-en-tiny-fwd is 64/128/2", "set model.preset: tiny"), cli="search"),
     # --- data (data.py, datasets.py, corpus.py) ---
     Case("data-dataset-not-fetched", lambda w: [*w.training("run"), "--data-dir", str(w.path("data"))],
          ("dataset 'trec' not found", "run `python launch.py data fetch trec --data-dir")),
@@ -315,7 +341,7 @@ CASES = [
          ("evil-model/model.pt: refused", "loading it would run code", "only load model files from a source you trust")),
     Case("predict-not-a-model-folder", lambda w: ["predict", "--model", str(w.file("empty/readme.txt", "x").parent),
                                                   "who is it ?"],
-         ("empty: no model.pt", "pass the classifier folder")),
+         ("empty: no model.pt", "pass a folder that run, retrain or train-classifier wrote")),
     Case("predict-file-not-utf8",
          lambda w: ["predict", "--model", str(w.trained / "classifier"), "--file",
                     str(w.file("texts.txt", "who is it ?\ncaf\xe9 ?\n".encode("latin-1")))],
@@ -401,6 +427,12 @@ CASES = [
          lambda w: ["retrain", "--config", str(w.file("best.yaml", "recipe:\n  data: {dataset: trec}\nresult: {}\n")),
                     "--out", str(w.path("out"))],
          ("best.yaml: recipe has no text, model, lm, classifier section(s)", "export it again"), cli="search"),
+    Case("relocate-store-not-sqlite", lambda w: ["relocate-store", "--tracking-uri", "http://127.0.0.1:9"],
+         ("--tracking-uri http://127.0.0.1:9: only a SQLite store", "a tracking server keeps its own artifacts"),
+         cli="search"),
+    Case("relocate-store-no-database",
+         lambda w: ["relocate-store", "--tracking-uri", f"sqlite:///{w.path('elsewhere/mlflow.db')}"],
+         ("elsewhere/mlflow.db: no database",), cli="search"),
     Case("retrain-out-is-a-file",
          lambda w: ["retrain", "--config", str(_complete_best_yaml(w)), "--out", str(w.file("taken", "x"))],
          ("--out", "taken is a file, not a folder"), cli="search"),

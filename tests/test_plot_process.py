@@ -150,7 +150,7 @@ def _helper_has(helper: PlotProcess, module: str) -> bool:
 
 
 def test_the_search_plots_imports_start_once_the_last_trial_has_started(own_helper, monkeypatch):
-    """The search's end waits for its plots: their imports (scikit-learn for fANOVA) go ahead in the
+    """The search's end waits for its plots: their imports (Optuna's importance evaluators) go ahead in the
     helper while the last trial trains, and not before that trial starts."""
     import time
 
@@ -159,12 +159,12 @@ def test_the_search_plots_imports_start_once_the_last_trial_has_started(own_help
     monkeypatch.setattr(plot_process, "SHARED", own_helper)
     ahead = SearchPlotsAhead(num_samples=4)
     ahead.on_trial_start(3, trials=[object()] * 3, trial=None)
-    assert not _helper_has(own_helper, "optuna.importance") and not _helper_has(own_helper, "sklearn")
+    assert not _helper_has(own_helper, "optuna.importance")
     ahead.on_trial_start(4, trials=[object()] * 4, trial=None)
     deadline = time.monotonic() + 120
-    while not _helper_has(own_helper, "sklearn") and time.monotonic() < deadline:
+    while not _helper_has(own_helper, "optuna.importance") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _helper_has(own_helper, "optuna.importance") and _helper_has(own_helper, "sklearn")
+    assert _helper_has(own_helper, "optuna.importance")
     assert own_helper.helper_pid is not None and own_helper.unavailable is None
 
 

@@ -196,3 +196,17 @@ def test_asha_rungs_match_rays_scheduler():
         bracket = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=max_t, grace_period=grace,
                                 reduction_factor=rf)._brackets[0]  # private: Ray keeps its rungs there
         assert plots.asha_rung_epochs(grace, rf, max_t) == sorted(int(m) for m, _ in bracket._rungs)
+
+
+def test_importances_rank_as_optuna_dashboard_ranks_them():
+    """PED-ANOVA on the completed trials, better accuracy being a lower target: optuna-dashboard's method,
+    so the plot in MLflow and the dashboard agree. Here the rate decides the accuracy and drop_mult barely."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    study = _study(n_complete=30, n_pruned=4)
+    ours = plots.param_importances(study)
+    assert list(ours)[0] == "classifier.lr" and ours["classifier.lr"] > 2 * ours["classifier.drop_mult"]
+    dashboard = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0])
+    assert list(ours) == list(dashboard) and ours == pytest.approx(dashboard)
+    study.set_metric_names(["valid_accuracy"])
+    assert plots.objective_name(study) == "valid_accuracy"

@@ -116,8 +116,8 @@ def test_mlflow_holds_parent_child_metrics_and_artifacts(searched):
     assert parent.data.params["recipe.model.preset"] == "tiny"  # the base recipe's key settings
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "search_config.yaml", "search_space.yaml", "leaderboard.csv", "leaderboard.json", "best.yaml"}
-    assert all(k.startswith("summary/") for k in parent.data.metrics)
-    assert parent.data.metrics["summary/tracking_write_failures"] == 0
+    assert list(parent.data.metrics) == ["best_valid_loss"]  # bookkeeping is tags, out of the charts
+    assert parent.data.tags["summary.tracking_write_failures"] == "0"
     search_plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/asha_survival.png"} <= search_plots
     exp = client.get_experiment_by_name(cfg.experiment)
@@ -169,13 +169,25 @@ def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
     cfg2, meta2 = read_best(out)
     assert meta2["trial_id"] == meta["trial_id"] and cfg2 == best_cfg
 
+    t0 = time.time()
     res = retrain(outcome.best_yaml, tmp_path / "model", model_name="ulmfit-local-test")
+    seconds = time.time() - t0
     # Same data, seed and thread count on CPU: the run is bitwise repeatable.
     assert res["difference"] <= 1e-6, res
     assert 0.0 <= res["metrics"]["test_accuracy"] <= 1.0
     client = MlflowClient(cfg.mlflow.tracking_uri)
     (version,) = client.search_model_versions("name = 'ulmfit-local-test'")
     assert version.run_id == res["run_id"] and res["model_uri"] == "models:/ulmfit-local-test/1"
+    # The registered version says what it is; the retrain run sits under its search and took real time.
+    assert f"trial {best['trial_id']}" in version.description and "Test set: accuracy" in version.description
+    assert version.tags["trial_id"] == best["trial_id"] and version.tags["preset"] == "tiny"
+    assert version.tags["directions"] == "fwd" and len(version.tags["data_fingerprint"]) >= 16
+    assert float(version.tags["test_accuracy"]) == pytest.approx(res["metrics"]["test_accuracy"])
+    assert str(client.get_model_version_by_alias("ulmfit-local-test", "champion").version) == "1" and res["champion"]
+    run = client.get_run(res["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
+    assert (run.info.end_time - run.info.start_time) / 1000 >= 0.8 * seconds
+    assert "lm_seconds" not in run.data.metrics and "lm_seconds" in run.data.tags  # timings are bookkeeping
     # the registered model is a pyfunc that predicts what the retrained folder predicts
     import mlflow
 

@@ -104,6 +104,10 @@ def test_shipped_search_configs_load_and_validate(tmp_path, monkeypatch):
     assert demo.recipe["data"]["dataset"] == "trec" and demo.search.max_concurrent == 2
     smoke = load_search_config(ROOT / "configs" / "search_trec_demo.yaml", smoke_test=True)
     assert smoke.search.num_samples == 2 and smoke.recipe["model"]["preset"] == "tiny"
+    # its own folder name and MLflow experiment: smoke trials never join the real search's
+    assert smoke.search.name == "trec_demo_smoke" and smoke.experiment == "trec_demo_smoke"
+    named = load_search_config(ROOT / "configs" / "search_trec_demo.yaml", ["search.name=mine"], smoke_test=True)
+    assert named.search.name == "mine"  # an explicit --set wins
 
 
 def test_search_config_errors_name_the_key(tmp_path):

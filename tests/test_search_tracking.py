@@ -134,12 +134,15 @@ def test_finish_parent_records_the_leaderboard_and_status(store, tmp_path):
     best.write_text("recipe: {}\n")
     board = [{"trial_id": "a", "status": "completed", "valid_accuracy": 0.7},
              {"trial_id": "b", "status": "stopped_by_asha", "valid_accuracy": 0.2}]
-    tracking.finish_parent(uri, parent, "finished", board, {"trials": 2, "lm_seconds_saved": 3.0}, best)
+    summary = {"trials": 2, "lm_seconds_saved": 3.0, "best_valid_accuracy": 0.7}
+    tracking.finish_parent(uri, parent, "finished", board, summary, best)
     client = MlflowClient(uri)
     run = client.get_run(parent)
     assert run.info.status == "FINISHED" and run.data.tags["search_status"] == "finished"
-    assert run.data.metrics == {"summary/trials": 2.0, "summary/lm_seconds_saved": 3.0}
-    assert {a.path for a in client.list_artifacts(parent)} >= {"best.yaml", "leaderboard.csv", "leaderboard.json"}
+    assert run.data.metrics == {"best_valid_accuracy": 0.7}  # the learning result; the rest is bookkeeping
+    assert run.data.tags["summary.trials"] == "2" and run.data.tags["summary.lm_seconds_saved"] == "3"
+    assert {a.path for a in client.list_artifacts(parent)} >= {"best.yaml", "leaderboard.csv", "leaderboard.json",
+                                                               "summary.json"}
 
 
 def test_writer_retries_through_an_outage_keeps_order_and_reports_what_failed():
@@ -191,3 +194,9 @@ def test_writer_gives_up_after_its_deadline_and_says_so():
         mw.time.monotonic = real
     assert writer.failures == ["epoch 3: MlflowException: Connection refused"]
     assert 3 <= clock["t"] <= 5  # kept trying until the next wait would pass the deadline
+
+
+def test_losses_are_stored_without_float32_noise_and_ratios_exactly():
+    assert tracking.metric_value("valid_loss", 0.6931471824645996) == 0.6931472
+    assert tracking.metric_value("lm_valid_perplexity", 46.857112884521484) == 46.85711
+    assert tracking.metric_value("valid_accuracy", 7 / 29) == 7 / 29  # what a warm start reads back

@@ -91,12 +91,22 @@ def test_registered_model_predicts_what_inference_predicts(classifiers, register
     assert list(out.columns) == ["label"] + [f"prob_{c}" for c in labels]
     assert out["label"].tolist() == [labels[i] for i in expected.argmax(1)]
     np.testing.assert_allclose(_probs(out, labels), expected, rtol=0, atol=1e-6)
-    # The other accepted inputs give the same rows: a Series named text through pyfunc (its
-    # signature check needs the column name), a plain list on the model object itself.
-    by_series = model.predict(pd.Series(TEXTS, name=serving.TEXT_COLUMN))
-    by_list = model.unwrap_python_model().predict(None, TEXTS)
-    pd.testing.assert_frame_equal(by_series, out)
-    pd.testing.assert_frame_equal(by_list, out)
+    # The other accepted inputs give the same rows through pyfunc's signature check: a Series, a plain list.
+    pd.testing.assert_frame_equal(model.predict(pd.Series(TEXTS, name=serving.TEXT_COLUMN)), out)
+    pd.testing.assert_frame_equal(model.predict(list(TEXTS)), out)
+
+
+def test_a_blank_or_missing_text_gets_the_empty_documents_prediction(classifiers, registered):
+    """As fastai's predict on an empty text: the prediction for xxbos alone; the rest of the batch is unchanged."""
+    fwd, _ = classifiers
+    model = mlflow.pyfunc.load_model("models:/ulmfit-fwd/1")
+    labels, expected = inference.predict_proba([fwd], [TEXTS[0], ""])
+    out = model.predict(pd.DataFrame({serving.TEXT_COLUMN: [TEXTS[0], "", "   ", None]}))
+    probs = _probs(out, labels)
+    np.testing.assert_allclose(probs[0], expected[0], rtol=0, atol=1e-6)
+    for row in probs[1:]:
+        np.testing.assert_allclose(row, expected[1], rtol=0, atol=1e-6)
+    assert not np.allclose(expected[0], expected[1], atol=1e-4)  # the blank rows are not copies of a real one
 
 
 def test_ensemble_predicts_the_mean_of_its_members(classifiers, registered):
@@ -123,7 +133,7 @@ def test_logged_model_holds_weights_code_signature_and_pins(registered, tmp_path
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     inputs = json.loads(mlmodel["signature"]["inputs"])
     outputs = json.loads(mlmodel["signature"]["outputs"])
-    assert inputs == [{"type": "string", "name": "text", "required": True}]
+    assert inputs == [{"type": "string", "required": True}]  # one column: a list, a Series or a text column
     assert [o["name"] for o in outputs] == ["label"] + [f"prob_{c}" for c in json.loads(
         (local / "artifacts" / "classifier_0" / "labels.json").read_text())]
     assert mlmodel["metadata"]["ulmfit_members"] == 2
@@ -185,7 +195,7 @@ def test_bad_folders_and_runs_are_refused_with_the_fix(classifiers, store, tmp_p
     with pytest.raises(ValueError, match="empty"):
         serving.log_classifier_model("unused", [], tracking_uri=store["uri"])
     with pytest.raises(ValueError, match="column named 'text'"):
-        serving.texts_from_input(pd.DataFrame({"sentence": TEXTS}))
+        serving.texts_from_input(pd.DataFrame({"sentence": TEXTS, "title": TEXTS}))
 
 
 @pytest.mark.slow
@@ -215,14 +225,32 @@ def test_mlflow_models_serve_answers_with_the_same_labels_as_inference(classifie
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"mlflow models serve did not come up:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
-        body = {"dataframe_split": {"columns": ["text"], "data": [[TEXTS[0]], [TEXTS[1]]]}}
+        body = {"dataframe_split": {"columns": ["text"], "data": [[TEXTS[0]], [TEXTS[1]], [""]]}}
         request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as resp:
             predictions = json.loads(resp.read())["predictions"]
     finally:
         stop_group(proc)
-    labels, expected = inference.predict_proba([fwd], TEXTS[:2])
+    labels, expected = inference.predict_proba([fwd], [*TEXTS[:2], ""])  # a blank row answers too
     assert [row["label"] for row in predictions] == [labels[i] for i in expected.argmax(1)]
     served = np.array([[row[f"prob_{c}"] for c in labels] for row in predictions])
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+
+
+def test_the_champion_alias_follows_the_best_test_accuracy(store, tmp_path):
+    from search import tracking
+
+    client = store["client"]
+    client.create_registered_model("champ")
+    source = tmp_path / "model"
+    source.mkdir()
+    versions = [client.create_model_version("champ", str(source)).version for _ in range(4)]
+    for version, accuracy in zip(versions, ("0.80", "0.75", "0.85")):
+        client.set_model_version_tag("champ", version, tracking.TEST_ACCURACY_TAG, accuracy)
+    assert tracking.crown_if_best(client, "champ", versions[0], 0.80)  # the first is champion
+    assert not tracking.crown_if_best(client, "champ", versions[1], 0.75)  # a worse one is not
+    assert client.get_model_version_by_alias("champ", tracking.CHAMPION).version == versions[0]
+    assert tracking.crown_if_best(client, "champ", versions[2], 0.85)
+    assert not tracking.crown_if_best(client, "champ", versions[3], None)  # no test set: never champion
+    assert client.get_model_version_by_alias("champ", tracking.CHAMPION).version == versions[2]

@@ -1,0 +1,74 @@
+"""A project with its search folder and MLflow store copied to another folder, the original deleted: the copy
+exports and retrains, logging into its own store and nowhere else.
+
+The search runs in a project folder as a user runs it (relative storage, ``sqlite:///mlflow.db``), so
+``search.json`` and ``best.yaml`` hold paths relative to the project; the copied store's artifact
+locations still name the old folder until ``launch.py relocate-store`` points them at the copy, and a
+retrain before that stops in one line saying so.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest_search import SHARED_DATASETS, SMOKE, ray_environment
+
+import launch
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monkeypatch, capsys, datasets_dir):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from search import tuner
+    from search.settings import load_search_config
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    cfg = load_search_config(SMOKE, [f"search.data_dir={SHARED_DATASETS}", "search.num_cpus=2",
+                                     "search.object_store_mb=200", "search.verbose=0"], smoke_test=True)
+    with ray_environment():
+        outcome = tuner.run_search(cfg)
+    search_dir = outcome.search_dir.relative_to(project)
+    for name in ("search.json", "best.yaml"):  # nothing pins this machine's folder...
+        text = (outcome.search_dir / name).read_text()
+        assert str(project) not in text.replace(json.dumps({"project_root": str(project)})[1:-1], ""), name
+    assert json.loads((outcome.search_dir / "search.json").read_text())["project_root"] == str(project)  # ...but this
+
+    copy = tmp_path / "elsewhere" / "project-copy"
+    shutil.copytree(project, copy, symlinks=True)
+    shutil.rmtree(project)
+    monkeypatch.chdir(copy)
+    best = f"{search_dir}/best.yaml"
+
+    # The copied store still keeps its experiment's artifacts in the deleted folder: refused, in one line.
+    capsys.readouterr()  # what the search printed
+    assert launch.main(["retrain", "--config", best, "--out", "runs/best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was copied or moved from" in err, err
+    assert f"python launch.py relocate-store --tracking-uri sqlite:///{copy / 'mlflow.db'}" in err
+    assert not project.exists() and not (copy / "runs" / "best").exists()
+
+    assert launch.main(["relocate-store"]) == 0
+    assert "artifact locations now point under" in capsys.readouterr().out
+    assert launch.main(["export", "--search", str(search_dir)]) == 0  # from the copied folder's own records
+    assert launch.main(["retrain", "--config", best, "--out", "runs/best"]) == 0
+    out = capsys.readouterr().out
+    assert f"at sqlite:///{copy / 'mlflow.db'}" in out and "under its search's run" in out
+    assert not project.exists()  # nothing was written to the old place
+
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    (version,) = client.search_model_versions(f"name = 'ulmfit-{cfg.experiment}'")
+    run = client.get_run(version.run_id)
+    assert run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+    assert run.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
+    mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlflow.db'}")
+    predictions = mlflow.pyfunc.load_model(f"models:/ulmfit-{cfg.experiment}@champion").predict(["Who wrote Hamlet ?"])
+    assert len(predictions) == 1
+    # The trials' runs recorded before the move read from the copy too.
+    trial_run = client.get_run(json.loads((copy / search_dir / "search.json").read_text())["parent_run_id"])
+    assert trial_run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())

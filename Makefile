@@ -11,7 +11,8 @@ MIRROR := $(if $(wildcard $(SHARED_DATASETS)/trec/train.csv),--mirror $(SHARED_D
 # (they have no public URL: a machine without the mirror runs from random weights and says how to get them).
 MODELS_DIR ?= models
 SHARED_MODELS := ../shared/pretrained
-GENERAL_MODELS := general-en-tiny-fwd general-en-small-fwd
+# Every general-domain model the zoo names (forward and backward, so `--directions fwd bwd` works).
+GENERAL_MODELS := general-en-tiny-fwd general-en-tiny-bwd general-en-small-fwd general-en-small-bwd
 
 .PHONY: setup data models demo lint test docs screenshots bench peers clean
 

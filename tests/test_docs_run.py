@@ -154,3 +154,19 @@ def test_the_guides_run_as_written(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
         print("\n".join(runner.log))
     assert runner.skipped == set(SKIP), set(SKIP) - runner.skipped
+
+
+def test_the_runner_stops_at_a_failing_command_naming_its_guide_and_line(tmp_path):
+    """What makes the guides test fail when a guide's command breaks: here `ls` of a folder that is not there."""
+    import pytest
+
+    guide = tmp_path / "GUIDE.md"
+    guide.write_text("# A guide\n\n<!-- file: hello.txt -->\n```\nhello\n```\n\n```bash\ncat hello.txt\n"
+                     "mkdir -p runs/search/demo-20261206-101010\nls runs/search/demo-<time>\n"
+                     "ls runs/no-such-folder   # broken\necho never\n```\n")
+    runner = Runner(tmp_path, dict(os.environ), {})
+    with pytest.raises(AssertionError, match=r"GUIDE\.md:12: `ls runs/no-such-folder   # broken` failed \(exit 2\)"):
+        runner.run_doc(guide)
+    assert (tmp_path / "hello.txt").read_text() == "hello\n"
+    ran = "\n".join(runner.log)
+    assert "rc=0" in ran and "ls runs/search/demo-20261206-101010" in ran and "echo never" not in ran

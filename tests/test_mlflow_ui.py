@@ -101,7 +101,7 @@ def test_the_valid_accuracy_column_shows_each_trials_value(searched, pages):
     shown = pages.column_values(METRIC_COLUMN)
     for child in searched.children:
         assert float(shown[child.info.run_id]) == pytest.approx(child.data.metrics["valid_accuracy"], abs=1e-6)
-    assert shown[searched.parent.info.run_id] == "-"  # the parent records summary/*, not epoch metrics
+    assert shown[searched.parent.info.run_id] == "-"  # the parent records best_valid_accuracy, not epoch metrics
 
 
 def test_the_compare_view_shows_both_trials(searched, pages):
@@ -130,3 +130,20 @@ def test_trial_and_search_plots_show_as_images(searched, pages, tmp_path):
         logged = Path(searched.client.download_artifacts(run.info.run_id, path, str(tmp_path)))
         shown = pages.artifact_image(searched.experiment_id, run.info.run_id, path)
         assert shown == png_size(logged), f"{path} of {run.info.run_name}"
+
+
+def test_a_run_page_stays_in_the_model_training_view(searched, pages):
+    """MLflow's own links to a run page do not carry the printed link's workflowType: once the user has chosen
+    "Model training" (docs/RESULTS.md), a run opened from the table stays in that view."""
+    pages.open(f"#/experiments/{searched.experiment_id}/runs")
+    pages.wait_for_runs_table()
+    pages.open_run_from_table(searched.parent.info.run_id)
+    crumbs = pages.breadcrumb()
+    assert "Runs" in crumbs and "Evaluations" not in crumbs, crumbs
+
+
+def test_the_experiments_chart_view_starts_with_a_learning_metric(searched, pages):
+    """Bookkeeping (counts, timings) is tags: the chart view opens on learning metrics, not 17 counters."""
+    titles = pages.chart_view_titles(searched.experiment_id)
+    assert titles and titles[0] in ("best_valid_accuracy", "valid_accuracy", "valid_loss"), titles
+    assert not [t for t in titles if t.startswith("summary") or t.endswith("_seconds")], titles

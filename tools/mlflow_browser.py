@@ -258,6 +258,25 @@ class MlflowPages:
         self.find(f"{card}[.//h4[normalize-space(.)='{metric}']]//*[contains(@class,'js-plotly-plot')]")
         return self.texts(f"{card}//h4")
 
+    def chart_view_titles(self, experiment_id: str) -> list[str]:
+        """The experiment's chart view (the runs page's "Chart" mode): its charts' titles, first to last."""
+        card = "//div[@data-testid='experiment-view-compare-runs-card']"
+        self.open(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART")
+        self.find(f"{card}//h4")
+        return self.texts(f"{card}//h4")
+
+    def open_run_from_table(self, run_id: str) -> None:
+        """Click a run's name in the runs table (MLflow's own link, as a user follows it); wait for its page."""
+        self.click(f"//div[@role='row'][@row-id='{run_id}']//{self.RUN_NAME_CELL}//a")
+        self.wait.until(lambda d: f"/runs/{run_id}" in d.current_url)
+        self.find("//*[normalize-space(.)='About this run']")
+
+    def breadcrumb(self) -> list[str]:
+        """The links of the page itself, outside the sidebar, above its title: for a run page its experiment,
+        then "Runs" in the model-training view or "Evaluations" in the GenAI one."""
+        return [t for t in self.texts("//a[not(ancestor::aside)][following::*[normalize-space(.)='About this run']]")
+                if t]
+
     # -- the page around -------------------------------------------------------------------------------------
     def choose_model_training(self) -> None:
         """The sidebar's "Model training" switch (the browser remembers it)."""

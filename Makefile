@@ -14,17 +14,38 @@ SHARED_MODELS := ../shared/pretrained
 # Every general-domain model the zoo names (forward and backward, so `--directions fwd bwd` works).
 GENERAL_MODELS := general-en-tiny-fwd general-en-tiny-bwd general-en-small-fwd general-en-small-bwd
 
-.PHONY: setup data models demo lint test docs screenshots bench peers clean
+.PHONY: setup constraints data models demo lint test docs screenshots bench peers clean
 
 setup: $(STAMP)
 
 # torch first, pinned: anything that lets pip choose another torch downloads a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Then the project within pyproject.toml's bounds, at the exact versions of constraints.txt (what the suite
+# last passed with; `make setup CONSTRAINTS=` installs without them, keeping what .venv already has).
+CONSTRAINTS ?= constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $(STAMP)
+
+# constraints.txt from .venv as it is now: `pip freeze --all` (setuptools included: spacy, thinc and torch
+# need it) without pip and the project itself (and nothing of the benchmarks' own bench/.peers-venv), local
+# version labels dropped (torch==2.13.0 matches the installed 2.13.0+cpu). Run it once `make test` passes
+# with newer versions (README, Development).
+constraints:
+	@test -x $(BIN)/pip || { echo "no $(VENV) yet: run make setup first" >&2; exit 1; }
+	$(BIN)/pip freeze --all --exclude-editable --disable-pip-version-check > constraints.txt.freeze
+	{ printf '%s\n' \
+	  '# The exact version of every distribution the project installs (its dependencies, its test extras and' \
+	  '# theirs): what .venv held when the suite last passed. `make setup`, and so .ci/run (make test), installs' \
+	  '# with `pip install -c constraints.txt -e ".[test]"`; pyproject.toml holds only the bounds (the majors).' \
+	  '# Regenerate from the current .venv with `make constraints` (after a passing `make test`); do not edit.' \
+	  '# torch is written without its local label: ==2.13.0 matches the CPU wheel 2.13.0+cpu (PEP 440).'; \
+	  grep -viE '^(pip|ulmfit[-_.]search)([ =@]|$$)' constraints.txt.freeze | grep -v 'bench/\.peers-venv' \
+	  | sed -E 's/^([^=;@ ]+==[^+;@ ]+)\+[^;@ ]*/\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm constraints.txt.freeze
 
 data: setup $(DATA_DIR)/trec/train.csv
 

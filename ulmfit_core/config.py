@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .zoo import is_zoo_name
+from .zoo_registry import is_zoo_name  # a leaf module: the zoo itself depends on the recipe's modules
 
 
 class ConfigError(ValueError):

@@ -13,9 +13,11 @@ those files. A model comes in one of two layouts:
   of that folder.
 
 Nothing is unpickled as code: weights load with ``torch.load(weights_only=True)`` and fastai's
-vocabulary with :func:`ulmfit_core.pretrained.read_fastai_vocab`, which refuses every class.
+vocabulary with :func:`ulmfit_core.lm_weights.read_fastai_vocab`, which refuses every class.
 torch is imported only when a model is checked, so that the registry and :func:`resolve` stay
-cheap where configs are validated (the search driver). See docs/MODELS.md.
+cheap where configs are validated (the search driver). The registry itself (:data:`ZOO`,
+:class:`ZooEntry`, :func:`is_zoo_name`, :func:`get`, ...) is :mod:`ulmfit_core.zoo_registry`, a leaf
+module that :mod:`ulmfit_core.config` imports; every name of it is re-exported here. See docs/MODELS.md.
 """
 from __future__ import annotations
 
@@ -28,12 +30,17 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import MappingProxyType
 
 from filelock import FileLock
 
 from .artifacts import ENCODER_FILE, LM_FILE, VOCAB_FILE, ArtifactError, check_writable_folder, staged_folder
 from .fetching import FetchError, download, fetch_sums, is_url, read_sums, verify
+
+# The registry (names, entries, lookups) lives in a leaf module that config.py imports; re-exported here,
+# so that `from ulmfit_core.zoo import ZOO, ZooEntry, ZooError, is_zoo_name, get, ...` works as before.
+from .zoo_registry import ZOO, ZooEntry, ZooError, get, is_zoo_name
+from .zoo_registry import for_direction as for_direction
+from .zoo_registry import of_preset as of_preset
 
 #: Environment variable naming the models directory (default ``./models``).
 MODELS_ENV = "ULMFIT_MODELS"
@@ -42,88 +49,6 @@ DEFAULT_MODELS_DIR = Path("models")
 #: The files of the ``ulmfit`` layout.
 ULMFIT_FILES = (LM_FILE, ENCODER_FILE, VOCAB_FILE)
 SUMS_FILE = "SHA256SUMS"
-
-
-class ZooError(ValueError):
-    """A zoo model is unknown, not fetched, or not usable; the message names the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """One named pretrained language model."""
-
-    name: str
-    direction: str  # "fwd" or "bwd": the text order it was trained on (lm.backwards)
-    preset: str  # the model.preset its sizes are (config.MODEL_PRESETS)
-    layout: str  # "fastai" or "ulmfit" (see the module docstring)
-    url: str | None  # the public archive; None: only from a mirror
-    description: str
-    source: str
-
-    @property
-    def archive(self) -> str:
-        """The archive's file name on a mirror."""
-        return f"{self.name}.tgz"
-
-
-# fastai v2, fastai/data/external.py: URLs.S3_MODEL = "https://s3.amazonaws.com/fast-ai-modelzoo/",
-# WT103_FWD / WT103_BWD = S3_MODEL + "wt103-fwd.tgz" / "wt103-bwd.tgz".
-_FASTAI_MODELZOO = "https://s3.amazonaws.com/fast-ai-modelzoo/"
-_FASTAI_SOURCE = "fastai model zoo (URLs.WT103_FWD/WT103_BWD), Howard & Ruder 2018"
-_GENERAL_EN_SOURCE = "this project's launch.py pretrain on the general-en corpus"
-
-
-def _wt103(direction: str) -> ZooEntry:
-    order = "forwards" if direction == "fwd" else "backwards"
-    return ZooEntry(f"wt103-{direction}", direction, "paper", "fastai", f"{_FASTAI_MODELZOO}wt103-{direction}.tgz",
-                    f"AWD-LSTM trained {order} on WikiText-103 (103M words): the ULMFiT paper's start",
-                    _FASTAI_SOURCE)
-
-
-def _general_en(preset: str, direction: str) -> ZooEntry:
-    order = "forwards" if direction == "fwd" else "backwards"
-    return ZooEntry(f"general-en-{preset}-{direction}", direction, preset, "ulmfit", None,
-                    f"AWD-LSTM ({preset}) trained {order} on 5.07M words of mixed-genre English",
-                    _GENERAL_EN_SOURCE)
-
-
-ZOO: Mapping[str, ZooEntry] = MappingProxyType({e.name: e for e in (
-    _wt103("fwd"), _wt103("bwd"),
-    _general_en("small", "fwd"), _general_en("tiny", "fwd"),
-    _general_en("small", "bwd"), _general_en("tiny", "bwd"),
-)})
-
-
-def is_zoo_name(value: str | None) -> bool:
-    """Whether ``lm.pretrained`` names a zoo model rather than a path."""
-    return value in ZOO
-
-
-def for_direction(name: str, backwards: bool) -> str:
-    """The entry of ``name``'s family that reads text in the asked direction: a zoo name stands for the
-    forward/backward pair (``wt103-fwd`` asked backwards is ``wt103-bwd``)."""
-    entry = get(name)
-    wanted = "bwd" if backwards else "fwd"
-    if entry.direction == wanted:
-        return name
-    return name[: -len(entry.direction)] + wanted
-
-
-def of_preset(name: str, preset: str) -> str | None:
-    """The model of ``name``'s family (same source and direction) at another size ``preset``, or None
-    (``general-en-small-fwd`` at ``tiny`` is ``general-en-tiny-fwd``; fastai's WikiText-103 models come in
-    one size only)."""
-    entry = get(name)
-    return next((e.name for e in ZOO.values()
-                 if e.source == entry.source and e.direction == entry.direction and e.preset == preset), None)
-
-
-def get(name: str) -> ZooEntry:
-    """The entry for ``name``; :class:`ZooError` listing the zoo when there is none."""
-    if name not in ZOO:
-        raise ZooError(f"unknown zoo model {name!r}; the zoo has {', '.join(ZOO)} "
-                       "(`python launch.py models list`); for your own model give its path")
-    return ZOO[name]
 
 
 def default_models_dir() -> Path:
@@ -370,7 +295,7 @@ def _check_model(entry: ZooEntry, folder: Path) -> None:
             _check_fastai(folder)
         else:
             _check_ulmfit(entry, folder)
-    except ArtifactError as e:  # includes pretrained.PretrainedError
+    except ArtifactError as e:  # includes lm_weights.PretrainedError
         raise ZooError(str(e)) from None
 
 
@@ -384,7 +309,7 @@ def _fastai_files(folder: Path) -> tuple[Path, Path]:
 
 
 def _check_fastai(folder: Path) -> None:
-    from .pretrained import load_fastai_lm
+    from .lm_weights import load_fastai_lm
 
     weights, vocab = _fastai_files(folder)
     load_fastai_lm(weights, vocab)  # also refuses weights whose rows do not match the vocabulary
@@ -393,7 +318,7 @@ def _check_fastai(folder: Path) -> None:
 def _check_ulmfit(entry: ZooEntry, folder: Path) -> None:
     from .artifacts import load_language_model
     from .config import MODEL_PRESETS
-    from .pretrained import infer_sizes
+    from .lm_weights import infer_sizes
 
     missing = [f for f in ULMFIT_FILES if not (folder / f).is_file()]
     if missing:

@@ -11,7 +11,6 @@ Every search runs the demo search (``configs/search_trec_demo.yaml``: tiny AWD-L
   grace period 1: epochs 1, 2, 8);
 - ``tpe_asha_warm``: TPE + ASHA warm-started (``search.warm_start``) from the ``tpe_asha`` search of
   another seed (the previous one in ``--seeds``, cyclically; with one seed, its own);
-- ``tpe_hyperband``: TPE + HyperBand (``scheduler.type: hyperband``, factor 2).
 
 For each search: its best-so-far validation accuracy after each trial against cumulative trial-epochs
 and wall time (read from its stored Optuna study: ``optuna.db``; only completed trials count as a
@@ -49,7 +48,6 @@ VARIANTS = {
     "tpe_asha": TPE_ASHA,
     "tpe_asha_unfreeze": [*TPE_ASHA, "search.scheduler.rungs=unfreeze", "search.scheduler.grace_period=1"],
     "tpe_asha_warm": TPE_ASHA,  # + search.warm_start: the DONOR search of another seed
-    "tpe_hyperband": ["search.algorithm=tpe", "search.scheduler.type=hyperband", "search.scheduler.grace_period=1"],
 }
 BASELINE, WARM, DONOR = "random_fifo", "tpe_asha_warm", "tpe_asha"
 PLOT = RESULTS / "search_efficiency.png"

@@ -135,29 +135,15 @@ def machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used (Linux; 0.0 when it cannot be read)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
-    """CPU seconds over a span: the whole machine, this (driver) process, and the plot helper process."""
+    """CPU seconds over a span: the whole machine and this (driver) process, which also draws the plots
+    (the plot helper process of earlier versions is gone: ``plot_helper`` stays 0)."""
 
     def __init__(self) -> None:
-        from search import plot_process
-
-        self.helper = plot_process.SHARED
         self.start = self._read()
 
     def _read(self) -> dict[str, float | None]:
-        pid = self.helper.helper_pid
-        return {"machine": machine_busy_seconds(), "driver": time.process_time(),
-                "plot_helper": process_cpu_seconds(pid) if pid is not None else 0.0}
+        return {"machine": machine_busy_seconds(), "driver": time.process_time(), "plot_helper": 0.0}
 
     def used(self) -> dict[str, float | None]:
         end = self._read()

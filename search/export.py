@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from search import portable, store, store_location, tracking
+from search import outcome, portable, store, store_location, tracking
 from search import trainable as T
 from search.console_log import LibraryLog
 from search.errors import SearchConfigError
@@ -72,13 +72,12 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
 
     s = cfg.search
     analysis = ExperimentAnalysis(str(search_dir), default_metric=s.metric, default_mode=s.mode)
-    done = [t for t in analysis.trials
-            if t.status == "TERMINATED" and t.last_result and not T.stopped_early(t.last_result)
-            and isinstance(t.last_result.get(s.metric), (int, float))]
-    if not done:
+    rows = [{"status": outcome.trial_outcome(t.last_result, errored=t.status == "ERROR"),
+             s.metric: (t.last_result or {}).get(s.metric), "trial": t} for t in analysis.trials]
+    found = outcome.best_completed(rows, s.metric, s.mode)
+    if found is None:
         raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")
-    sign = 1 if s.mode == "max" else -1
-    best = max(done, key=lambda t: sign * t.last_result[s.metric])
+    best = found["trial"]
     sampled = T.sampled_values(best.config)
     # The trial ran with absolute paths of the search's machine; best.yaml keeps them relative to that
     # project, so it retrains wherever the project (or this folder) is now.
@@ -226,7 +225,7 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
     """
     import torch
 
-    from ulmfit_core import stages
+    from ulmfit_core import memory, stages
 
     started = time.time()
     cfg, meta = read_best(best_yaml, overrides)
@@ -240,6 +239,7 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
     tracking.check_experiment(uri, experiment)  # a moved store stops here, before any training
     if meta.get("threads"):
         torch.set_num_threads(int(meta["threads"]))
+    memory.for_training_on(cfg.device)  # as a trial did: reuse freed memory (ulmfit_core/memory.py)
     metrics = stages.run_recipe(cfg, out, report=report, lm_report=lm_report,
                                 data_dir=data_dir or _local_or_none(meta.get("data_dir")),
                                 cache_dir=cache_dir or _local_or_none(meta.get("cache_dir")),

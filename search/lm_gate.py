@@ -13,7 +13,7 @@ passed ``ensure_lm``). The owner ending without a report (an error) frees the se
 configuration of it runs and trains the LM. The gate never asks Optuna for more configurations than the
 search's ``num_samples`` minus those already handed out, so none is left asked but never run.
 
-Pure bookkeeping, no Ray: :class:`search.searcher.PruningAwareOptunaSearch` calls it.
+Pure bookkeeping, no Ray: :class:`search.searcher.StudySearcher` calls it.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ class LMSettingsOf:
     def __init__(self, base: dict[str, Any]):
         self.base = base
 
-    def __call__(self, sampled: dict[str, Any]) -> str:
+    def __call__(self, config: dict[str, Any]) -> str:
+        from search.trainable import sampled_values
         from ulmfit_core import stages
 
-        return stages.lm_settings_key(build_recipe(self.base, sampled))
+        return stages.lm_settings_key(build_recipe(self.base, sampled_values(config)))
 
 
 @dataclass

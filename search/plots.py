@@ -413,6 +413,17 @@ def objective_name(study: optuna.Study) -> str:
     return names[0] if names else "Objective Value"
 
 
+def trial_plots(train_log: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """A trial's learning curves and, when recorded, its learning-rate schedule, from the ``train_log.json``
+    of its checkpoint; the PNGs written in ``out_dir``."""
+    out = Path(out_dir)
+    made = [plot_learning_curves(train_log.get("history", []), out / "learning_curves.png")]
+    if train_log.get("lr_schedule"):
+        made.append(plot_lr_schedule(train_log["lr_schedule"], out / "lr_schedule.png",
+                                     group_names=train_log.get("group_names")))
+    return made
+
+
 def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path | None]:
     """The three study plots as ``optimization_history.png``, ``parallel_coordinate.png`` and
     ``param_importances.png`` in ``out_dir``; a skipped plot maps to None."""
@@ -425,16 +436,6 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path | Non
 
 
 # -- per search: ASHA -------------------------------------------------------------------------------
-
-
-def asha_rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """The epochs at which Ray's ASHA (one bracket) compares trials: ``grace_period * rf**k`` up to
-    ``max_t``, by Ray 2.60's own formula (``async_hyperband._Bracket``), lowest first."""
-    if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
-        raise ValueError(f"ASHA needs grace_period >= 1, reduction_factor > 1 and max_t >= grace_period; got "
-                         f"{grace_period}, {reduction_factor}, {max_t}")
-    n_rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-    return [int(grace_period * reduction_factor ** k) for k in range(n_rungs)]
 
 
 def asha_survivors(epochs_reached: Sequence[int], rung_epochs: Sequence[int]) -> dict[int, int]:
@@ -451,7 +452,7 @@ def plot_asha_survival(epochs_reached: Sequence[int], rung_epochs: Sequence[int]
     """Bars: trials started, then trials that reached each rung epoch (so survived every rung before it).
 
     ``epochs_reached``: the epochs each trial trained (its last reported epoch), one int per trial.
-    ``rung_epochs``: the rungs, e.g. :func:`asha_rung_epochs` of the search's scheduler settings.
+    ``rung_epochs``: the rungs the search's ASHA decided at (``search.rungs.asha_rungs``).
     """
     if len(epochs_reached) == 0:
         raise ValueError("epochs_reached is empty: give the epochs each trial trained")

@@ -3,14 +3,15 @@
 While ``launch.py search`` runs (``search.verbose: 1``), the console shows::
 
     search progress, 1m 23s
-    trial     status           lr       drop_mult  use_clr[0]  epoch  valid_accuracy
-    --------  ---------------  -------  ---------  ----------  -----  --------------
-    4dce1d2a  completed        0.00856  1.04       64          3/3    0.8621
-    a516a696  stopped by ASHA  0.00554  1.56       8           1/3    0.6207
-    7f00c1b3  running          0.0213   0.412      16          2/3    0.8276
-    2 of 8 done (1 completed, 1 stopped by ASHA), 1 running; best so far valid_accuracy 0.8621 (trial 4dce1d2a, epoch 3)
+    trial  ray id    status           lr       drop_mult  use_clr[0]  epoch  valid_accuracy
+    -----  --------  ---------------  -------  ---------  ----------  -----  --------------
+    0      4dce1d2a  completed        0.00856  1.04       64          3/3    0.8621
+    1      a516a696  stopped by ASHA  0.00554  1.56       8           1/3    0.6207
+    2      7f00c1b3  running          0.0213   0.412      16          2/3    0.8276
+    2 of 8 done (1 completed, 1 stopped by ASHA), 1 running; best so far valid_accuracy 0.8621 (trial 0, epoch 3)
 
-Trial ids are the ones the leaderboard and the MLflow run names use. Sampled values get their short
+The trial number is the trial's number in the Optuna study, which MLflow's run names (``trial 0: lr=…``) and
+optuna-dashboard show; the Ray id is the one in the search folder (``trial_<id>``) and the leaderboard. Sampled values get their short
 names (the last part of the key) and 3 significant digits; the internal ``recipe``/``run`` entries of a
 trial's config are never shown.
 
@@ -34,6 +35,7 @@ from typing import Any
 from ray.tune import ProgressReporter
 
 from search import trainable as T
+from search.outcome import stopped_early
 from search.settings import SearchConfig
 
 NEW_OUTPUT_VAR = "RAY_AIR_NEW_OUTPUT"
@@ -70,19 +72,24 @@ def format_value(value: Any, digits: int = 3) -> str:
 class TrialRow:
     """What the table shows of one trial."""
 
-    trial_id: str
+    trial_id: str  # Ray's
+    number: int | None  # the trial's number in the Optuna study: what MLflow's run names and the dashboard show
     state: str
     epoch: int | None
     epochs_total: int | None
     value: float | None  # the search metric at the trial's latest epoch
     sampled: dict[str, Any]
 
+    @property
+    def label(self) -> str:
+        return str(self.number) if self.number is not None else self.trial_id
+
 
 def trial_state(status: str, last_result: Mapping[str, Any]) -> str:
     """A Ray trial status in the words the leaderboard uses: a trial Tune terminated before its last
-    epoch was stopped by ASHA."""
+    epoch was stopped by ASHA (``outcome.stopped_early``)."""
     if status == "TERMINATED":
-        return STOPPED if T.stopped_early(last_result) else COMPLETED
+        return STOPPED if stopped_early(last_result) else COMPLETED
     return {"PENDING": PENDING, "RUNNING": RUNNING, "PAUSED": PAUSED, "ERROR": ERRORED}.get(status, status.lower())
 
 
@@ -91,8 +98,10 @@ def trial_row(trial: Any, metric: str) -> TrialRow:
     result = trial.last_result or {}
     value = result.get(metric)
     epoch, total = result.get(T.EPOCH), result.get(T.EPOCHS_TOTAL)
+    number = (trial.config or {}).get(T.OPTUNA_NUMBER)
     return TrialRow(
-        trial_id=str(trial.trial_id), state=trial_state(trial.status, result),
+        trial_id=str(trial.trial_id), number=number if isinstance(number, int) else None,
+        state=trial_state(trial.status, result),
         epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
         epochs_total=int(total) if isinstance(total, (int, float)) else None,
         value=float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None,
@@ -119,14 +128,15 @@ def summary_line(rows: Sequence[TrialRow], total: int | None, metric: str, mode:
     best = best_row(rows, mode)
     if best is None:
         return line + f"; no {metric} yet"
-    return line + f"; best so far {metric} {best.value:.4f} (trial {best.trial_id}, epoch {best.epoch})"
+    return line + f"; best so far {metric} {best.value:.4f} (trial {best.label}, epoch {best.epoch})"
 
 
 def render_table(rows: Sequence[TrialRow], params: Sequence[str], metric: str) -> str:
     """An aligned plain-text table: trial, status, one column per searched value, epoch, metric."""
     names = short_names(params)
-    header = ["trial", "status", *(names[p] for p in params), "epoch", metric]
-    body = [[r.trial_id, r.state, *(format_value(r.sampled.get(p)) for p in params),
+    header = ["trial", "ray id", "status", *(names[p] for p in params), "epoch", metric]
+    body = [["" if r.number is None else str(r.number), r.trial_id, r.state,
+             *(format_value(r.sampled.get(p)) for p in params),
              _epoch_cell(r), "" if r.value is None else f"{r.value:.4f}"] for r in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]

@@ -1,236 +1,262 @@
-"""The searcher: Optuna (TPE, or random for a baseline) behind Ray Tune's ``OptunaSearch``, taught
-three things Ray 2.60's integration gets wrong for this service (see :class:`PruningAwareOptunaSearch`).
+"""The searcher: an Optuna study driven through its ask-and-tell interface, behind Ray Tune's public
+``Searcher`` interface (``suggest``, ``on_trial_result``, ``on_trial_complete``, ``save``/``restore``).
 
 The study lives in the search folder (``optuna.db``, SQLite, named after the folder; ``search/store.py``):
-every ask, report and tell goes to that database, ``optuna-dashboard sqlite:///DIR/optuna.db`` shows it,
-and a resumed search continues it (:meth:`PruningAwareOptunaSearch.restore`).
+``suggest`` asks it for a trial and samples the search space through that trial (define-by-run, so
+conditional parameters work); every epoch's value is reported once, at its epoch; a trial ASHA stopped is
+told as PRUNED (TPE then ranks it by its last reported value), a finished one as COMPLETE, a failed one as
+FAIL. Each Optuna trial records the Ray trial it ran as and its MLflow run (user attributes
+``ray_trial_id``, ``mlflow_run_id``), and each trial's config carries its Optuna number (``optuna_trial``),
+which its MLflow run and its row in the leaderboard show.
+
+TPE (seeded by ``search.seed``) proposes at random for its first ``startup_trials(num_samples)`` trials, then
+from its model of the finished ones; ``algorithm: random`` samples at random throughout (docs/SEARCH.md).
+
+``save``/``restore`` write and read this searcher's own state as JSON (which Ray trial is which Optuna
+trial, the epochs reported), never a pickle; ``restore`` reopens the study from ``optuna.db``, so trials
+told after the last save are seen as told.
 """
 from __future__ import annotations
 
+import json
 import logging
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from search import store
-from search import trainable as T
 from search.lm_gate import LMGate, LMSettingsOf
+from search.outcome import EPOCH, stopped_early
 from search.settings import SearchConfig
 from search.space import SearchSpace
+from search.trainable import OPTUNA_NUMBER
 from ulmfit_core.config import build_recipe, to_dict
 
 logger = logging.getLogger(__name__)
 
-
-class DefineByRun:
-    """Optuna define-by-run space (picklable: Ray saves the searcher with the experiment)."""
-
-    def __init__(self, space: SearchSpace, base: dict[str, Any]):
-        self.space, self.base = space, base
-
-    def __call__(self, trial: optuna.Trial) -> None:
-        self.space.sample(trial, self.base)  # values are captured by Ray's wrapper around `trial`
-        return None
+#: User attributes of each Optuna trial: the Ray trial it ran as, and its MLflow run.
+RAY_TRIAL_ATTR, MLFLOW_RUN_ATTR = "ray_trial_id", "mlflow_run_id"
+#: A trial that was asked but never ran (the driver stopped in between), told FAIL on restore.
+ABANDONED_ATTR = "abandoned"
+STATE_VERSION = 1
+#: How long a trial's end waits for the MLflow writer to have created its run (normally long done).
+RUN_ID_WAIT_S = 5.0
 
 
-class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna what really happened to each trial.
+def startup_trials(num_samples: int) -> int:
+    """TPE's random trials before it models: a quarter of the search, from 2 up to Optuna's default 10,
+    so a short search is still mostly model-based (with Optuna's 10, an 8-trial search is all random)."""
+    return max(2, min(10, num_samples // 4))
 
-    1. **Stopped trials are PRUNED.** Ray 2.60's ``on_trial_complete`` tells every trial that has a
-       final metric as COMPLETE, including those ASHA stopped after one epoch: TPE would rank a 1-epoch
-       accuracy against 4-epoch ones. And Tune skips ``on_trial_result`` for the result that triggered a
-       stop, so that last value never became an intermediate value either. Here the final value is
-       reported at its step, and a trial whose last epoch is before its ``epochs_total`` is told as
-       PRUNED (Optuna then takes its last intermediate value as its value, which TPE uses).
-    2. **Each step is reported once.** Under FIFO the final result reaches ``on_trial_result`` and then
-       ``on_trial_complete``; it is reported only the first time.
-    3. **A retried trial counts.** A trial that errored was told to Optuna as FAIL; when a resumed
-       search (``resume_errored``) runs it again, Ray's base class ignores every later result as
-       "already finished". Here its outcome is added to the study as a new trial with the same params.
 
-    With ``search_lm: true`` it also holds back a configuration whose language model another trial is
-    training right now, so that no trial waits for it holding a GPU (:mod:`search.lm_gate`).
+def make_sampler(algorithm: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    if algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(num_samples))
 
-    And it continues the stored study after a restore (Ray pickles the study with the searcher; see
-    :meth:`restore`), and accepts HyperBand's pause notices (``on_pause``; Ray's base class lacks them).
+
+class StudySearcher(Searcher):
+    """Optuna's ask/tell behind Tune's ``Searcher`` (see the module docstring).
+
+    ``run_id_of`` maps a Ray trial id to its MLflow run id once the run exists (the tracking callback's
+    record); with ``search_lm: true``, ``lm_gate`` holds back a configuration whose language model another
+    trial is training right now, so no trial waits for it holding a GPU (:mod:`search.lm_gate`).
     """
 
-    def __init__(self, *args: Any, lm_gate: LMGate | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lm_gate = lm_gate  # search_lm: true: hold trials whose LM another trial is training
-        self._last_step: dict[str, int] = {}  # trial id -> last step reported to Optuna
-        self._failed: dict[str, dict[int, float]] = {}  # trial id told FAIL -> intermediate values since
-        self._last_result: dict[str, dict[str, Any]] = {}  # trial id -> what its last result said
+    def __init__(self, search_dir: Path, sampler: tuple[str, int, int], space: SearchSpace,
+                 base: Mapping[str, Any], metric: str, mode: str, *, create: bool = True,
+                 lm_gate: LMGate | None = None, run_id_of: Callable[[str, float], str | None] | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.search_dir, self.sampler = str(search_dir), tuple(sampler)  # (algorithm, seed, num_samples)
+        self.space, self.base, self.lm_gate, self.run_id_of = space, dict(base), lm_gate, run_id_of
+        self.study, self.storage = open_study(Path(search_dir), *self.sampler, metric=metric, mode=mode, create=create)
+        self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
+        self.number: dict[str, int] = {}  # Ray trial id -> Optuna trial number (every trial asked)
+        self.reported: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
+        self.failed: dict[str, dict[int, float]] = {}  # told FAIL -> epochs reported by a later run of it
+        self.linked: set[str] = set()  # Ray trial ids whose Optuna trial records its MLflow run
 
-    def _state(self) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
-        # Searchers saved before these attributes existed come back without them.
-        if not hasattr(self, "_last_step"):
-            self._last_step, self._failed = {}, {}
-        if not hasattr(self, "_last_result"):
-            self._last_result = {}
-        return self._last_step, self._failed
+    # -- Tune's Searcher interface ------------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # metric, mode and space come from the search config
 
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
-
-    @property
-    def lm_gate(self) -> LMGate | None:
-        return getattr(self, "_lm_gate", None)  # searchers saved before the gate existed have none
-
-    def suggest(self, trial_id: str) -> dict | str | None:
-        """Optuna's next configuration; with an LM gate, one whose language model no other trial is
-        training right now (see ``search/lm_gate.py``), or None (Tune asks again later)."""
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next configuration: the study's next trial (a point to evaluate, then TPE or random); with an
+        LM gate, one whose language model no other trial is training, or None (Tune asks again later)."""
         gate = self.lm_gate
-        if gate is None:
-            return super().suggest(trial_id)
-        released = gate.release()
-        if released is not None:  # asked earlier under another id: the Optuna trial follows the new one
-            asked_as, config = released
-            self._ot_trials[trial_id] = self._ot_trials.pop(asked_as)
-            gate.admit(trial_id, config)
-            return config
-        if not gate.may_ask():
+        if gate is not None:
+            released = gate.release()
+            if released is not None:  # asked earlier under another id: the Optuna trial follows the new one
+                asked_as, config = released
+                self._rename(asked_as, trial_id)
+                gate.admit(trial_id, config)
+                return config
+            if not gate.may_ask():
+                return None
+        trial = self.study.ask()
+        sampled = self.space.sample(trial, self.base)
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        self.live[trial_id], self.number[trial_id] = trial, trial.number
+        config = {**sampled, OPTUNA_NUMBER: trial.number}
+        if gate is not None and not gate.admit(trial_id, config):
+            logger.info("trial %s waits, holding no resources, for the language model another trial is training",
+                        trial_id)
             return None
-        config = super().suggest(trial_id)
-        if not isinstance(config, dict) or gate.admit(trial_id, config):
-            return config
-        logger.info("trial %s waits, holding no resources, for the language model another trial is training",
-                    trial_id)
-        return None
-
-    def on_pause(self, trial_id: str) -> None:
-        """HyperBand paused the trial at a milestone; it resumes or is stopped later: nothing to tell yet."""
-
-    def on_unpause(self, trial_id: str) -> None:
-        """The paused trial runs on; its next results are reported as usual."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Ray's restore unpickles the study as it was at the last save, with the storage's cache of that
-        moment. Reopen it from its database instead, so trials told after that save are seen as told."""
-        super().restore(checkpoint_path)
-        self._reopen_study()
-        if self.lm_gate is not None:
-            self.lm_gate.after_restore()
-
-    def _reopen_study(self) -> None:
-        url = _database_url(self._ot_study)
-        if url is None:  # an in-memory study (a search from before optuna.db): the pickle is the study
-            return
-        study = optuna.load_study(study_name=self._ot_study.study_name, storage=store.study_storage(url),
-                                  sampler=self._ot_study.sampler, pruner=optuna.pruners.NopPruner())
-        stored = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
-        for ray_id, old in list(self._ot_trials.items()):
-            self._ot_trials[ray_id] = optuna.Trial(study, old._trial_id)
-            if stored[old._trial_id].state.is_finished():
-                self._completed_trials.add(ray_id)  # told after the last save: results replayed now are old
-        self._ot_study = study
-        known = {t._trial_id for t in self._ot_trials.values()}
-        _abandon_unknown_running(study, known)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.lm_gate is not None:
             self.lm_gate.on_result(trial_id)
-        last_step, failed = self._state()
-        value, step = result.get(self.metric), result.get("training_iteration")
-        if trial_id in failed:
-            if value is not None and step is not None:
-                failed[trial_id][int(step)] = float(value)
-            return
-        if trial_id in self._completed_trials:  # replayed after a restore; the study already has it
-            return
-        super().on_trial_result(trial_id, result)
-        self._last_result[trial_id] = {k: result.get(k) for k in (self.metric, "training_iteration",
-                                                                  T.EPOCH, T.EPOCHS_TOTAL)}
-        if step is not None and trial_id not in self._completed_trials:
-            last_step[trial_id] = int(step)
+        self._link_run(trial_id)
+        self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if self.lm_gate is not None:
             self.lm_gate.on_end(trial_id)
-        last_step, failed = self._state()
-        if result is None and not error:  # a paused trial stopped by HyperBand: Ray passes no result
-            result = self._last_result.get(trial_id)
-        self._last_result.pop(trial_id, None)
-        if trial_id in failed:
+        if trial_id in self.failed:
             return self._revive(trial_id, result, error)
-        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            super().on_trial_complete(trial_id, result=result, error=error)
-            if error and trial_id in self._ot_trials:
-                failed[trial_id] = {}
+        trial = self.live.pop(trial_id, None)
+        if trial is None:  # told already (a result replayed after a restore)
             return None
-        ot_trial = self._ot_trials[trial_id]
-        value, step = result.get(self.metric), result.get("training_iteration")
-        if value is not None and step is not None and int(step) > last_step.get(trial_id, 0):
-            ot_trial.report(value, step)
-        if not T.stopped_early(result):
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        from optuna.trial import TrialState
-
-        try:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        except Exception as e:  # noqa: BLE001  (as the base class: e.g. a NaN metric)
-            logger.warning("Optuna: cannot tell trial %s as pruned: %s", trial_id, e)
-        self._completed_trials.add(trial_id)
+        self._link_run(trial_id, trial)
+        if error:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failed[trial_id] = {}
+            return None
+        result = result or {}
+        self._report(trial_id, result, trial)
+        value = result.get(self.metric)
+        if value is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif stopped_early(result):
+            self.study.tell(trial, state=TrialState.PRUNED)  # its value: the last epoch reported
+        else:
+            self.study.tell(trial, float(value))
         return None
 
+    def save(self, checkpoint_path: str) -> None:
+        """This searcher's state as JSON (the study itself is in ``optuna.db``)."""
+        state = {"version": STATE_VERSION, "study": self.study.study_name, "number": self.number,
+                 "reported": self.reported, "live": sorted(self.live), "linked": sorted(self.linked),
+                 "failed": {t: {str(k): v for k, v in steps.items()} for t, steps in self.failed.items()}}
+        Path(checkpoint_path).write_text(json.dumps(state), encoding="utf-8")
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Read :meth:`save`'s JSON and reopen the running trials from the study as it is in ``optuna.db``:
+        a trial told after that save stays told; one asked but never run is told FAIL (``abandoned``)."""
+        state = json.loads(Path(checkpoint_path).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"{checkpoint_path}: not a searcher state this version wrote")
+        if self.study is None:  # brought back by Tune without its study: reopen it from optuna.db
+            self.study, self.storage = open_study(Path(self.search_dir), *self.sampler, metric=self.metric,
+                                                  mode=self.mode, create=False)
+        self.number = {str(k): int(v) for k, v in state["number"].items()}
+        self.reported = {str(k): int(v) for k, v in state["reported"].items()}
+        self.linked = set(state.get("linked", []))
+        self.failed = {t: {int(k): float(v) for k, v in steps.items()} for t, steps in state["failed"].items()}
+        self.reopen(set(state["live"]))
+
+    def reopen(self, live: set[str]) -> None:
+        """Live Optuna trials for the Ray trials in ``live`` whose Optuna trial is still running; running
+        trials no Ray trial holds are told FAIL, marked abandoned."""
+        self.live = {}
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for ray_id in sorted(live):
+            number = self.number.get(ray_id)
+            if number in running:
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+                self.live[ray_id] = optuna.Trial(self.study, trial_id)
+        held = {self.number[r] for r in self.live}
+        for number in sorted(set(running) - held):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            optuna.Trial(self.study, trial_id).set_user_attr(
+                ABANDONED_ATTR, "asked before the driver stopped, after its last saved state; never run")
+            self.study.tell(number, state=TrialState.FAIL)
+        if self.lm_gate is not None:
+            self.lm_gate.after_restore()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune keeps the searcher with its experiment; the study and its live trials are reopened from
+        # optuna.db by restore(), never unpickled.
+        return {**self.__dict__, "study": None, "storage": None, "live": {}, "run_id_of": None}
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _report(self, trial_id: str, result: Mapping[str, Any], trial: optuna.Trial | None = None) -> None:
+        """Report the result's epoch to Optuna once (a replayed or repeated epoch is not reported again)."""
+        trial = trial or self.live.get(trial_id)
+        epoch, value = result.get(EPOCH), result.get(self.metric)
+        if trial_id in self.failed:  # a retried run of a trial already told FAIL: kept for _revive
+            if epoch is not None and value is not None:
+                self.failed[trial_id][int(epoch)] = float(value)
+            return
+        if trial is None or epoch is None or value is None or int(epoch) <= self.reported.get(trial_id, 0):
+            return
+        trial.report(float(value), int(epoch))
+        self.reported[trial_id] = int(epoch)
+
+    def _link_run(self, trial_id: str, trial: optuna.Trial | None = None) -> None:
+        """Record the trial's MLflow run on its Optuna trial once the run exists; at the trial's end (``trial``
+        given: the last chance, Optuna's finished trials are read-only) wait a little for the MLflow writer."""
+        wait_s = RUN_ID_WAIT_S if trial is not None else 0.0
+        trial = trial or self.live.get(trial_id)
+        if trial is None or trial_id in self.linked or self.run_id_of is None:
+            return
+        run_id = self.run_id_of(trial_id, wait_s)
+        if run_id:
+            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            self.linked.add(trial_id)
+
+    def _rename(self, old: str, new: str) -> None:
+        for table in (self.live, self.number, self.reported):
+            if old in table:
+                table[new] = table.pop(old)
+        if new in self.live:
+            self.live[new].set_user_attr(RAY_TRIAL_ATTR, new)
+
     def _revive(self, trial_id: str, result: dict | None, error: bool) -> None:
-        """A trial told FAIL ran again (after a resume): add its outcome as a new Optuna trial."""
-        from optuna.trial import TrialState
-
-        intermediate = self._failed.pop(trial_id)
-        value, step = (result or {}).get(self.metric), (result or {}).get("training_iteration")
+        """A trial told FAIL ran again (a resumed search retries errored trials): its outcome is added as a
+        new Optuna trial with the same values, so the study counts it once, as what it became."""
+        reported = self.failed.pop(trial_id)
+        value, epoch = (result or {}).get(self.metric), (result or {}).get(EPOCH)
         if error or value is None:
-            return  # failed again: the FAIL already recorded stands
-        intermediate[int(step or 0)] = float(value)
-        number = self._ot_trials[trial_id].number
-        frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
-        state = TrialState.PRUNED if T.stopped_early(result or {}) else TrialState.COMPLETE
-        self._ot_study.add_trial(optuna.trial.create_trial(
+            return  # failed again: the FAIL already told stands
+        reported[int(epoch or 0)] = float(value)
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.number[trial_id])
+        state = TrialState.PRUNED if stopped_early(result or {}) else TrialState.COMPLETE
+        self.study.add_trial(optuna.trial.create_trial(
             state=state, value=float(value), params=frozen.params, distributions=frozen.distributions,
-            intermediate_values=intermediate, user_attrs={"ray_trial_id": trial_id, "retried": True}))
+            intermediate_values=reported, user_attrs={RAY_TRIAL_ATTR: trial_id, "retry_of": frozen.number}))
 
 
-def _sampler(algorithm: str, seed: int) -> dict[str, Any]:
-    """OptunaSearch's sampler arguments: TPE (Ray builds ``TPESampler(seed=seed)``) or seeded random."""
-    if algorithm == "random":
-        import optuna
-
-        return {"sampler": optuna.samplers.RandomSampler(seed=seed)}
-    return {"seed": seed}
-
-
-def _database_url(study: optuna.Study) -> str | None:
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
-    return backend.url if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
-def _abandon_unknown_running(study: optuna.Study, known: set[int]) -> None:
-    """Trials asked after Ray's last save of the searcher: Ray's restored state never runs them, so they
-    would stay RUNNING in the study forever. They are told FAIL, marked ``abandoned``."""
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t._trial_id not in known:
-            optuna.Trial(study, t._trial_id).set_user_attr(
-                "abandoned", "asked before the driver died, after Ray's last saved state; never run")
-            study.tell(t.number, state=TrialState.FAIL)
+def open_study(search_dir: Path, algorithm: str, seed: int, num_samples: int, *, metric: str, mode: str,
+               create: bool) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """The search's study in ``search_dir/optuna.db`` (created with ``create``, its objective named after
+    ``metric``), with its sampler, and the storage it lives in."""
+    storage = store.study_storage(store.study_url(search_dir))
+    sampler = make_sampler(algorithm, seed, num_samples)
+    name = store.study_name(search_dir)
+    if not create:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler), storage
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                direction="maximize" if mode == "max" else "minimize")
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])  # optuna-dashboard and the plots name the objective
+    return study, storage
 
 
-def make_searcher(cfg: SearchConfig, search_dir: Path | None = None) -> PruningAwareOptunaSearch:
-    """The searcher; with ``search_dir`` its study is stored there (``optuna.db``), else in memory."""
+def make_searcher(cfg: SearchConfig, search_dir: Path, *, create: bool = True,
+                  run_id_of: Callable[[str, float], str | None] | None = None) -> StudySearcher:
+    """The searcher of a search folder: a new study (``create``) or the stored one."""
     s = cfg.search
-    base = to_dict(build_recipe(cfg.recipe))
-    stored: dict[str, Any] = {}
-    if search_dir is not None:
-        stored = {"storage": store.study_storage(store.study_url(search_dir)), "study_name": store.study_name(search_dir)}
-    searcher = PruningAwareOptunaSearch(space=DefineByRun(cfg.space, base), metric=s.metric, mode=s.mode,
-                                        lm_gate=_lm_gate(cfg), **_sampler(s.algorithm, s.seed), **stored)
-    searcher.study.set_metric_names([s.metric])  # optuna-dashboard and the plots name the objective
-    return searcher
+    return StudySearcher(search_dir, (s.algorithm, s.seed, s.num_samples), cfg.space, to_dict(build_recipe(cfg.recipe)),
+                         s.metric, s.mode, create=create, lm_gate=_lm_gate(cfg), run_id_of=run_id_of)
 
 
 def _lm_gate(cfg: SearchConfig) -> LMGate | None:
@@ -242,11 +268,8 @@ def _lm_gate(cfg: SearchConfig) -> LMGate | None:
 
 
 def load_study(search_dir: str | Path) -> optuna.Study:
-    """The Optuna study of a search, e.g. for optuna.visualization or warm start: from its ``optuna.db``,
-    or for a search made before studies were stored, from Ray's saved searcher state."""
+    """The Optuna study of a search (e.g. for optuna.visualization or warm start), from its ``optuna.db``."""
     study = store.load_study(search_dir)
-    if study is not None:
-        return study
-    searcher = PruningAwareOptunaSearch()
-    searcher.restore_from_dir(str(search_dir))
-    return searcher._ot_study
+    if study is None:
+        raise FileNotFoundError(f"{search_dir}: no {store.OPTUNA_DB} (the search's Optuna study)")
+    return study

@@ -19,7 +19,7 @@
       algorithm: tpe                # Optuna sampler: tpe, or random
       search_lm: false              # searching lm.*/model.*/text.*/data.*/seed gives each trial its own LM
       scheduler: {grace_period: 1, reduction_factor: 2}   # ASHA; time unit = classifier epoch
-                                    # {type: fifo}: no early stopping; {type: hyperband}: HyperBand
+                                    # {type: fifo}: no early stopping
                                     # rungs: unfreeze (ASHA decides where an unfreezing phase ends) or [2, 4]
       warm_start: [runs/search/trec_demo-20250101-120000, trec_demo]   # earlier searches (folder or
                                     # MLflow experiment) whose trials TPE starts from (docs/SEARCH.md)
@@ -46,6 +46,7 @@ from typing import Any
 
 from search import portable
 from search.errors import SearchConfigError, SpaceError, fail
+from search.rungs import UNFREEZE_RUNGS, check_scheduler
 from search.space import PAPER, SearchSpace
 from ulmfit_core import zoo
 from ulmfit_core.config import ConfigError, apply_overrides, coerce, default_recipe, read_yaml, recipe_from_dict, to_dict
@@ -75,16 +76,14 @@ class Resources:
 #: ``search.algorithm``: how Optuna samples values. ``random`` (with ``scheduler.type: fifo``) is the
 #: plain random search that the benchmarks compare TPE + ASHA against.
 ALGORITHMS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo", "hyperband")
-#: ``search.scheduler.rungs: unfreeze``: ASHA's decision points at the ends of the unfreezing phases.
-UNFREEZE_RUNGS = "unfreeze"
+SCHEDULERS = ("asha", "fifo")
 
 
 @dataclass
 class AshaSettings:
-    """The trial scheduler: ASHA (async successive halving; the default), ``fifo`` (no early stopping,
-    every trial runs all its epochs) or ``hyperband`` (HyperBand's brackets; search/schedulers.py).
-    ``max_t`` defaults to the recipe's ``classifier.epochs``.
+    """The trial scheduler: ASHA (async successive halving; the default; search/schedulers.py) or ``fifo``
+    (no early stopping, every trial runs all its epochs). ``max_t`` defaults to the recipe's
+    ``classifier.epochs`` and may not be below it.
 
     ``rungs`` (ASHA only) replaces ASHA's decision points (``grace_period x reduction_factor**k``) with
     the epochs where the recipe changes (``unfreeze``: the end of each gradual-unfreezing phase) or an
@@ -109,9 +108,6 @@ class AshaSettings:
         if self.max_t is not None and self.max_t < self.grace_period:
             fail("search.scheduler.max_t", f"must be >= grace_period ({self.grace_period}); got {self.max_t}")
         self._check_rungs()
-        if self.type == "hyperband" and self.brackets != 1:
-            fail("search.scheduler.brackets", "is ASHA's; HyperBand builds its own brackets from max_t and "
-                                              "reduction_factor. Remove it")
 
     def _check_rungs(self) -> None:
         if self.rungs is None:
@@ -273,9 +269,7 @@ class SearchConfig:
             problem = self.space.outside(point)
             if problem:
                 fail(f"search.points_to_evaluate[{i}]", problem)
-        from search.rungs import check_scheduler  # needs the validated recipe and space
-
-        check_scheduler(self)
+        check_scheduler(self)  # needs the validated recipe and space
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:

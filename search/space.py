@@ -65,9 +65,9 @@ PAPER_POINT: dict[str, Any] = {
 }
 PAPER = "paper"  # the name of PAPER_POINT in search.points_to_evaluate
 
-#: Recipe sections the language-model stage depends on (what ``pipeline.lm_key`` hashes). Searching
-#: them gives each trial its own LM, so it needs ``search.search_lm: true``.
-LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed")
+#: Keys the language-model stage depends on (what its sharing key ``stages.lm_key`` hashes: an explicit
+#: ``precision`` included). Searching them gives each trial its own LM, so it needs ``search.search_lm: true``.
+LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed", "precision")
 
 _TYPES = {"loguniform", "uniform", "int", "choice", "categorical"}
 _FIELDS = {

@@ -50,11 +50,23 @@ from ray.tune.experiment import Trial
 from search import store_location
 from search import trainable as T
 from search.mlflow_writer import MlflowWriter
+from search.outcome import (  # the trial_status tag's values
+    ABANDONED,
+    COMPLETED,
+    ERRORED,
+    INTERRUPTED,
+    RUNNING,
+    STOPPED,
+    best_completed,
+    stopped_early,
+    trial_outcome,
+)
 
 logger = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
+OPTUNA_TRIAL_TAG = "optuna_trial"  # the trial's number in the search's Optuna study
 ROLE_TAG = "search_role"  # parent | trial | retrain
 STATUS_TAG = "trial_status"
 # The sampled values at full precision, as JSON (params are rounded for display): what warm start reads.
@@ -62,9 +74,6 @@ SAMPLED_TAG = "sampled_values"
 SEARCH_STATUS_TAG = "search_status"
 #: MLflow 3's UI opens an experiment on its GenAI page unless it is tagged as model development.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-COMPLETED, STOPPED, ERRORED, RUNNING = "completed", "stopped_by_asha", "errored", "running"
-INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C) before the trial ended; a resume continues it
-ABANDONED = "abandoned"  # see TrialRecorder.retire_abandoned
 #: What a child run records per epoch; everything else a trial reports is bookkeeping (tags).
 EPOCH_METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss", "lr")
 SUMMARY_PREFIX = "summary."
@@ -72,17 +81,6 @@ SUMMARY_PREFIX = "summary."
 KEY_RECIPE_SETTINGS = ("data.dataset", "data.train", "data.max_train_rows", "model.preset", "text.max_vocab",
                        "lm.pretrained", "lm.epochs", "lm.backwards", "classifier.epochs", "classifier.unfreeze",
                        "seed", "precision")
-
-
-def outcome(result: Mapping[str, Any] | None, errored: bool = False) -> str:
-    """How a trial ended, from its last result: errored, interrupted (no final ``done`` result: the
-    driver stopped first), stopped_by_asha (done before its last epoch) or completed."""
-    if errored:
-        return ERRORED
-    result = result or {}
-    if not result.get("done"):
-        return INTERRUPTED
-    return STOPPED if T.stopped_early(result) else COMPLETED
 
 
 class TrackingError(RuntimeError):
@@ -251,16 +249,10 @@ def display(value: Any) -> str:
     return str(value)[:6000]
 
 
-def trial_index(trial_id: str) -> int | None:
-    """Ray's trial ids end in the trial's index (``3c9f1_00004`` -> 4)."""
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
-def trial_run_name(trial_id: str, sampled: Mapping[str, Any], limit: int = 90) -> str:
-    """``trial 04: lr=0.0123, drop_mult=0.5, ...``: the index and the sampled values, short keys."""
-    index = trial_index(trial_id)
-    head = f"trial {index:02d}" if index is not None else f"trial {trial_id}"
+def trial_run_name(number: int | None, trial_id: str, sampled: Mapping[str, Any], limit: int = 90) -> str:
+    """``trial 4: lr=0.0123, drop_mult=0.5, ...``: the trial's number in the Optuna study (what
+    optuna-dashboard shows; the Ray id when there is none) and the sampled values, short keys."""
+    head = f"trial {number}" if number is not None else f"trial {trial_id}"
     values = ", ".join(f"{k.split('.')[-1]}={display(v)}" for k, v in sampled.items())
     name = f"{head}: {values}" if values else head
     return name if len(name) <= limit else name[: limit - 1] + "…"
@@ -437,6 +429,16 @@ class MLflowTrialCallback(tune.Callback):
                                            self._writer, self.log_checkpoints)
         return self._writer
 
+    def run_id_of(self, trial_id: str, wait_s: float = 0.0) -> str | None:
+        """The trial's MLflow run id once the writer has created it (the searcher records it on the Optuna
+        trial), waiting up to ``wait_s`` for the writer to get there; None when it has not."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            run_id = self._recorder.runs.get(trial_id) if self._recorder is not None else None
+            if run_id is not None or time.monotonic() >= deadline:
+                return run_id
+            time.sleep(0.05)
+
     def _submit(self, what: str, method: str, *args: Any) -> None:
         writer = self.writer
         recorder = self._recorder
@@ -452,7 +454,7 @@ class MLflowTrialCallback(tune.Callback):
                      dict(result), int(time.time() * 1000))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        status = STOPPED if T.stopped_early(trial.last_result or {}) else COMPLETED
+        status = STOPPED if stopped_early(trial.last_result or {}) else COMPLETED
         self._submit(f"end of trial {trial.trial_id}", "finish", snapshot(trial), status)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -519,10 +521,13 @@ class TrialRecorder:
         from ulmfit_core.config import build_recipe, to_dict
 
         sampled = T.sampled_values(snap.config)
+        number = snap.config.get(T.OPTUNA_NUMBER)
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING,
+                SAMPLED_TAG: json.dumps(sampled, default=str)}
+        if number is not None:
+            tags[OPTUNA_TRIAL_TAG] = number
         run = self._call(f"create the run of trial {snap.trial_id}", lambda: self.client.create_run(
-            self.experiment_id, run_name=trial_run_name(snap.trial_id, sampled), tags={
-                PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING,
-                SAMPLED_TAG: json.dumps(sampled, default=str)}))
+            self.experiment_id, run_name=trial_run_name(number, snap.trial_id, sampled), tags=tags))
         if run is None:
             return None
         run_id = run.info.run_id
@@ -631,7 +636,7 @@ class TrialRecorder:
 
     def _log_plots(self, snap: TrialSnapshot, run_id: str) -> None:
         """Learning curves and the learning-rate schedule the trial used, from its latest checkpoint."""
-        from search import plot_process
+        from search import plots
         from ulmfit_core.artifacts import TRAIN_LOG_FILE, read_json
 
         folder = snap.latest_checkpoint
@@ -639,8 +644,11 @@ class TrialRecorder:
             return
         log = read_json(Path(folder) / TRAIN_LOG_FILE)
         with tempfile.TemporaryDirectory(prefix="ulmfit-plots-") as tmp:
-            # Drawn in the low-priority helper process: off this process's GIL and behind the trials.
-            made = plot_process.SHARED.call(plot_process.draw_trial_plots, log, tmp)
+            try:  # drawn here, on the writer's thread, once per trial (~0.3 s of CPU)
+                made = plots.trial_plots(log, tmp)
+            except Exception as e:  # noqa: BLE001 (plots are a view of the results, never a reason to fail)
+                logger.warning("plots of trial %s skipped: %s: %s", snap.trial_id, type(e).__name__, e)
+                return
             for path in made:
                 self._call(f"plot {path.name} of trial {snap.trial_id}",
                            lambda p=path: self.client.log_artifact(run_id, str(p), "plots"))
@@ -662,7 +670,7 @@ class TrialRecorder:
             run = self._call(f"status of trial {snap.trial_id}", lambda r=run_id: self.client.get_run(r))
             if run is None or run.info.status != "RUNNING":
                 continue
-            status = outcome(snap.last_result, snap.status == "ERROR")
+            status = trial_outcome(snap.last_result, snap.status == "ERROR")
             if status == INTERRUPTED:  # Ctrl-C: Tune saved the trial as running; a resume reopens the run
                 self._set_tags(run_id, {STATUS_TAG: INTERRUPTED})
                 self._call(f"stop the run of trial {snap.trial_id}",
@@ -699,13 +707,12 @@ def best_trial_run(uri: str, experiment: str) -> dict[str, Any]:
     parent = parents[0]
     metric = parent.data.params.get("search.metric", "valid_accuracy")
     mode = parent.data.params.get("search.mode", "max")
-    order = "DESC" if mode == "max" else "ASC"
-    runs = client.search_runs([exp.experiment_id],
-                              f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and tags.{STATUS_TAG} = '{COMPLETED}'",
-                              order_by=[f"metrics.{metric} {order}"], max_results=1)
-    if not runs:
+    rows = [{"status": r.data.tags.get(STATUS_TAG), metric: r.data.metrics.get(metric), "run": r}
+            for r in child_runs(uri, exp.experiment_id, parent.info.run_id)]
+    best = best_completed(rows, metric, mode)
+    if best is None:
         raise TrackingError(f"the newest search in experiment {experiment!r} has no completed trial")
-    run = runs[0]
+    run = best["run"]
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run.info.run_id, "recipe.yaml", tmp)
         recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -738,8 +745,14 @@ def newest_search_trials(uri: str, experiment: str) -> dict[str, Any]:
             trials.append({"run_id": run.info.run_id, "status": run.data.tags[STATUS_TAG],
                            "params": dict(run.data.params), "sampled": json.loads(exact) if exact else None,
                            "history": history})
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(parent.info.run_id, "search_config.yaml", tmp)
+            recipe = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("recipe")
+        except Exception:  # noqa: BLE001 (a parent run without it: the recipe cannot be compared)
+            recipe = None
     return {"parent_run_id": parent.info.run_id, "metric": metric,
-            "mode": parent.data.params.get("search.mode", "max"),
+            "mode": parent.data.params.get("search.mode", "max"), "recipe": recipe,
             "search_dir": parent.data.tags.get("search_dir"), "trials": trials}
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from ray import tune
 
+from search.outcome import EPOCH, EPOCHS_TOTAL, stopped_early  # noqa: F401  (a trial's clock)
+from ulmfit_core import memory
 from ulmfit_core.config import build_recipe
 from ulmfit_core.train import ResumeMismatch
 
@@ -27,10 +29,9 @@ logger = logging.getLogger(__name__)
 
 RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
 RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "models_dir", "threads"}
+OPTUNA_NUMBER = "optuna_trial"  # trial config key: the trial's number in the search's Optuna study
 
-#: Keys every report carries besides ``epoch`` and ``pipeline.METRICS``.
-EPOCH = "epoch"
-EPOCHS_TOTAL = "epochs_total"  # the trial's classifier.epochs: a trial that ended before it was stopped early
+#: Keys every report carries besides ``epoch`` (and ``epochs_total``: search/outcome.py) and ``METRICS``.
 LM_TRAINED = "lm_trained"  # 1.0: this trial trained its LM; 0.0: reused one (or none: from_scratch)
 LM_SECONDS = "lm_seconds"  # seconds this trial spent in ensure_lm (training, or waiting for and loading one)
 LM_SAVED = "lm_seconds_saved"  # when the LM was reused: the seconds its training took (compute saved)
@@ -43,14 +44,9 @@ EARLIER_EPOCHS = "epochs_before_resume"
 
 
 def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The searched values of a trial config (everything but the base recipe and run settings)."""
-    return {k: v for k, v in config.items() if k not in (RECIPE, RUN)}
-
-
-def stopped_early(result: Mapping[str, Any]) -> bool:
-    """True when a trial's last result is before its final epoch (the scheduler stopped it)."""
-    epoch, total = result.get(EPOCH), result.get(EPOCHS_TOTAL)
-    return epoch is not None and total is not None and epoch < total
+    """The searched values of a trial config (everything but the base recipe, the run settings and the
+    trial's Optuna number)."""
+    return {k: v for k, v in config.items() if k not in (RECIPE, RUN, OPTUNA_NUMBER)}
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -66,6 +62,7 @@ def train_trial(config: dict[str, Any]) -> None:
     # switched trials, so set the thread count explicitly: trials x threads never exceed the cores.
     torch.set_num_threads(int(run["threads"]))
     cfg = build_recipe(config[RECIPE], sampled_values(config))
+    memory.for_training_on(cfg.device)  # a trial's process trains: reuse freed memory (ulmfit_core/memory.py)
     corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
     extra: dict[str, Any] = {EPOCHS_TOTAL: cfg.classifier.epochs, LM_TRAINED: 0.0, LM_SECONDS: 0.0,
                              LM_SAVED: 0.0, NODE_ID: ray.get_runtime_context().get_node_id()}
@@ -118,6 +115,7 @@ def train_shared_lm(recipe: dict[str, Any], run: Mapping[str, Any]) -> dict[str,
 
     torch.set_num_threads(int(run["threads"]))
     cfg = build_recipe(recipe)
+    memory.for_training_on(cfg.device)
     corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
     lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]), models_dir=run.get("models_dir"))
     seconds = lm.seconds if lm.trained else stages.lm_training_seconds(lm.lm_dir)

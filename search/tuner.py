@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,15 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search import ConcurrencyLimiter
 
-from search import plot_process, store, tracking, warm_start
+from search import outcome, plots, store, tracking, warm_start
 from search import trainable as T
 from search.console_log import LibraryLog
 from search.local_ray import start_local_ray
 from search.progress import progress_reporter, use_classic_progress_output
-from search.schedulers import make_limiter, make_scheduler
+from search.rungs import asha_rungs
+from search.schedulers import make_scheduler
 from search.searcher import make_searcher
 from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
@@ -92,23 +94,6 @@ class CheckpointPruner(tune.Callback):
                 checkpoint.filesystem.delete_dir(checkpoint.path)
             except Exception as e:  # noqa: BLE001 (already gone, or storage hiccup: only disk is lost)
                 logger.debug("could not delete checkpoint %s: %s", checkpoint.path, e)
-
-
-class SearchPlotsAhead(tune.Callback):
-    """Once the search's last trial has started, the plot helper imports what the search's plots will
-    need (``plot_process.import_search_plot_modules``), at its low priority while that trial trains,
-    instead of at the end, where the search waits for its plots: ~3.5 s on 2 cores the first time, most
-    of it scikit-learn for the fANOVA importances. Not earlier: on a small machine, imports beside the
-    first trials slowed them more than they saved (bench/search_scaling.py)."""
-
-    def __init__(self, num_samples: int):
-        self.num_samples = num_samples
-        self.sent = False
-
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        if not self.sent and len(trials) >= self.num_samples:
-            self.sent = True
-            plot_process.SHARED.call_in_background(plot_process.import_search_plot_modules, self.num_samples)
 
 
 def _state_save_period() -> float:
@@ -220,11 +205,12 @@ def param_space(cfg: SearchConfig, search_dir: Path | None = None) -> dict[str, 
 
 
 def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback],
-                earlier: Sequence[warm_start.EarlierSearch] = ()) -> tune.Tuner:
+                earlier: Sequence[warm_start.EarlierSearch] = (),
+                run_id_of: Callable[[str, float], str | None] | None = None) -> tune.Tuner:
     """The Tuner of a new search; its study (``search_dir/optuna.db``) starts with the ``earlier``
-    searches' trials and the points to evaluate first."""
+    searches' trials and the points to evaluate first. ``run_id_of``: a trial's MLflow run, once it exists."""
     s = cfg.search
-    searcher = make_searcher(cfg, search_dir)
+    searcher = make_searcher(cfg, search_dir, run_id_of=run_id_of)
     warm_start.start_study(searcher.study, cfg, earlier)
     scheduler = make_scheduler(cfg)
     use_classic_progress_output()  # else Ray's default output ignores progress_reporter (search/progress.py)
@@ -232,7 +218,7 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
         make_trainable(cfg),
         param_space=param_space(cfg, search_dir),
         tune_config=tune.TuneConfig(
-            search_alg=make_limiter(cfg, searcher),
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
             scheduler=scheduler, num_samples=s.num_samples, reuse_actors=s.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
@@ -340,7 +326,6 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     export the best config. Blocks. ``log``: where the libraries' messages go (moved into the search
     folder once it exists)."""
     cfg.validate()  # an invalid space fails here, before Ray or MLflow start
-    plot_process.SHARED.start()  # imports matplotlib in the background, at low priority, while work goes on
     for note in cfg.notes:
         print(note, flush=True)
     print(check_language_model_start(cfg), flush=True)
@@ -375,8 +360,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
     # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
     loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
     pruner = CheckpointPruner(delay_s=_state_save_period() + 2.0)
-    plots_ahead = SearchPlotsAhead(cfg.search.num_samples)
-    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, plots_ahead, *loggers, *callbacks], earlier)
+    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, *loggers, *callbacks], earlier, mlflow_cb.run_id_of)
     return _fit_and_finish(tuner, cfg, search_dir, meta)
 
 
@@ -388,7 +372,6 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     cfg, meta = store.read_search_json(search_dir)
     if log is not None:
         log.move_into(search_dir)
-    plot_process.SHARED.start()  # (see run_search)
     tracking.check_reachable(meta["tracking_uri"])
     init_ray(cfg, address, log)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
@@ -415,73 +398,79 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
                 tracking.finish_parent(uri, parent, status, [], {}, None)
             except Exception as e:  # noqa: BLE001
                 logger.warning("MLflow: could not mark the search %s: %s", status, e)
-    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in
-            tracking.child_runs(uri, meta["experiment_id"], parent)}
-    board = leaderboard(results, cfg, runs)
+    # The search's own records first (leaderboard, best.yaml, plots): an MLflow outage now loses none of them.
+    board = leaderboard(results, cfg, _trial_runs(uri, meta["experiment_id"], parent))
     # Ctrl-C makes Tune save its state and return normally, with trials left unfinished.
-    unfinished = any(row["status"] == tracking.INTERRUPTED for row in board)
+    unfinished = any(row["status"] == outcome.INTERRUPTED for row in board)
     status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
     store.write_leaderboard(search_dir, board)
-    summary = summarize(board, cfg, meta.get("shared_lm"))
-    failures = tracking.write_failures(parent)
-    summary["tracking_write_failures"] = len(failures)
     best_yaml = None
     errors = [str(r.error) for r in results if r.error]
-    if any(row["status"] == tracking.COMPLETED for row in board):
+    if outcome.best_completed(board, cfg.search.metric, cfg.search.mode) is not None:
         from search.export import export_best
 
         best_yaml = export_best(search_dir)
-    plots = search_plots(cfg, search_dir, board)
-    tracking.finish_parent(uri, parent, status, board, summary, best_yaml, plots)
+    made = search_plots(cfg, search_dir, board)
+    summary = summarize(board, cfg, meta.get("shared_lm"))
+    failures = tracking.write_failures(parent)
+    summary["tracking_write_failures"] = len(failures)
+    try:
+        tracking.finish_parent(uri, parent, status, board, summary, best_yaml, made)
+    except Exception as e:  # noqa: BLE001 (the store is down: what MLflow misses is said, nothing is lost)
+        failures.append(f"the search's parent run at the end: {type(e).__name__}: {e}")
     return SearchOutcome(search_dir, board, best_yaml, summary, uri, meta["experiment"], parent, errors, status,
                          experiment_id=meta["experiment_id"], tracking_failures=failures)
 
 
 def search_plots(cfg: SearchConfig, search_dir: Path, board: list[dict[str, Any]]) -> list[Path]:
     """The search's plots under ``search_dir/plots``: Optuna's optimization history, parallel coordinates
-    and parameter importances, and how many trials survived each ASHA rung. A plot that cannot be made
-    (too few trials) is skipped with a logged reason; a failure never fails the search."""
-    s = cfg.search.scheduler
-    asha = (s.grace_period, s.reduction_factor, cfg.max_t) if s.type == "asha" else None
+    and parameter importances, and how many trials reached each of the rungs ASHA decided at. A plot that
+    cannot be made (too few trials) is skipped with a logged reason; a failure never fails the search."""
+    out = search_dir / "plots"
     try:
-        made, skipped = plot_process.SHARED.call(plot_process.draw_search_plots, str(search_dir),
-                                                 str(search_dir / "plots"), asha,
-                                                 [int(r["epochs"] or 0) for r in board])
+        made = [p for p in plots.plot_study(store.load_study(search_dir), out).values() if p is not None]
+        rungs = asha_rungs(cfg)
+        if rungs and board:
+            made.append(plots.plot_asha_survival([int(r["epochs"] or 0) for r in board], rungs,
+                                                 out / "asha_survival.png"))
     except Exception as e:  # noqa: BLE001 (plots are a view of the results, never a reason to fail)
         logger.warning("search plots skipped: %s: %s", type(e).__name__, e)
         return []
-    for reason in skipped:
-        logger.info("%s", reason)  # e.g. "skipping the parameter importances plot: 2 completed trials; ..."
     return made
 
 
+def _trial_runs(uri: str, experiment_id: str, parent: str) -> dict[str, Any]:
+    """Each trial's MLflow child run, for the leaderboard; none when the store does not answer."""
+    try:
+        return {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
+    except Exception as e:  # noqa: BLE001 (the leaderboard is written either way, without run ids)
+        logger.warning("MLflow: the trials' runs could not be read for the leaderboard: %s", e)
+        return {}
+
+
 def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per trial, best first: completed trials by their final metric, then stopped, then errored."""
+    """One row per trial, best first (``outcome.ranked``): completed trials by their final metric, then
+    stopped, interrupted and errored ones."""
     s, runs = cfg.search, runs or {}
     rows = []
     for r in results:
         m = r.metrics or {}
         tid = m.get("trial_id") or (r.path and Path(r.path).name.removeprefix("trial_"))
-        status = tracking.outcome(m, errored=r.error is not None)
         run = runs.get(tid)
-        row = {"trial_id": tid, "status": status, "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
+        config = r.config or {}
+        row = {"trial": config.get(T.OPTUNA_NUMBER), "trial_id": tid,
+               "status": outcome.trial_outcome(m, errored=r.error is not None),
+               "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
         for k in METRICS:
             row.setdefault(k, m.get(k))
-        row.update({k: v for k, v in T.sampled_values(r.config or {}).items()})
+        row.update(T.sampled_values(config))
         row.update({"lm_trained": m.get(T.LM_TRAINED), "lm_seconds": m.get(T.LM_SECONDS),
                     T.LM_SAVED: m.get(T.LM_SAVED), "lm_key": m.get(T.LM_KEY), "node_ip": m.get("node_ip"),
                     "mlflow_run_id": run.info.run_id if run else None})
         if run is not None and run.data.tags.get("lm_trained") == "true":
             row["lm_trained"] = 1.0  # trained in an earlier attempt of this trial (before a restore)
         rows.append(row)
-    rank = {tracking.COMPLETED: 0, tracking.STOPPED: 1, tracking.INTERRUPTED: 2, tracking.ERRORED: 3}
-    sign = -1 if s.mode == "max" else 1
-
-    def key(row: dict[str, Any]) -> tuple[int, float]:
-        v = row.get(s.metric)
-        return (rank[row["status"]], sign * v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf)
-
-    return sorted(rows, key=key)
+    return outcome.ranked(rows, s.metric, s.mode)
 
 
 def summarize(board: list[dict[str, Any]], cfg: SearchConfig, shared_lm: dict[str, Any] | None = None) -> dict[str, float]:
@@ -492,15 +481,15 @@ def summarize(board: list[dict[str, Any]], cfg: SearchConfig, shared_lm: dict[st
                if row.get("lm_trained") and row.get("lm_key")}
     if shared_lm and shared_lm.get("trained"):
         trained[shared_lm["lm_key"]] = float(shared_lm["seconds"])
-    completed = [r for r in board if r["status"] == tracking.COMPLETED]
-    out = {"trials": len(board), "trials_completed": len(completed),
-           "trials_stopped_by_asha": sum(r["status"] == tracking.STOPPED for r in board),
-           "trials_errored": sum(r["status"] == tracking.ERRORED for r in board),
-           "trials_interrupted": sum(r["status"] == tracking.INTERRUPTED for r in board),
+    count = {status: sum(r["status"] == status for r in board) for status in outcome.RANK}
+    out = {"trials": len(board), "trials_completed": count[outcome.COMPLETED],
+           "trials_stopped_by_asha": count[outcome.STOPPED], "trials_errored": count[outcome.ERRORED],
+           "trials_interrupted": count[outcome.INTERRUPTED],
            "lm_trainings": len(trained), "lm_seconds_trained": sum(trained.values()),
            "lm_seconds_saved": sum(float(r.get(T.LM_SAVED) or 0.0) for r in board)}
-    if completed and isinstance(completed[0].get(cfg.search.metric), (int, float)):
-        out[f"best_{cfg.search.metric}"] = completed[0][cfg.search.metric]
+    best = outcome.best_completed(board, cfg.search.metric, cfg.search.mode)
+    if best is not None:
+        out[f"best_{cfg.search.metric}"] = best[cfg.search.metric]
     return out
 
 
@@ -510,7 +499,7 @@ def format_leaderboard(board: list[dict[str, Any]], metric: str, limit: int = 20
     if not shown:
         return "(no trials)"
     params = [k for k in shown[0] if "." in k]
-    cols = ["trial_id", "status", "epochs", metric, *params]
+    cols = ["trial", "trial_id", "status", "epochs", metric, *params]
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"

@@ -7,7 +7,8 @@ to the new study before its first trial, so TPE's first proposals are already in
 trial is dropped, with a logged note naming it, when a value lies outside the new space: a choice not
 offered, a number out of range, or a key the new space does not search. Only a search's own trials
 are taken (not those it was itself warm-started with). The earlier search must optimise the same
-metric in the same direction.
+metric in the same direction, from the same base recipe and data (keys the new space searches may differ):
+its trials' scores mean nothing for another dataset or another recipe.
 
 ``search.points_to_evaluate`` are then enqueued: they are the first trials the new search runs (e.g.
 the paper's values), each key a space key; keys left out are sampled.
@@ -29,7 +30,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from search import store, tracking
+from search import portable, store, tracking
 from search.errors import fail
 from search.settings import SearchConfig
 from search.space import SearchSpace
@@ -59,6 +60,7 @@ class EarlierSearch:
     mode: str
     trials: tuple[EarlierTrial, ...]
     search_dir: str | None  # the search's folder (an MLflow parent run's search_dir tag), to spot a repeat
+    recipe: dict[str, Any] | None = None  # its base recipe (None: not recorded, so not compared)
 
 
 # -- reading earlier searches ------------------------------------------------------------------------
@@ -74,6 +76,11 @@ def read_earlier_searches(cfg: SearchConfig) -> list[EarlierSearch]:
         if (search.metric, search.mode) != (cfg.search.metric, cfg.search.mode):
             fail(key, f"{search.source} optimised {search.metric} ({search.mode}), this search "
                       f"{cfg.search.metric} ({cfg.search.mode}); warm start only from searches of the same metric and mode")
+        differ = recipe_differences(search.recipe, cfg.recipe, cfg.space.keys)
+        if differ:
+            fail(key, f"{search.source} ran another base recipe ({'; '.join(differ[:4])}): its trials' scores "
+                      f"belong to that recipe and data, not this search's; warm start only from a search of the same "
+                      f"recipe (keys this space searches may differ)")
         if search.search_dir and search.search_dir in {s.search_dir for s in searches}:
             logger.warning("warm start: %s is %s again (listed twice, as a folder and an experiment?); read once",
                            entry, search.search_dir)
@@ -106,7 +113,7 @@ def from_search_dir(search_dir: Path) -> EarlierSearch:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if SOURCE_ATTR not in t.user_attrs and t.value is not None)
     folder = str(Path(search_dir).resolve())
-    return EarlierSearch(str(search_dir), folder, cfg.search.metric, cfg.search.mode, trials, folder)
+    return EarlierSearch(str(search_dir), folder, cfg.search.metric, cfg.search.mode, trials, folder, cfg.recipe)
 
 
 def from_experiment(tracking_uri: str, experiment: str) -> EarlierSearch:
@@ -124,9 +131,31 @@ def from_experiment(tracking_uri: str, experiment: str) -> EarlierSearch:
                                    {int(s): float(run["history"][s]) for s in steps}))
     source = f"experiment {experiment}, run {data['parent_run_id']}"
     folder = str(Path(data["search_dir"]).resolve()) if data.get("search_dir") else None
-    return EarlierSearch(experiment, source, data["metric"], data["mode"], tuple(trials), folder)
+    return EarlierSearch(experiment, source, data["metric"], data["mode"], tuple(trials), folder, data.get("recipe"))
 
 
+#: Recipe keys that change where or how fast a run goes, not what a trial scores.
+_RUN_ONLY = ("device",)
+
+
+def recipe_differences(earlier: dict[str, Any] | None, current: dict[str, Any], searched: Sequence[str]) -> list[str]:
+    """``key: earlier vs now`` for each base-recipe value that differs, apart from searched keys (a path by
+    its file name: the same data may sit elsewhere on another machine). Empty when ``earlier`` is unknown."""
+    if earlier is None:
+        return []
+    from ulmfit_core.config import build_recipe, to_dict
+
+    def flat(recipe: dict[str, Any]) -> dict[str, Any]:
+        values = tracking.flatten(to_dict(build_recipe(recipe)))
+        return {k: Path(v).name if k in _PATHS and isinstance(v, str) else v for k, v in values.items()}
+
+    old, new = flat(earlier), flat(current)
+    skip = {k.split("[")[0] for k in searched}
+    return [f"{k} {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in skip and not k.startswith(_RUN_ONLY)]
+
+
+_PATHS = {f"{section}.{key}" for section, key in portable.RECIPE_PATH_KEYS}
 _ELEMENT = re.compile(r"\.(\d+)$")
 
 

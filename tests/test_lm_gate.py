@@ -68,7 +68,8 @@ def test_lm_groups_follow_the_language_model_settings_not_the_classifiers():
 @pytest.fixture
 def gated_searcher(tmp_path):
     cfg = smoke_config(tmp_path, ["search.search_lm=true", "search.num_samples=3"])
-    searcher = make_searcher(cfg)  # the space samples classifier.* only: every trial shares one LM
+    (tmp_path / "gated").mkdir()
+    searcher = make_searcher(cfg, tmp_path / "gated")  # the space samples classifier.* only: every trial shares one LM
     assert searcher.lm_gate is not None
     return searcher
 
@@ -86,12 +87,14 @@ def test_the_searcher_hands_held_configurations_to_later_trial_ids(gated_searche
     assert isinstance(second, dict) and isinstance(third, dict) and len({str(c) for c in (first, second, third)}) == 3
     assert s.suggest("t7") is None  # the budget of 3 is handed out: Optuna is not asked again
     assert len(s.study.trials) == 3
-    assert set(s._ot_trials) == {"t1", "t5", "t6"}  # each Optuna trial follows the id Tune knows it by
+    assert set(s.live) == {"t1", "t5", "t6"}  # each Optuna trial follows the id Tune knows it by
+    assert {t.user_attrs["ray_trial_id"] for t in s.study.trials} == {"t1", "t5", "t6"}
     s.on_trial_complete("t5", {"valid_accuracy": 0.7, "training_iteration": 3, "epoch": 3, "epochs_total": 3})
     done = [t for t in s.study.trials if t.value is not None]
     assert len(done) == 1 and done[0].value == pytest.approx(0.7)
-    assert done[0].params == pytest.approx(second)
+    assert done[0].params == pytest.approx({k: v for k, v in second.items() if k != "optuna_trial"})
 
 
 def test_a_search_sharing_one_lm_has_no_gate(tmp_path):
-    assert make_searcher(smoke_config(tmp_path, ["search.search_lm=false"])).lm_gate is None
+    (tmp_path / "plain").mkdir()
+    assert make_searcher(smoke_config(tmp_path, ["search.search_lm=false"]), tmp_path / "plain").lm_gate is None

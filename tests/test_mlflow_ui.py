@@ -91,9 +91,9 @@ def test_the_parent_run_unfolds_into_one_child_run_per_trial(searched, pages):
     names = pages.run_names()
     assert names[0] == searched.parent.info.run_name
     assert sorted(names[1:]) == sorted(r.info.run_name for r in searched.children)
-    for child in searched.children:
-        trial_id = child.data.tags["ray_trial_id"]
-        assert child.info.run_name.startswith(f"trial {trial_id}: lr=")
+    for child in searched.children:  # named by the trial's number in the Optuna study, linked to Ray's id
+        number = child.data.tags["optuna_trial"]
+        assert child.info.run_name.startswith(f"trial {number}: lr=") and child.data.tags["ray_trial_id"]
 
 
 def test_the_valid_accuracy_column_shows_each_trials_value(searched, pages):

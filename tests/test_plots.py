@@ -129,7 +129,7 @@ def test_same_input_same_bytes(tmp_path):
 
 def _study(n_complete: int, n_pruned: int, seed: int = 0) -> optuna.Study:
     """A search-like study: two parameters (log-scaled lr, drop_mult), per-epoch intermediate values,
-    the trials ASHA stopped told as PRUNED (as tuner.PruningAwareOptunaSearch does)."""
+    the trials ASHA stopped told as PRUNED (as search.searcher.StudySearcher does)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
     for i in range(n_complete + n_pruned):
@@ -178,24 +178,11 @@ def test_too_few_trials_for_importances_is_skipped_with_a_reason(tmp_path, caplo
     assert "no completed trial" in plots.study_skip_reason(all_pruned, "history")
 
 
-def test_asha_rungs_and_survival(tmp_path):
-    rungs = plots.asha_rung_epochs(grace_period=1, reduction_factor=2, max_t=8)
-    assert rungs == [1, 2, 4, 8]
-    assert plots.asha_rung_epochs(2, 3, 20) == [2, 6, 18]
+def test_asha_survival(tmp_path):
+    rungs = [1, 2, 4, 8]
     epochs = [1, 1, 1, 1, 2, 2, 4, 8, 8, 1]  # ten trials: most stopped at the first rung
     assert plots.asha_survivors(epochs, rungs) == {1: 10, 2: 5, 4: 3, 8: 2}
     assert_png(plots.plot_asha_survival(epochs, rungs, tmp_path / "asha.png"))
-    with pytest.raises(ValueError, match="reduction_factor"):
-        plots.asha_rung_epochs(1, 1, 4)
-
-
-def test_asha_rungs_match_rays_scheduler():
-    from ray.tune.schedulers import ASHAScheduler
-
-    for grace, rf, max_t in [(1, 2, 8), (1, 3, 10), (2, 2, 9), (1, 4, 4)]:
-        bracket = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=max_t, grace_period=grace,
-                                reduction_factor=rf)._brackets[0]  # private: Ray keeps its rungs there
-        assert plots.asha_rung_epochs(grace, rf, max_t) == sorted(int(m) for m, _ in bracket._rungs)
 
 
 def test_importances_rank_as_optuna_dashboard_ranks_them():

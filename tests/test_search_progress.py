@@ -18,32 +18,39 @@ INTERNAL = {"recipe": {"classifier": {"epochs": 3}}, "run": {"cache_dir": "/tmp/
 
 
 def trial(trial_id: str, status: str, epoch: int | None = None, acc: float | None = None, lr: float = 0.0085588912,
-          total: int = 3) -> SimpleNamespace:
-    """What the reporter reads of a Ray ``Trial``."""
+          total: int = 3, number: int | None = None) -> SimpleNamespace:
+    """What the reporter reads of a Ray ``Trial`` (``number``: its Optuna trial number, in its config)."""
     result = {} if epoch is None else {"epoch": epoch, "epochs_total": total, "valid_accuracy": acc}
     config = {**INTERNAL, "classifier.lr": lr, "classifier.drop_mult": 1.0380512, "classifier.use_clr[0]": 64}
+    if number is not None:
+        config["optuna_trial"] = number
     return SimpleNamespace(trial_id=trial_id, status=status, config=config, last_result=result)
 
 
 def search_of_four() -> list[SimpleNamespace]:
-    return [trial("aaaa0001", "TERMINATED", 3, 0.8621),            # ran all 3 epochs
-            trial("aaaa0002", "TERMINATED", 1, 0.6207, lr=2e-6),   # ended at epoch 1 of 3: ASHA
-            trial("aaaa0003", "RUNNING", 2, 0.8276),
-            trial("aaaa0004", "PENDING")]
+    return [trial("aaaa0001", "TERMINATED", 3, 0.8621, number=0),            # ran all 3 epochs
+            trial("aaaa0002", "TERMINATED", 1, 0.6207, lr=2e-6, number=1),   # ended at epoch 1 of 3: ASHA
+            trial("aaaa0003", "RUNNING", 2, 0.8276, number=2),
+            trial("aaaa0004", "PENDING", number=3)]
+
+
+def columns(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+HEADER = ["trial", "ray id", "status", "lr", "drop_mult", "use_clr[0]", "epoch", "valid_accuracy"]
 
 
 def test_table_shows_sampled_values_epoch_metric_and_asha_stops():
     text = SearchProgress(PARAMS, "valid_accuracy", "max", total=8).render(search_of_four())
     lines = text.strip().splitlines()
-    header = lines[1].split()
-    assert header == ["trial", "status", "lr", "drop_mult", "use_clr[0]", "epoch", "valid_accuracy"]
-    rows = {line.split()[0]: line for line in lines[3:7]}
-    assert re.search(r"aaaa0001\s+completed\s+0\.00856\s+1\.04\s+64\s+3/3\s+0\.8621$", rows["aaaa0001"])
-    assert re.search(r"aaaa0002\s+stopped by ASHA\s+2e-06\s+1\.04\s+64\s+1/3\s+0\.6207$", rows["aaaa0002"])
-    assert re.search(r"aaaa0003\s+running\s.*2/3\s+0\.8276$", rows["aaaa0003"])
-    assert re.search(r"aaaa0004\s+pending\s", rows["aaaa0004"])
+    assert columns(lines[1]) == HEADER
+    rows = {columns(line)[1]: line for line in lines[3:7]}  # by Ray's id; the Optuna number comes first
+    assert re.search(r"^0\s+aaaa0001\s+completed\s+0\.00856\s+1\.04\s+64\s+3/3\s+0\.8621$", rows["aaaa0001"])
+    assert re.search(r"^1\s+aaaa0002\s+stopped by ASHA\s+2e-06\s+1\.04\s+64\s+1/3\s+0\.6207$", rows["aaaa0002"])
+    assert re.search(r"^2\s+aaaa0003\s+running\s.*2/3\s+0\.8276$", rows["aaaa0003"])
+    assert re.search(r"^3\s+aaaa0004\s+pending\s", rows["aaaa0004"])
     assert lines[-1] == ("2 of 8 done (1 completed, 1 stopped by ASHA), 1 running; "
-                         "best so far valid_accuracy 0.8621 (trial aaaa0001, epoch 3)")
+                         "best so far valid_accuracy 0.8621 (trial 0, epoch 3)")
     assert "recipe" not in text and "run" not in text.replace("running", "")  # internal entries stay hidden
     assert "0.0085588912" not in text  # rounded
 
@@ -85,13 +92,14 @@ def test_prints_when_something_changed_not_at_every_step(monkeypatch):
 
 
 def test_many_trials_show_the_unfinished_and_the_best_finished(capsys):
-    trials = [trial(f"t{i:02d}", "TERMINATED", 3, i / 100) for i in range(30)] + [trial("run1", "RUNNING", 1, 0.1)]
+    trials = [trial(f"t{i:02d}", "TERMINATED", 3, i / 100, number=i) for i in range(30)] + \
+        [trial("run1", "RUNNING", 1, 0.1, number=30)]
     SearchProgress(PARAMS, "valid_accuracy", "max", total=40, max_rows=5).report(trials, done=False)
     out = capsys.readouterr().out
-    shown = [line.split()[0] for line in out.strip().splitlines()[3:8]]
+    shown = [columns(line)[1] for line in out.strip().splitlines()[3:8]]
     assert shown == ["t26", "t27", "t28", "t29", "run1"]  # in trial order
     assert "(26 finished trials not shown" in out
-    assert "30 of 40 done (30 completed), 1 running; best so far valid_accuracy 0.2900 (trial t29" in out
+    assert "30 of 40 done (30 completed), 1 running; best so far valid_accuracy 0.2900 (trial 29" in out
 
 
 def test_reporter_survives_pickling():
@@ -149,10 +157,9 @@ def test_search_command_prints_the_trial_table(cli_search):
     out = cli_search.out
     tables = re.findall(r"^search (?:progress|finished), .*?^\d+ of 2 done.*?$", out, flags=re.M | re.S)
     assert tables, out[-4000:]
-    header = tables[-1].splitlines()[1].split()
-    assert header == ["trial", "status", "lr", "drop_mult", "use_clr[0]", "epoch", "valid_accuracy"]
+    assert columns(tables[-1].splitlines()[1]) == HEADER
     assert tables[-1].startswith("search finished")
-    assert re.search(r"^2 of 2 done \(.+\); best so far valid_accuracy 0\.\d{4} \(trial \w+, epoch \d\)$",
+    assert re.search(r"^2 of 2 done \(.+\); best so far valid_accuracy 0\.\d{4} \(trial \d+, epoch \d\)$",
                      tables[-1], flags=re.M)
     assert not re.search(r"\b(recipe|run)/\w", out), "an internal config key reached the console"
     assert "config" not in "\n".join(tables) and not re.search(r"Trial \S+ (config|result)", out)

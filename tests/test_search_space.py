@@ -64,6 +64,9 @@ def test_invalid_spaces_fail_with_the_key_and_the_fix(space, message):
 def test_lm_keys_are_searchable_when_asked():
     cfg = config({"lm.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, search_lm=True)
     assert cfg.space.touches_lm_stage() == ["lm.lr"]
+    # precision is part of the shared LM's key: searched with one shared LM, every trial would train its own
+    with pytest.raises(SearchConfigError, match="precision change the language-model stage"):
+        config({"precision": ["fp32", "bf16"]})
 
 
 def test_apply_sets_list_elements_dropouts_and_presets_without_freezing_defaults():
@@ -126,27 +129,28 @@ def test_search_config_errors_name_the_key(tmp_path):
 
 def test_searcher_and_scheduler_choices():
     """``algorithm: random`` + ``scheduler.type: fifo`` is a plain random search; both are seeded."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
-    from search.searcher import _sampler
+    from search.schedulers import Asha
+    from search.searcher import make_sampler
     from search.tuner import make_scheduler
 
-    assert isinstance(make_scheduler(config()), ASHAScheduler)
-    assert isinstance(make_scheduler(config(scheduler={"type": "fifo"})), FIFOScheduler)
-    with pytest.raises(SearchConfigError, match=r"search.scheduler.type: must be one of \['asha', 'fifo', 'hyperband'\]"):
+    assert isinstance(make_scheduler(config()), Asha)
+    assert type(make_scheduler(config(scheduler={"type": "fifo"}))) is FIFOScheduler
+    with pytest.raises(SearchConfigError, match=r"search.scheduler.type: must be one of \['asha', 'fifo'\]"):
         config(scheduler={"type": "bohb"})
     with pytest.raises(SearchConfigError, match=r"search.algorithm: must be one of \['tpe', 'random'\]"):
         config(algorithm="grid")
-    assert _sampler("tpe", 3) == {"seed": 3}
+    assert isinstance(make_sampler("tpe", 3, 8), optuna.samplers.TPESampler)
 
     def draws(seed):
         cfg = config(algorithm="random", seed=seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(**_sampler(cfg.search.algorithm, cfg.search.seed))
+        study = optuna.create_study(sampler=make_sampler(cfg.search.algorithm, cfg.search.seed, 8))
         base = to_dict(recipe_from_dict(BASE))
         return [cfg.space.sample(study.ask(), base) for _ in range(3)]
 
-    assert isinstance(optuna.create_study(**_sampler("random", 0)).sampler, optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("random", 0, 8), optuna.samplers.RandomSampler)
     assert draws(0) == draws(0) and draws(0) != draws(1)
 
 

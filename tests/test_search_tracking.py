@@ -85,7 +85,8 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     assert runs["a"].data.tags["lm_trained"] == "true"  # a later attempt's reuse does not undo it
     assert runs["a"].data.tags["nodes"] == "node0,node1"
     assert runs["a"].data.params == {"classifier.lr": "0.01", "classifier.use_clr.0": "16"}
-    assert runs["a"].info.run_name == "trial a: lr=0.01, use_clr[0]=16"
+    assert runs["a"].info.run_name == "trial a: lr=0.01, use_clr[0]=16"  # no Optuna number: the Ray id
+    assert tracking.trial_run_name(7, "a", {"classifier.lr": 0.01}) == "trial 7: lr=0.01"  # Optuna's number first
     # per epoch only learning metrics; the bookkeeping is in tags
     assert set(runs["a"].data.metrics) == {"valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss"}
     assert runs["a"].data.tags["lm_key"] == "k1" and runs["a"].data.tags["lm_seconds"] == "1.5"
@@ -200,3 +201,27 @@ def test_losses_are_stored_without_float32_noise_and_ratios_exactly():
     assert tracking.metric_value("valid_loss", 0.6931471824645996) == 0.6931472
     assert tracking.metric_value("lm_valid_perplexity", 46.857112884521484) == 46.85711
     assert tracking.metric_value("valid_accuracy", 7 / 29) == 7 / 29  # what a warm start reads back
+
+
+def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_search(tmp_path, monkeypatch):
+    """The search's own records come first: leaderboard.csv is written before MLflow is asked anything, and a
+    store that is down at the end is reported as what MLflow misses, not raised."""
+    from search import tuner
+    from search.settings import search_config_from_dict
+
+    cfg = search_config_from_dict({"recipe": BASE, "space": {"classifier.lr": [0.01, 0.02]},
+                                   "search": {"num_samples": 1}})
+    last = {**result(1, 0.5), "trial_id": "a", "done": True}  # stopped by ASHA after epoch 1 of 3
+    results = [SimpleNamespace(metrics=last, config={T.RECIPE: BASE, T.RUN: {}, "classifier.lr": 0.01,
+                                                     T.OPTUNA_NUMBER: 0}, error=None, path=str(tmp_path / "trial_a"))]
+
+    def down(*args, **kwargs):
+        raise ConnectionError("tracking server down")
+
+    monkeypatch.setattr(tracking, "child_runs", down)
+    monkeypatch.setattr(tracking, "finish_parent", down)
+    meta = {"tracking_uri": "http://127.0.0.1:9", "parent_run_id": "p-outage", "experiment_id": "1", "experiment": "x"}
+    out = tuner._fit_and_finish(SimpleNamespace(fit=lambda: results), cfg, tmp_path, meta)
+    board = (tmp_path / "leaderboard.csv").read_text()
+    assert "stopped_by_asha" in board and out.leaderboard[0]["trial"] == 0
+    assert out.tracking_failures and "parent run at the end" in out.tracking_failures[-1]

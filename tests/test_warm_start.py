@@ -67,7 +67,7 @@ def test_a_warm_started_study_holds_the_earlier_trials_before_its_first_new_one(
     assert {t.user_attrs[W.SOURCE_ATTR] for t in seeded[:3]} == {str(earlier.resolve())}
     first_new = searcher.suggest("n0")  # the point to evaluate comes first, after the earlier trials
     assert first_new["classifier.lr"] == pytest.approx(0.003)
-    assert searcher._ot_trials["n0"].number == 3
+    assert searcher.number["n0"] == 3
 
 
 def test_values_outside_the_new_space_are_dropped_with_a_note(tmp_path, caplog):
@@ -109,6 +109,16 @@ def test_warm_start_refuses_another_metric_and_unknown_sources(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(SearchConfigError, match=r"search.warm_start\[0\]: .* not a search folder"):
         W.read_earlier_searches(_config(warm_start=[str(tmp_path / "plain")]))
+    # Another dataset or another base recipe: its scores mean nothing here (a key the space searches may differ).
+    other_data = search_config_from_dict({"recipe": {**RECIPE, "data": {"dataset": "imdb"}}, "space": SPACE,
+                                          "search": {"seed": 0, "warm_start": [str(earlier)]}})
+    with pytest.raises(SearchConfigError, match=r"ran another base recipe \(data.dataset 'trec' vs 'imdb'\)"):
+        W.read_earlier_searches(other_data)
+    longer = search_config_from_dict({"recipe": {**RECIPE, "classifier": {"epochs": 4}}, "space": SPACE,
+                                      "search": {"seed": 0, "warm_start": [str(earlier)]}})
+    with pytest.raises(SearchConfigError, match=r"classifier.epochs 3 vs 4"):
+        W.read_earlier_searches(longer)
+    assert W.read_earlier_searches(_config(warm_start=[str(earlier)]))[0].trials  # the same recipe: accepted
     cfg = search_config_from_dict({"recipe": RECIPE, "space": SPACE, "search": {"warm_start": ["no_such_experiment"]},
                                    "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
     with pytest.raises(SearchConfigError, match="neither a search folder nor an MLflow experiment"):

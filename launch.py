@@ -47,6 +47,7 @@ def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: 
     """The recipe to run (config file + ``--set``), checked before any work: its values, its device, its
     pretrained start (``describe``), and that ``--out`` and ``--cache-dir`` can be written. ``announce``
     prints which language model it starts from."""
+    from ulmfit_core import memory
     from ulmfit_core.config import load_recipe
     from ulmfit_core.pretrained import describe_start
     from ulmfit_core.train import resolve_device
@@ -57,6 +58,7 @@ def _recipe(args: argparse.Namespace, extra: list[str] | None = None, announce: 
     cfg = load_recipe(args.config, overrides, base=base)
     resolve_device(cfg.device)  # `device: cuda` on a machine without CUDA fails now, not after tokenizing
     _check_output_folders(args)
+    memory.for_training_on(cfg.device)  # this process trains: reuse freed memory (ulmfit_core/memory.py)
     if not describe:
         return cfg
     cfg, start = describe_start(cfg, args.models_dir)

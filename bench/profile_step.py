@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", help="result JSON (default bench/results/profile_step.json; smoke writes only with --out)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one step of each kind: checks the script runs")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as the project's training commands do (ULMFIT_KEEP_FREED_MEMORY=0: glibc's default)
     if args.smoke:
         args.presets, args.vocab, args.bs, args.bptt = ["tiny"], 500, 8, 20
         args.clf_bs, args.doc_len, args.clf_bptt, args.max_seq = 4, 50, 20, 40
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"torch.lstm under CPU bf16 autocast ({p['preset']}): {verdict}")
     payload = {
         "smoke": args.smoke, "threads": args.threads, "native_cpu_bf16": mixed_precision.cpu_has_native_bf16(),
-        # The Trainer's malloc setting (ulmfit_core/memory.py); ULMFIT_KEEP_FREED_MEMORY=0 runs the default.
+        # The training commands' malloc setting (ulmfit_core/memory.py); ULMFIT_KEEP_FREED_MEMORY=0 runs the default.
         "keep_freed_memory": keep_freed_memory(), "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         "peaks": peak_runs, "precisions": precisions,
         "lm": {"vocab": args.vocab, "bs": args.bs, "bptt": args.bptt},

@@ -84,6 +84,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from search.local_ray import preference_for
+
+    with preference_for(joining_a_cluster=bool(args.address)):  # before Ray is imported (search/local_ray.py)
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     from search import portable, store, tracking, tuner
     from search.settings import load_search_config
     from ulmfit_core.artifacts import check_writable_folder

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+import search  # noqa: F401  (before anything imports Ray: a local Ray keeps its ports on 127.0.0.1, search/local_ray.py)
+
 # Two cores on CI: keep torch from spawning threads that fight each other across test processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Zoo models come only from what a test fetches itself: a developer's ./models must not make the suite

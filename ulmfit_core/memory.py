@@ -11,9 +11,11 @@ for a higher peak resident size (2.0 GB instead of 1.5 GB for the small preset).
 
 :func:`keep_freed_memory` raises both thresholds to 2 GB (the most ``mallopt`` takes) once per process,
 so large tensors come from the heap and freed ones stay there for the next step. The process keeps its
-peak memory instead of returning it between steps, which is why only training calls it (``Trainer`` on
-a CPU), never a library import. ``ULMFIT_KEEP_FREED_MEMORY=0`` turns it off. Where the C library is not
-glibc (macOS, musl) it does nothing. CUDA memory has its own caching allocator and is not affected.
+peak memory instead of returning it between steps, so it is a decision for the program that trains, not
+for a library inside someone else's: this project's command-line tools and its search trials make it
+(:func:`for_training_on`), and a Python program that trains on a CPU may call it too; a ``Trainer`` never
+does on its own. ``ULMFIT_KEEP_FREED_MEMORY=0`` turns it off. Where the C library is not glibc (macOS,
+musl) it does nothing. CUDA memory has its own caching allocator and is not affected.
 """
 from __future__ import annotations
 
@@ -48,3 +50,16 @@ def keep_freed_memory() -> bool:
         logger.debug("glibc malloc thresholds not set: %s", e)
         return False
     return ok
+
+
+def for_training_on(device: str) -> bool:
+    """:func:`keep_freed_memory` when ``device`` (a recipe's ``device``: auto, cpu, cuda...) trains on the CPU.
+    ``auto`` counts as the CPU where CUDA is not available. True when the thresholds are set."""
+    if device.startswith("cuda"):
+        return False
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return False
+    return keep_freed_memory()

@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from .artifacts import load_tensors, save_tensors
 from .config import ConfigError, StageConfig
 from .losses import ar_tar
-from .memory import keep_freed_memory
 from .precision import resolve as resolve_precision
 from .schedule import Phase, discriminative_lrs, freeze_to, phase_of_epoch, stlr
 
@@ -249,8 +248,6 @@ class Trainer:
         self.optimizer = make_optimizer(groups, cfg, device)
         self.peak_lrs = discriminative_lrs(cfg.lr, cfg.lrm, len(groups))
         self.precision = resolve_precision(precision, device)
-        if torch.device(device).type == "cpu":
-            keep_freed_memory()  # each step's large tensors reuse freed heap memory (ulmfit_core/memory.py)
         self.autocast, self.scaler = self.precision.autocast(), self.precision.grad_scaler()
         self.history: list[dict[str, float]] = []
         #: The rates actually used: ``{"iteration", "epoch", "lrs": per group, "trainable": per group}``,

@@ -54,8 +54,8 @@ def study_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def load_study(search_dir: str | Path) -> optuna.Study | None:
-    """The search's study from its ``optuna.db``; None for a folder without one (a search made before
-    studies were stored: ``searcher.load_study`` reads Ray's saved searcher state for those)."""
+    """The search's study from its ``optuna.db``; None for a folder without one (a search stopped before its
+    study was created)."""
     if not (Path(search_dir) / OPTUNA_DB).exists():
         return None
     import optuna

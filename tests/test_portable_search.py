@@ -1,5 +1,6 @@
 """A project with its search folder and MLflow store copied to another folder, the original deleted: the copy
-exports and retrains, logging into its own store and nowhere else.
+exports and retrains, logging into its own store and nowhere else; the serve command retrain prints works
+as printed from another folder.
 
 The search runs in a project folder as a user runs it (relative storage, ``sqlite:///mlflow.db``), so
 ``search.json`` and ``best.yaml`` hold paths relative to the project; the copied store's artifact
@@ -9,10 +10,17 @@ retrain before that stops in one line saying so.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
-from conftest_search import SHARED_DATASETS, SMOKE, ray_environment
+from conftest_search import SHARED_DATASETS, SMOKE, ray_environment, stop_group
 
 import launch
 
@@ -60,6 +68,10 @@ def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monk
     out = capsys.readouterr().out
     assert f"at sqlite:///{copy / 'mlflow.db'}" in out and "under its search's run" in out
     assert not project.exists()  # nothing was written to the old place
+    serve = re.search(r"^serve it:\s+(.+)$", out, flags=re.M).group(1)
+    assert "--port 5001" in serve  # not the MLflow UI's 5000
+    answer = serve_and_ask(serve, tmp_path / "somewhere-else", ["Who wrote Hamlet ?", ""])
+    assert len(answer) == 2 and all(row["label"] for row in answer)  # a blank row answers too
 
     client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
     (version,) = client.search_model_versions(f"name = 'ulmfit-{cfg.experiment}'")
@@ -72,3 +84,35 @@ def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monk
     # The trials' runs recorded before the move read from the copy too.
     trial_run = client.get_run(json.loads((copy / search_dir / "search.json").read_text())["parent_run_id"])
     assert trial_run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+
+
+def serve_and_ask(command: str, cwd: Path, texts: list[str]) -> list[dict]:
+    """Run the printed serve command as printed, from ``cwd`` (not the project), and ask it about ``texts``."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "no_proxy": "127.0.0.1,localhost"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = cwd / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = "http://127.0.0.1:5001"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the printed serve command did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
+        request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return json.loads(resp.read())["predictions"]
+    finally:
+        stop_group(proc)

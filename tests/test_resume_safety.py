@@ -48,6 +48,27 @@ def test_rerun_resumes_the_same_run_and_refuses_another(tmp_path, datasets_dir, 
     assert launch.main([*args, "--set", "classifier.lr=0.05", "--restart"]) == 0
     assert _digest(out) != first
 
+    # train-classifier on another language model (--lm) into a finished folder: refused, as other settings are
+    import shutil
+
+    import torch
+
+    other_lm = tmp_path / "other_lm"
+    shutil.copytree(out / "lm", other_lm, ignore=shutil.ignore_patterns("checkpoint"))
+    state = torch.load(other_lm / "encoder.pt", weights_only=True)
+    tensors = state["state_dict"] if "state_dict" in state else state
+    name = next(k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01
+    torch.save(state, other_lm / "encoder.pt")
+    clf = ["train-classifier", *COMMON, "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "clf")]
+    assert launch.main([*clf, "--lm", str(out / "lm")]) == 0
+    trained = _digest(tmp_path / "clf")
+    capsys.readouterr()
+    assert launch.main([*clf, "--lm", str(other_lm)]) == 2
+    assert "the language model it starts from (--lm, its encoder.pt) differ" in capsys.readouterr().err
+    assert _digest(tmp_path / "clf") == trained
+
 
 def test_a_resumed_trial_takes_the_newest_complete_checkpoint_in_its_folder(tmp_path):
     """After a driver kill, Tune's saved state can name an older checkpoint than the trial had reported;

@@ -225,3 +225,33 @@ def test_fused_adamw_equals_the_for_loop_adamw_to_rounding():
         ref_opt.step()
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_epoch_that_ends_with_a_non_finite_validation_loss_saves_nothing(tmp_path):
+    """The weights can diverge at the last step of an epoch, after every training loss was finite: the
+    validation loss then says so, and the epoch's checkpoint is not written."""
+    import numpy as np
+    import torch
+
+    from ulmfit_core.awd_lstm import build_language_model, lm_layer_groups
+    from ulmfit_core.config import LMConfig, ModelConfig
+    from ulmfit_core.schedule import unfreeze_phases
+    from ulmfit_core.tasks import LanguageModelTask
+    from ulmfit_core.train import CHECKPOINT_FILE, Trainer
+
+    class Diverged(LanguageModelTask):
+        def evaluate(self, model):
+            return {**super().evaluate(model), "valid_loss": float("nan")}
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(2, 50, size=40) for _ in range(8)]
+    cfg = LMConfig(epochs=1, bs=4, bptt=10, lr=0.01)
+    model = build_language_model(50, ModelConfig(preset="tiny"), cfg.scaled_dropouts)
+    task = Diverged(docs, docs[:2], cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    groups = lm_layer_groups(model)
+    trainer = Trainer(model, groups, cfg, unfreeze_phases(len(groups), [], 1), task, device=torch.device("cpu"),
+                      checkpoint_dir=tmp_path, desc="lm", precision="fp32")
+    with pytest.raises(FloatingPointError, match=r"lm: valid_loss became nan after epoch 1: the weights diverged "
+                                                 r"and were not saved; lower the learning rate \(lm.lr=0.01\)"):
+        trainer.fit()
+    assert not (tmp_path / CHECKPOINT_FILE).exists()

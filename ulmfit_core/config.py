@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -403,9 +404,12 @@ def _coerce(value: Any, type_name: str, key: str) -> Any:
         if isinstance(value, bool):
             _fail(key, f"must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             _fail(key, f"must be a number, got {value!r}")
+        if not math.isfinite(number):  # inf and nan pass every comparison a range check makes
+            _fail(key, f"must be a finite number, got {value!r}")
+        return number
     if base == "int":
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             _fail(key, f"must be an integer, got {value!r}")

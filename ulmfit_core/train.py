@@ -205,10 +205,11 @@ def fingerprint_differences(saved: dict[str, Any] | None, current: dict[str, Any
 
     walk(saved.get("config"), current.get("config"), "")
     names = {"format": "checkpoint format version", "data": "the training text or labels",
-             "vocab": "the vocabulary", "pretrained": "the pretrained model's files", "stage": "the stage"}
-    for part, what in names.items():
+             "vocab": "the vocabulary", "pretrained": "the pretrained model's files", "stage": "the stage",
+             "encoder": "the language model it starts from (--lm, its encoder.pt)"}
+    for part in sorted((set(saved) | set(current)) - {"config"}):  # every input the fingerprint names
         if saved.get(part) != current.get(part):
-            out.append(f"{part}: {what} differ")
+            out.append(f"{part}: {names.get(part, part)} differ")
     return out
 
 
@@ -305,6 +306,7 @@ class Trainer:
             train_loss, top_lr = self._train_one_epoch(phase)
             metrics = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": top_lr}
             metrics.update(self.evaluate())
+            self._check_finite(metrics)  # before the checkpoint: nothing non-finite is ever saved
             metrics["epoch_seconds"] = time.perf_counter() - t0
             self.epoch += 1
             self.history.append(metrics)
@@ -316,6 +318,17 @@ class Trainer:
                 on_epoch_end({**metrics, EPOCHS_TOTAL: self.total_epochs,
                               TRAINABLE_GROUPS: min(phase.n_trainable, len(self.groups)), LAYER_GROUPS: len(self.groups)})
         return FitResult(history=list(self.history), resumed_from_epoch=resumed_from)
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """``FloatingPointError`` naming the stage and its keys when an epoch ends with non-finite weights'
+        signs: a validation loss (or training loss) that is inf or nan."""
+        bad = {k: v for k, v in metrics.items() if k.endswith("loss") and not math.isfinite(v)}
+        if bad:
+            cfg = self.cfg
+            raise FloatingPointError(
+                f"{self.desc}: {', '.join(f'{k} became {v}' for k, v in bad.items())} after epoch {self.epoch + 1}: "
+                f"the weights diverged and were not saved; lower the learning rate ({self.desc}.lr={cfg.lr}), raise "
+                f"{self.desc}.clip ({cfg.clip}) or lower {self.desc}.alpha/beta ({cfg.alpha}/{cfg.beta})")
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -29,7 +29,7 @@ from typing import Any
 from common import ROOT, SHARED_DATASETS, write_result
 
 PRECISIONS = ("fp32", "bf16")
-SMOKE_OVERRIDES = ["model.preset=tiny", "lm.pretrained=null", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
+SMOKE_OVERRIDES = ["model.preset=tiny", "lm.pretrained=null", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2", "classifier.unfreeze=[1,1]",
                    "lm.bptt=20", "classifier.bptt=20"]
 
 

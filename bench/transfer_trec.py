@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     _use_threads(args.threads)
     overrides = list(args.overrides)
     if args.smoke:
-        overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
+        overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2", "classifier.unfreeze=[1,1]",
                       "lm.bptt=20", "classifier.bptt=20", "lm.freeze_epochs=0"]
     out_path = Path(args.out) if args.out else DEFAULT_OUT
     same = ("config", "overrides", "model")

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     overrides = list(args.overrides)
     if args.smoke:
-        overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2",
+        overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2", "classifier.unfreeze=[1,1]",
                       "lm.bptt=20", "classifier.bptt=20"]
     runs: list[dict] = []
     payload: dict = {}

@@ -134,7 +134,7 @@ class SearchSettings:
     max_concurrent: int = 2  # trials at once, at most (Ray runs fewer when the resources do not allow more)
     resources: Resources = field(default_factory=Resources)
     metric: str = "valid_accuracy"  # what the search optimises: valid_accuracy, valid_loss, valid_macro_f1 or train_loss
-    mode: str | None = None  # max or min; default: min for a loss, else max
+    mode: str | None = None  # max or min; default (and the only one accepted): min for a loss, else max
     seed: int = 0  # the sampler's seed
     algorithm: str = "tpe"  # Optuna's sampler: tpe (TPESampler) or random (RandomSampler), seeded by `seed`
     #: true lets the space hold lm.*, model.*, text.*, data.* and seed: each language-model setting then
@@ -169,10 +169,14 @@ class SearchSettings:
             fail("search.algorithm", f"must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
         if self.metric not in METRICS:
             fail("search.metric", f"must be one of {list(METRICS)}; got {self.metric!r}")
+        better = "min" if self.metric.endswith("loss") else "max"  # a loss falls, a score rises
         if self.mode is None:
-            self.mode = "min" if self.metric.endswith("loss") else "max"
+            self.mode = better
         if self.mode not in ("min", "max"):
             fail("search.mode", f"must be min or max; got {self.mode!r}")
+        if self.mode != better:
+            fail("search.mode", f"{self.mode} would seek the worst {self.metric} (better is {better}: "
+                                f"{'lower' if better == 'min' else 'higher'}); set mode: {better} or leave mode out")
         if self.max_failures < -1:
             fail("search.max_failures", f"must be >= 0 (or -1: retry forever); got {self.max_failures}")
         if self.num_cpus is not None and self.num_cpus < 1:

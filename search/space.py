@@ -308,13 +308,27 @@ class SearchSpace:
                 f"space: {', '.join(self.touches_lm_stage())} change the language-model stage, but "
                 f"search.search_lm is false (all trials share one fine-tuned LM). Set search.search_lm: true "
                 f"to search them, or fix their values in the recipe: section")
+        searched = {q.key: q for q in self.params}
         for p in self.params:
-            for k, _ in p.when:
-                if k not in self.keys:
+            for k, allowed in p.when:
+                if k in searched:
+                    q = searched[k]
+                    if q.type == "choice":
+                        can = [a for a in allowed if any(_same(a, v) for v in q.values)]
+                        offered = list(q.values)
+                    else:
+                        can = [a for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)
+                               and q.low <= a <= q.high]
+                        offered = f"a number in [{q.low}, {q.high}]"
+                else:
                     try:
-                        get_value(base_values, k)
+                        fixed = get_value(base_values, k)
                     except KeyError:
                         _fail(p.key, f"when: {k} is neither a searched key nor a recipe key")
+                    can, offered = [a for a in allowed if _same(a, fixed)], f"{fixed!r} (the recipe's, not searched)"
+                if not can:
+                    _fail(p.key, f"when: {k} can never be {' or '.join(map(repr, allowed))}: it is {offered}; "
+                                 f"{p.key} would never be sampled. Give {k} a value it can take")
         with warnings.catch_warnings():  # the extremes may cap dropouts: that warns per trial, not here
             warnings.simplefilter("ignore")
             self._validate_extremes(base)

@@ -162,7 +162,8 @@ def _cli(*argv):
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys, datasets_dir):
-    base = ["--set", "model.preset=tiny", "--set", "lm.epochs=1", "--set", "classifier.epochs=1", "--no-progress",
+    base = ["--set", "model.preset=tiny", "--set", "lm.epochs=1", "--set", "classifier.epochs=1",
+            "--set", "classifier.unfreeze=[]", "--no-progress",
             "--cache-dir", tmp_path / "cache"]
     one_class = _write_csv(tmp_path / "one.csv", [("A", f"text number {i}") for i in range(20)])
     assert _cli("run", "--set", f"data.train={one_class}", *base, "--out", tmp_path / "o1") == 2
@@ -185,8 +186,8 @@ def test_cli_run_predict_evaluate_and_unseen_labels(tmp_path, capsys, datasets_d
     train = _write_csv(tmp_path / "train.csv", rows)
     out = tmp_path / "run"
     assert _cli("run", "--set", f"data.train={train}", "--set", "model.preset=tiny", "--set", "lm.epochs=1",
-                "--set", "classifier.epochs=2", "--set", "lm.bptt=10", "--set", "classifier.bptt=10",
-                "--no-progress", "--cache-dir", tmp_path / "cache", "--out", out) == 0
+                "--set", "classifier.epochs=2", "--set", "classifier.unfreeze=[1]", "--set", "lm.bptt=10",
+                "--set", "classifier.bptt=10", "--no-progress", "--cache-dir", tmp_path / "cache", "--out", out) == 0
     capsys.readouterr()
     assert (out / "metrics.json").exists() and (out / "classifier" / "model.pt").exists()
 

@@ -9,7 +9,7 @@ import launch
 
 COMMON = ["--set", "data.dataset=trec", "--set", "data.max_train_rows=300", "--set", "model.preset=tiny",
           "--set", "lm.epochs=1", "--set", "lm.bptt=20", "--set", "lm.bs=16", "--set", "classifier.epochs=1",
-          "--set", "classifier.bptt=20", "--no-progress"]
+          "--set", "classifier.bptt=20", "--set", "classifier.unfreeze=[]", "--no-progress"]
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -21,7 +21,8 @@ SPACE = {"classifier.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}
 
 def _config(space=SPACE, epochs=3, num_samples=8, algorithm="tpe", **scheduler):
     return search_config_from_dict({
-        "recipe": {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}, "classifier": {"epochs": epochs}},
+        "recipe": {"data": {"dataset": "trec"}, "model": {"preset": "tiny"},
+                   "classifier": {"epochs": epochs, "unfreeze": [1]}},
         "space": space, "search": {"scheduler": scheduler or None, "seed": 0, "num_samples": num_samples,
                                    "algorithm": algorithm}})
 

@@ -229,7 +229,8 @@ class ClassifierConfig(StageConfig):
     dropouts: Dropouts = field(default_factory=_clas_dropouts)
     drop_mult: float = 0.5  # fastai's ULMFiT notebooks train the classifier at 0.5
     #: Epochs of each gradual-unfreezing phase before everything is unfrozen: [1, 1] trains the
-    #: top group 1 epoch, then the top two groups 1 epoch, then all groups for the rest.
+    #: top group 1 epoch, then the top two groups 1 epoch, then all groups for the rest. Its sum
+    #: may not exceed classifier.epochs (later phases would never run).
     unfreeze: list[int] = field(default_factory=lambda: [1, 1, 1])
     lin_ftrs: list[int] = field(default_factory=lambda: [50])  # hidden layer sizes of the head after concat pooling
     backwards: bool | None = None  # None: the same direction as the language model (lm.backwards)
@@ -244,6 +245,10 @@ class ClassifierConfig(StageConfig):
         super().__post_init__()
         if any(int(e) < 0 for e in self.unfreeze):
             _fail("classifier.unfreeze", f"epochs per phase must be >= 0, got {self.unfreeze}")
+        if not self.from_scratch and sum(int(e) for e in self.unfreeze) > self.epochs:
+            _fail("classifier.unfreeze", f"{list(self.unfreeze)} takes {sum(int(e) for e in self.unfreeze)} epochs "
+                                         f"but classifier.epochs is {self.epochs}: the later phases would never run; "
+                                         "shorten it (e.g. [1]) or train more epochs")
         if any(int(n) < 1 for n in self.lin_ftrs):
             _fail("classifier.lin_ftrs", f"head layer sizes must be >= 1, got {self.lin_ftrs}")
         _check_prob("classifier", "head_p", self.head_p)
@@ -292,7 +297,8 @@ class DataConfig:
     #: Held-out text for the language model's perplexity when pretraining (``launch.py pretrain``), in
     #: ``unlabeled``'s formats; default: ``lm.valid_pct`` of the documents, held out of training.
     unlabeled_valid: str | None = None
-    text_cols: list[str] = field(default_factory=lambda: ["text"])  # text column(s); several are joined as xxfld fields
+    #: text column(s); several are joined as xxfld fields; not the label column
+    text_cols: list[str] = field(default_factory=lambda: ["text"])
     label_col: str = "label"  # the label column
     valid_pct: float = 0.1  # held out from train when no valid file is given
     max_train_rows: int | None = None  # a reproducible random slice of train, for quick runs
@@ -311,6 +317,9 @@ class DataConfig:
                   f"{self.train}, or remove data.train")
         if not self.text_cols:
             _fail("data.text_cols", "needs at least one column name")
+        if self.label_col in self.text_cols:
+            _fail("data.text_cols", f"holds the label column {self.label_col!r}: the classifier would read the "
+                                    "answer in its input; list the text columns only")
         if not 0 < self.valid_pct < 0.5:
             _fail("data.valid_pct", f"must be in (0, 0.5), got {self.valid_pct}")
         for name in ("max_train_rows", "max_unlabeled_rows"):
@@ -569,6 +578,21 @@ def apply_overrides(values: dict[str, Any], overrides: list[str],
     return values
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file and line."""
     path = Path(path)
@@ -577,7 +601,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,22 @@ def label_codes(labels: Sequence[str], names: list[str], source: str) -> np.ndar
     return np.array([index[lab] for lab in labels], dtype=np.int64)
 
 
+#: Below this share of the labeled documents a validation set is too small to choose between trials well.
+SMALL_VALID_SHARE = 0.01
+
+
+def check_validation_size(n_valid: int, n_classes: int, n_labeled: int, where: str) -> None:
+    """A validation set smaller than the number of classes cannot score every class: refused. One under 1 %
+    of the labeled documents is allowed with a warning (its accuracy moves in large steps)."""
+    if n_valid < n_classes:
+        raise DataError(f"{where}: the validation set holds {n_valid} document(s) for {n_classes} classes, too few "
+                        "to score every class; give more rows per class, a larger data.valid_pct, or data.valid")
+    if n_valid < SMALL_VALID_SHARE * n_labeled:
+        warnings.warn(f"{where}: the validation set is {n_valid} of {n_labeled} labeled documents (under "
+                      f"{SMALL_VALID_SHARE:.0%}): each document moves its accuracy by {1 / n_valid:.1%}", UserWarning,
+                      stacklevel=2)
+
+
 def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                    progress: bool = False) -> Corpus:
     """Read, split, tokenize (disk-cached, locked) and numericalize the data ``cfg.data`` names."""
@@ -102,6 +119,8 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
         train_labels = [train_labels[i] for i in tr_idx]
     names = sorted(set(train_labels))
     check_classes(train_labels, f"{paths.train} (after holding out validation rows)")
+    check_validation_size(len(valid_labels), len(names), len(valid_labels) + len(train_labels),
+                          str(paths.valid or f"{d.valid_pct:g} of {paths.train}"))
     y_train = label_codes(train_labels, names, str(paths.train))
     y_valid = label_codes(valid_labels, names, str(paths.valid or paths.train))
     test = read_labeled(paths.test, d.text_cols, d.label_col) if paths.test else None

@@ -51,6 +51,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="a best.yaml written by `export` (or a plain recipe YAML)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set device=cuda (repeatable)")
+    p.add_argument("--allow-edits", action="store_true",
+                   help="retrain a best.yaml that differs from the trial it was exported from (edited by hand); "
+                        "the differences are logged as MLflow tags")
     p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
                    help="fwd, bwd or both: both trains the forward and backward classifiers and registers their "
                         "averaged ensemble as one model (default: the exported direction)")
@@ -197,7 +200,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     res = _logged(log, lambda log: retrain(
         args.config, args.out, tracking_uri=args.tracking_uri, model_name=args.model_name, data_dir=args.data_dir,
         cache_dir=args.cache_dir, models_dir=args.models_dir, overrides=args.set, directions=args.directions,
-        report=epoch_printer("classifier"), lm_report=epoch_printer("lm"),
+        allow_edits=args.allow_edits, report=epoch_printer("classifier"), lm_report=epoch_printer("lm"),
         announce=lambda line: print(line, flush=True), log=log))
     if res is None:
         return USER_ERROR_EXIT

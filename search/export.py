@@ -1,7 +1,10 @@
 """Best-config export (``best.yaml``), its reader, and retraining it.
 
-``best.yaml`` has two sections::
+``best.yaml`` has three sections::
 
+    record:   # the two below as one JSON string with its sha256: retrain checks the file against it
+      sha256: ...
+      exported: '{"recipe": ..., "result": ...}'
     recipe:   # the complete resolved RecipeConfig of the best trial: every value, the data paths
       data: {...}
       ...
@@ -13,6 +16,9 @@
       trial_id: 3c9f1_00004
       mlflow_run_id: ...
       ...
+
+``retrain`` refuses a file that differs from its record (a key missing, a value edited or cut short)
+unless ``--allow-edits`` is given (search/best_record.py).
 
 The best trial is the best *completed* one (trained all its epochs): a trial ASHA stopped after one
 epoch has no full-length result that a retrain (which trains every epoch) could reproduce.
@@ -29,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from search import outcome, portable, store, store_location, tracking
+from search import best_record, outcome, portable, store, store_location, tracking
 from search import trainable as T
 from search.console_log import LibraryLog
 from search.errors import SearchConfigError
@@ -136,25 +142,34 @@ def write_best(doc: Mapping[str, Any], path: str | Path) -> Path:
     for key in _RUN_FOLDERS:
         r[key] = portable.relative(r.get(key), root)
     doc["result"] = r
+    doc = {best_record.RECORD: best_record.make_record(doc), **doc}
     header = (f"# Best trial {r.get('trial_id')} of {r.get('search_dir') or r.get('mlflow_experiment')}: "
               f"{r['metric']} = {r['value']}\n"
               f"# MLflow run {r.get('mlflow_run_id')} at {r.get('tracking_uri')}\n"
-              f"# Retrain: python launch.py retrain --config {portable.shown(path)}\n")
-    path.write_text(header + yaml.safe_dump(dict(doc), sort_keys=False), encoding="utf-8")
+              f"# Retrain: python launch.py retrain --config {portable.shown(path)}\n"
+              f"# record: is what the trial ran; retrain refuses a recipe that differs from it unless given "
+              f"--allow-edits\n")
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
 
 
-def read_best(path: str | Path, overrides: Sequence[str] = ()) -> tuple[RecipeConfig, dict[str, Any]]:
+def read_best(path: str | Path, overrides: Sequence[str] = (), *,
+              allow_edits: bool = False) -> tuple[RecipeConfig, dict[str, Any]]:
     """``(recipe, result metadata)`` from a ``best.yaml`` with ``--set``-style ``overrides``; a plain
     recipe YAML gives empty metadata. A ``best.yaml`` missing recipe sections is refused (a retrain on
-    defaults would silently be another model)."""
+    defaults would silently be another model), and so is one that differs from its record unless
+    ``allow_edits``; ``meta["check"]`` holds what the check found (:class:`best_record.Check`)."""
     values = read_yaml(path)
-    if "recipe" in values:
-        recipe, meta = values["recipe"], dict(values.get("result") or {})
-        missing = [k for k in ("data", "text", "model", "lm", "classifier") if not isinstance(recipe, dict) or k not in recipe]
+    if "recipe" in values or best_record.RECORD in values:
+        recipe, meta = values.get("recipe"), dict(values.get("result") or {})
+        missing = [k for k in ("data", "text", "model", "lm", "classifier")
+                   if not isinstance(recipe, dict) or k not in recipe]
         if missing:
             raise ConfigError(f"{path}: recipe has no {', '.join(missing)} section(s); an exported best.yaml holds "
                               "the complete recipe: export it again (`python launch.py export --search DIR`)")
+        meta["check"] = best_record.check(values)
+        if not allow_edits:
+            best_record.require_unedited(path, meta["check"])
         # Relative paths are the project's: found from where the file sits in its search folder, else the
         # current directory (portable.project_root).
         root = portable.project_root(Path(path).parent, meta.get("search_dir"))
@@ -211,7 +226,7 @@ def retrain_tracking_uri(tracking_uri: str | None, meta: Mapping[str, Any]) -> t
 def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
             model_name: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
             models_dir: str | None = None, overrides: Sequence[str] = (), directions: Sequence[str] | None = None,
-            report: ReportFn | None = None, lm_report: ReportFn | None = None,
+            allow_edits: bool = False, report: ReportFn | None = None, lm_report: ReportFn | None = None,
             announce: Callable[[str], None] | None = None, log: LibraryLog | None = None) -> dict[str, Any]:
     """Retrain a ``best.yaml`` with ``stages.run_recipe`` (LM, classifier, test evaluation; with
     ``directions`` ``["fwd", "bwd"]`` both and their ensemble), log the run to MLflow with its plots and
@@ -219,6 +234,9 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
     pretrained start are checked before any training; ``announce`` receives the lines saying which store
     and which starts are used. Returns the final metrics, the registered version, the output folder, and how
     far the retrained metric is from the one the search recorded.
+
+    A ``best.yaml`` that differs from its record (what the trial ran) is refused unless ``allow_edits``;
+    then the differences, and any ``overrides``, are tags of the retrain's MLflow run.
 
     The torch thread count is set to the trial's, because on CPU the reduction order (and so the
     last bits of every sum) depends on it.
@@ -228,7 +246,14 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
     from ulmfit_core import memory, stages
 
     started = time.time()
-    cfg, meta = read_best(best_yaml, overrides)
+    cfg, meta = read_best(best_yaml, overrides, allow_edits=allow_edits)
+    check: best_record.Check | None = meta.pop("check", None)
+    if check is not None and announce and (check.edits or not check.intact):
+        announce(f"{best_yaml}: retraining it as it is (--allow-edits): "
+                 + (f"{len(check.edits)} key(s) differ from the exported trial, logged as edit.* tags"
+                    if check.intact else check.problem))
+    run_tags = {**(check.tags() if check is not None else {}),
+                **({"retrain_set": " ".join(overrides)} if overrides else {})}
     out = Path(out_dir) if out_dir else default_retrain_dir(best_yaml, meta)
     artifacts.check_writable_folder(out, "--out")
     uri, note = retrain_tracking_uri(tracking_uri, meta)
@@ -258,7 +283,7 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
         registered = tracking.log_retrain(
             uri, experiment, "mlartifacts", ran["config"], metrics, members, model_name or f"ulmfit-{experiment}",
             {"trial_id": meta.get("trial_id"), "run_id": meta.get("mlflow_run_id"), "config": str(best_yaml)}, files,
-            started=started, parent_run_id=meta.get("mlflow_parent_run_id"), version_tags=version_tags,
+            started=started, parent_run_id=meta.get("mlflow_parent_run_id"), version_tags=version_tags, tags=run_tags,
             description=_version_description(meta, metrics, ran_directions, cfg.model.preset))
     if log is not None:
         log.move_into(out)

@@ -54,7 +54,7 @@ ARTIFACT_PREFIX = "classifier_"
 #: ``checkpoint/`` (optimizer and RNG state for resuming) and ``metrics.json`` are left out.
 MODEL_FILES = (files.MODEL_FILE, files.VOCAB_FILE, files.LABELS_FILE, files.CONFIG_FILE)
 #: What ``model.pt`` may hold: weights and the metadata to rebuild the model, never optimizer state.
-WEIGHT_FILE_KEYS = frozenset({"state_dict", "config", "labels", "tokenizer", "format"})
+WEIGHT_FILE_KEYS = frozenset({"state_dict", "config", "labels", "tokenizer", "format", "vocab_sha256"})
 #: Distributions the model's code imports when it is loaded and run (ulmfit_core, this module and
 #: MLflow's pyfunc loader); pinned to the installed versions in the model's requirements.
 RUNTIME_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "numpy", "pandas", "pyyaml", "spacy", "filelock", "tqdm")

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import tempfile
 import time
 import urllib.error
@@ -122,6 +123,33 @@ def _check_sqlite_writable(uri: str, db: Path) -> None:
                             "sqlite:/// path in a writable folder (e.g. sqlite:///mlflow.db), or make it writable")
 
 
+def _check_sqlite_store(uri: str) -> Path:
+    """The database file a ``sqlite:`` URI names, refused at once when it cannot hold an MLflow store: an
+    in-memory database (keeps nothing; MLflow waits on it), a folder (SQLite retries for minutes), a file that
+    is not an SQLite database, or another application's database (MLflow would add its tables into it)."""
+    fix = "give --tracking-uri a database file, e.g. sqlite:///mlflow.db"
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or "mode=memory" in path:
+        raise TrackingError(f"MLflow tracking store {uri}: names no database file (an in-memory database keeps "
+                            f"nothing); {fix}")
+    db = Path(path).expanduser().resolve()
+    if db.is_dir():
+        raise TrackingError(f"MLflow tracking store {uri}: {db} is a folder, not a database file; {fix} "
+                            f"(e.g. sqlite:///{db / 'mlflow.db'})")
+    if db.is_file() and db.stat().st_size > 0:
+        try:
+            with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise TrackingError(f"MLflow tracking store {uri}: {db} is not an SQLite database ({e}); {fix}") from None
+        if tables and not {"experiments", "alembic_version"} & tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise TrackingError(f"MLflow tracking store {uri}: {db} is another application's database (tables "
+                                f"{shown}); MLflow would add its own tables into it. Give a file of its own, "
+                                "e.g. sqlite:///mlflow.db")
+    return db
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingError` within ~``timeout`` s unless the tracking store answers.
 
@@ -145,8 +173,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 f"--host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db --artifacts-destination "
                 f"./mlartifacts`), fix --tracking-uri, or omit it to use the local sqlite:///mlflow.db") from None
         env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout) + 1)}
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    elif uri.startswith("sqlite:"):
+        db = _check_sqlite_store(uri)
         _check_sqlite_writable(uri, db)
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -525,7 +553,7 @@ class TrialRecorder:
         tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING,
                 SAMPLED_TAG: json.dumps(sampled, default=str)}
         if number is not None:
-            tags[OPTUNA_TRIAL_TAG] = number
+            tags[OPTUNA_TRIAL_TAG] = str(number)  # tag values are strings (a REST store refuses an int)
         run = self._call(f"create the run of trial {snap.trial_id}", lambda: self.client.create_run(
             self.experiment_id, run_name=trial_run_name(number, snap.trial_id, sampled), tags=tags))
         if run is None:
@@ -785,14 +813,14 @@ def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe
                 metrics: Mapping[str, Any], model_dirs: Sequence[Path], model_name: str,
                 source: Mapping[str, Any], files: Sequence[Path] = (), *, started: float | None = None,
                 parent_run_id: str | None = None, version_tags: Mapping[str, Any] | None = None,
-                description: str = "") -> dict[str, Any]:
+                description: str = "", tags: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Log a retrained model as a run and register it as one MLflow pyfunc model (``search.serving``; the
     forward + backward ensemble of ``model_dirs`` as one).
 
     The run: the recipe as params and ``recipe.yaml``, the learning and test metrics (timings as tags),
     ``files`` such as plots and reports under ``plots/``; it starts at ``started`` (the retrain's own start,
     so MLflow shows how long the work took) and is nested under the search's parent run when that run is in
-    this store. The registered version gets ``description``, ``version_tags`` and its test accuracy as a tag;
+    this store, with ``tags`` besides its own. The registered version gets ``description``, ``version_tags`` and its test accuracy as a tag;
     the alias :data:`CHAMPION` moves to it when its test accuracy beats the current champion's.
 
     Returns ``{"run_id", "model_name", "version", "model_uri", "champion", "nested"}``.
@@ -803,7 +831,7 @@ def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe
 
     client = _client(uri)
     exp_id = ensure_experiment(uri, experiment, artifact_location)
-    tags = {ROLE_TAG: "retrain", **{f"source_{k}": v for k, v in source.items() if v is not None}}
+    tags = {**(tags or {}), ROLE_TAG: "retrain", **{f"source_{k}": v for k, v in source.items() if v is not None}}
     nested = bool(parent_run_id) and _run_in_experiment(client, parent_run_id, exp_id)
     if nested:
         tags[PARENT_TAG] = parent_run_id
@@ -811,6 +839,7 @@ def log_retrain(uri: str, experiment: str, artifact_location: str | None, recipe
     tags.update({k: f"{float(v):.1f}" for k, v in timings.items()})
     name = f"retrain of trial {source['trial_id']}" if source.get("trial_id") else "retrain"
     start_ms = int((started or time.time()) * 1000)
+    tags = {k: str(v) for k, v in tags.items()}  # a REST store refuses a tag value that is not a string
     run = client.create_run(exp_id, run_name=name, tags=tags, start_time=start_ms)
     run_id = run.info.run_id
     now = int(time.time() * 1000)

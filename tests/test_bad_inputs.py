@@ -35,6 +35,7 @@ from conftest_search import SMOKE, free_port
 
 import launch
 from search import cli as search_cli
+from search.export import write_best
 from ulmfit_core.config import default_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,17 +178,54 @@ def _model_that_runs_code(w: Workspace) -> Path:
     return model
 
 
+def _classifier_copy(w: Workspace, name: str, edit_vocab: Callable[[list], list] | None = None,
+                     drop_vocab_digest: bool = False, lm_as_model: bool = False) -> Path:
+    """A copy of the trained classifier folder with one file from elsewhere."""
+    from ulmfit_core import artifacts
+
+    model = w.path(name)
+    shutil.copytree(w.trained / "classifier", model, ignore=shutil.ignore_patterns("checkpoint"))
+    if edit_vocab:
+        artifacts.write_vocab(model / "vocab.json", edit_vocab(artifacts.read_vocab(model / "vocab.json")))
+    if drop_vocab_digest:  # as a classifier saved before model.pt recorded its vocabulary
+        payload = artifacts.load_tensors(model / "model.pt")
+        del payload["vocab_sha256"]
+        artifacts.save_tensors(model / "model.pt", payload)
+    if lm_as_model:
+        shutil.copy(w.trained / "lm" / "lm.pt", model / "model.pt")
+    return model
+
+
 def _checkpoint_that_runs_code(w: Workspace) -> Path:
     out = w.path("out")
     torch.save({"model": RunsCode(w.path("code-ran"))}, w.file("out/checkpoint/checkpoint.pt", b""))
     return out
 
 
-def _complete_best_yaml(w: Workspace) -> Path:
+def _complete_best_yaml(w: Workspace, edit: Callable[[str], str] = lambda text: text) -> Path:
+    """A best.yaml as export writes it (with its record), then ``edit``-ed as text."""
     recipe = default_recipe()
     recipe["data"] = {**recipe["data"], "dataset": "trec"}
-    return w.file("best.yaml", yaml.safe_dump({"recipe": recipe, "result": {"metric": "valid_accuracy",
-                                                                               "value": 0.5}}))
+    path = write_best({"recipe": recipe, "result": {"metric": "valid_accuracy", "value": 0.5},
+                       "project_root": str(w.root)}, w.path("best.yaml"))
+    path.write_text(edit(path.read_text()))
+    return path
+
+
+def _other_database(w: Workspace) -> Path:
+    import sqlite3
+
+    path = w.path("shop.db")
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        con.execute("CREATE TABLE customers (name TEXT)")
+        con.commit()
+    return path
+
+
+def _without_record(text: str) -> str:
+    doc = yaml.safe_load(text)
+    del doc["record"]
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 FIELD_COUNT_CSV = "label,text\nA,fine\nB,one, two\n"  # line 3: an unquoted comma
@@ -259,6 +297,19 @@ CASES = [
                                                                                   "classifier:\n  lrr: 0.01\n")),
                                                   "--out", str(w.path("out"))],
          ("typo.yaml:3: classifier.lrr: unknown key", "did you mean classifier.lr?")),
+    Case("config-duplicate-key", lambda w: ["run", "--config", str(w.file("twice.yaml", "data: {dataset: trec}\n"
+                                                                           "classifier:\n  lr: 0.01\n  lr: 50\n")),
+                                            "--out", str(w.path("out"))],
+         ("twice.yaml:4: invalid YAML: key 'lr' appears twice in one mapping (lines 3 and 4)", "keep one")),
+    Case("config-unfreeze-longer-than-epochs", lambda w: w.training("run", "classifier.epochs=2",
+                                                                    "classifier.unfreeze=[1, 1, 1]"),
+         ("classifier.unfreeze: [1, 1, 1] takes 3 epochs but classifier.epochs is 2", "train more epochs")),
+    Case("data-label-among-text-columns", lambda w: w.training("run", "data.text_cols=[text, label]"),
+         ("data.text_cols: holds the label column 'label'", "list the text columns only")),
+    Case("data-validation-smaller-than-classes",
+         lambda w: w.training("run", "data.dataset=null", "data.max_train_rows=null",
+                              f"data.train={w.csv('many.csv', [(f'C{i}', f'question {i} {j} ?') for i in range(40) for j in range(3)])}"),
+         ("the validation set holds", "for 40 classes, too few to score every class", "a larger data.valid_pct")),
     Case("config-dataset-and-train", lambda w: w.training("run", f"data.train={w.two_classes()}"),
          ("data.train: given together with data.dataset ('trec')", "--set data.dataset=null")),
     Case("config-unknown-device", lambda w: w.training("run", "device=tpu"),
@@ -347,6 +398,18 @@ CASES = [
          ("truncated/model.pt: cannot be read", "truncated or damaged: train or copy it again")),
     Case("predict-model-runs-code", lambda w: ["predict", "--model", str(_model_that_runs_code(w)), "who is it ?"],
          ("evil-model/model.pt: refused", "loading it would run code", "only load model files from a source you trust")),
+    Case("predict-vocabulary-of-another-run",
+         lambda w: ["predict", "--model", str(_classifier_copy(w, "mixed", lambda itos: itos[:-2] + itos[-1:-3:-1])),
+                    "who is it ?"],
+         ("mixed/vocab.json: not the vocabulary model.pt was trained with", "copy the classifier folder whole")),
+    Case("evaluate-weights-of-another-shape",
+         lambda w: ["evaluate", "--model", str(_classifier_copy(w, "older", lambda itos: itos[:-5], True)),
+                    "--file", str(w.two_classes())],
+         ("older/model.pt: its weights do not fit the model its vocabulary and labels describe",
+          "size mismatch for", "copy the classifier folder whole")),
+    Case("predict-language-model-as-classifier",
+         lambda w: ["predict", "--model", str(_classifier_copy(w, "lm-in", lm_as_model=True)), "who is it ?"],
+         ("lm-in/model.pt: not a classifier (it holds a language model)", "pass the folder a classifier was saved in")),
     Case("predict-not-a-model-folder", lambda w: ["predict", "--model", str(w.file("empty/readme.txt", "x").parent),
                                                   "who is it ?"],
          ("empty: no model.pt", "pass a folder that run, retrain or train-classifier wrote")),
@@ -401,6 +464,13 @@ CASES = [
          ("search.num_sample: unknown key", "did you mean search.num_samples?"), cli="search"),
     Case("search-unknown-metric", lambda w: w.search("search.metric=valid_acc"),
          ("search.metric: must be one of", "'valid_acc'"), cli="search"),
+    Case("search-mode-contradicts-metric", lambda w: w.search("search.metric=valid_loss", "search.mode=max"),
+         ("search.mode: max would seek the worst valid_loss", "set mode: min"), cli="search"),
+    Case("search-space-when-never-true",
+         lambda w: w.search(space="  classifier.from_scratch: [false, true]\n"
+                                  "  classifier.lrm: {type: uniform, low: 1.5, high: 4, when: {classifier.from_scratch: 'yes'}}"),
+         ("space.classifier.lrm: when: classifier.from_scratch can never be 'yes'", "would never be sampled"),
+         cli="search"),
     Case("search-grace-period-too-long", lambda w: w.search("search.scheduler.grace_period=9"),
          ("search.scheduler.grace_period: 9 epochs is more than the 3 a trial runs", "lower it"), cli="search"),
     Case("search-invalid-recipe", lambda w: w.search("recipe.classifier.epochs=0"),
@@ -421,6 +491,17 @@ CASES = [
          cli="search"),
     Case("search-unreachable-tracking-server", lambda w: w.search(tracking_uri=f"http://127.0.0.1:{free_port()}"),
          ("MLflow tracking server http://127.0.0.1:", "is unreachable", "Start it"), cli="search"),
+    Case("search-tracking-in-memory", lambda w: w.search(tracking_uri="sqlite://"),
+         ("MLflow tracking store sqlite://: names no database file", "e.g. sqlite:///mlflow.db"), cli="search"),
+    Case("search-tracking-store-a-folder",
+         lambda w: w.search(tracking_uri=f"sqlite:///{w.file('store/notes.txt', 'x').parent}"),
+         ("store is a folder, not a database file", "store/mlflow.db"), cli="search"),
+    Case("search-tracking-store-not-a-database",
+         lambda w: w.search(tracking_uri=f"sqlite:///{w.file('notes.db', 'shopping list')}"),
+         ("notes.db is not an SQLite database", "give --tracking-uri a database file"), cli="search"),
+    Case("search-tracking-store-another-applications-database",
+         lambda w: w.search(tracking_uri=f"sqlite:///{_other_database(w)}"),
+         ("shop.db is another application's database (tables customers)", "a file of its own"), cli="search"),
     # --- resume, export and retrain of a search (search/store.py, search/export.py) ---
     Case("search-resume-not-a-search", lambda w: ["search", "--resume", str(w.file("plain/notes.txt", "x").parent)],
          ("plain is not a search folder (no search.json)", "give the folder `search` printed"), cli="search"),
@@ -438,6 +519,19 @@ CASES = [
          lambda w: ["retrain", "--config", str(w.file("best.yaml", "recipe:\n  data: {dataset: trec}\nresult: {}\n")),
                     "--out", str(w.path("out"))],
          ("best.yaml: recipe has no text, model, lm, classifier section(s)", "export it again"), cli="search"),
+    Case("retrain-best-yaml-edited",
+         lambda w: ["retrain", "--config", str(_complete_best_yaml(w, lambda t: t.replace("lrm: 2.6", "lrm: 3.0"))),
+                    "--out", str(w.path("out"))],
+         ("best.yaml: differs from the trial it was exported from: recipe.classifier.lrm is 3.0 (the trial's: 2.6)",
+          "recipe.lm.lrm is 3.0", "or pass --allow-edits"), cli="search"),
+    Case("retrain-best-yaml-cut-short",
+         lambda w: ["retrain", "--config", str(_complete_best_yaml(w, lambda t: t[:t.index("classifier:\n") + 30])),
+                    "--out", str(w.path("out"))],
+         ("best.yaml: differs from the trial it was exported from", "key(s) missing: recipe.classifier.",
+          "export it again"), cli="search"),
+    Case("retrain-best-yaml-without-record",
+         lambda w: ["retrain", "--config", str(_complete_best_yaml(w, _without_record)), "--out", str(w.path("out"))],
+         ("best.yaml: it has no record: section", "export it again", "--allow-edits"), cli="search"),
     Case("relocate-store-not-sqlite", lambda w: ["relocate-store", "--tracking-uri", "http://127.0.0.1:9"],
          ("--tracking-uri http://127.0.0.1:9: only a SQLite store", "a tracking server keeps its own artifacts"),
          cli="search"),

@@ -78,7 +78,7 @@ def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monk
     run = client.get_run(version.run_id)
     assert run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
     assert run.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
-    mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy / 'mlflow.db'}")  # restored after the test
     predictions = mlflow.pyfunc.load_model(f"models:/ulmfit-{cfg.experiment}@champion").predict(["Who wrote Hamlet ?"])
     assert len(predictions) == 1
     # The trials' runs recorded before the move read from the copy too.

@@ -139,7 +139,7 @@ def test_mlflow_holds_parent_child_metrics_and_artifacts(searched):
         files = {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
         assert {"best_model/model.pt", "best_model/vocab.json", "best_model/labels.json"} <= files
         weights = torch.load(client.download_artifacts(run.info.run_id, "best_model/model.pt"), weights_only=True)
-        assert set(weights) == {"state_dict", "config", "labels", "tokenizer", "format"}  # no optimizer state
+        assert set(weights) == {"state_dict", "config", "labels", "tokenizer", "format", "vocab_sha256"}  # no optimizer state
         plot_files = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/learning_curves.png", "plots/lr_schedule.png"} <= plot_files
         recipe = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "recipe.yaml")).read_text())
@@ -148,7 +148,7 @@ def test_mlflow_holds_parent_child_metrics_and_artifacts(searched):
     assert [r["trial_id"] for r in rows] == [r["trial_id"] for r in outcome.leaderboard]
 
 
-def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
+def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from search.cli import main
@@ -188,12 +188,13 @@ def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
     assert run.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
     assert (run.info.end_time - run.info.start_time) / 1000 >= 0.8 * seconds
     assert "lm_seconds" not in run.data.metrics and "lm_seconds" in run.data.tags  # timings are bookkeeping
+    assert run.data.tags["best_yaml_check"] == "matches the exported trial"
     # the registered model is a pyfunc that predicts what the retrained folder predicts
     import mlflow
 
     from ulmfit_core import inference
 
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)  # restored after the test, unlike a global URI
     served = mlflow.pyfunc.load_model(res["model_uri"]).predict(
         __import__("pandas").DataFrame({"text": ["Who wrote Hamlet ?", "How far is the moon ?"]}))
     labels, probs = inference.predict_proba(tmp_path / "model" / "classifier", ["Who wrote Hamlet ?", "How far is the moon ?"])
@@ -202,16 +203,29 @@ def test_export_and_retrain_reproduce_the_recorded_metric(searched, tmp_path):
     assert {"plots/confusion_matrix_fwd.png", "plots/per_class_fwd.png", "plots/per_class_fwd.json"} <= plots
 
 
-def test_retrain_both_directions_registers_the_ensemble_evaluate_uses(searched, tmp_path, datasets_dir, capsys):
+def test_retrain_both_directions_registers_the_ensemble_evaluate_uses(searched, tmp_path, datasets_dir, capsys,
+                                                                     monkeypatch):
     import mlflow
     import pandas as pd
+    from mlflow.tracking import MlflowClient
 
     import launch
     from search.export import retrain
+    from ulmfit_core.config import ConfigError
 
     cfg, outcome, _ = searched
     out = tmp_path / "both"
-    res = retrain(outcome.best_yaml, out, model_name="ulmfit-local-ensemble", directions=["fwd", "bwd"])
+    # An edited copy (TREC's questions are far shorter than either max_len): refused, then retrained with
+    # --allow-edits, the edit logged on the run.
+    edited = outcome.best_yaml.with_name("best-edited.yaml")
+    edited.write_text(outcome.best_yaml.read_text().replace("max_len: 3000", "max_len: 2000"))
+    with pytest.raises(ConfigError, match=r"recipe\.classifier\.max_len is 2000 \(the trial's: 3000\)"):
+        retrain(edited, out, model_name="ulmfit-local-ensemble", directions=["fwd", "bwd"])
+    assert not out.exists()
+    res = retrain(edited, out, model_name="ulmfit-local-ensemble", directions=["fwd", "bwd"], allow_edits=True)
+    tags = MlflowClient(cfg.mlflow.tracking_uri).get_run(res["run_id"]).data.tags
+    assert tags["edit.recipe.classifier.max_len"] == "3000 -> 2000"
+    assert tags["best_yaml_check"] == "1 edit(s) allowed (--allow-edits)"
     assert {"test_accuracy", "bwd_test_accuracy", "ensemble_test_accuracy"} <= set(res["metrics"])
     # evaluate --ensemble over the two folders, and evaluate on the run's folder (its ensemble.json)
     test_csv = datasets_dir / "trec" / "test.csv"
@@ -222,7 +236,7 @@ def test_retrain_both_directions_registers_the_ensemble_evaluate_uses(searched, 
     by_run = json.loads(capsys.readouterr().out)
     assert by_run["accuracy"] == by_folders["accuracy"] == pytest.approx(res["metrics"]["ensemble_test_accuracy"])
     # the registered model is that ensemble: the same labels on the test questions
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)  # restored after the test, unlike a global URI
     model = mlflow.pyfunc.load_model(res["model_uri"])
     texts = [row["text"] for row in csv.DictReader(test_csv.open())]
     served = model.predict(pd.DataFrame({"text": texts}))

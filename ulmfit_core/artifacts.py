@@ -9,13 +9,14 @@ Folders (names are the contract other code and users rely on):
 
 * a **language model** (``finetune_lm`` / ``pretrain`` output): ``lm.pt`` (the whole tied model) and
   ``encoder.pt`` (what a classifier loads), each ``{"state_dict", "config"}``; ``vocab.json``;
-* a **classifier**: ``model.pt`` (``{"state_dict", "config", "labels", "tokenizer", "format"}``),
+* a **classifier**: ``model.pt`` (``{"state_dict", "config", "labels", "tokenizer", "format", "vocab_sha256"}``),
   ``vocab.json``, ``labels.json``, ``config.yaml``;
 * both: ``metrics.json`` and a resumable ``checkpoint/`` (see :mod:`ulmfit_core.train`).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -242,6 +243,12 @@ def read_vocab(path: str | Path) -> list[str]:
     return itos
 
 
+def vocab_digest(itos: Sequence[str]) -> str:
+    """SHA-256 of a vocabulary's tokens in order: a classifier's weights record the one they were trained
+    with, so a ``vocab.json`` from another run (same size, other tokens) is refused, not read as garbage."""
+    return hashlib.sha256(json.dumps(list(itos), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 # --- language models ------------------------------------------------------------------------
 
 
@@ -324,7 +331,7 @@ def save_classifier(directory: str | Path, model: nn.Module, config: Mapping[str
     write_classifier_metadata(directory, config, itos, labels)
     save_tensors(directory / MODEL_FILE, {"state_dict": cpu_state_dict(model), "config": dict(config),
                                           "labels": list(labels), "tokenizer": tokenizer,
-                                          "format": CLASSIFIER_FORMAT})
+                                          "format": CLASSIFIER_FORMAT, "vocab_sha256": vocab_digest(itos)})
     return directory
 
 
@@ -335,8 +342,18 @@ def load_classifier_files(directory: str | Path) -> SavedClassifier:
         raise ArtifactError(f"{directory}: no {MODEL_FILE}; pass a folder that run, retrain or train-classifier "
                             "wrote (e.g. runs/recipe, or runs/recipe/classifier)")
     payload = _state_payload(directory / MODEL_FILE)
+    if not isinstance(payload.get("config"), Mapping) or not isinstance(payload.get("labels"), list):
+        what = "it holds a language model" if any(str(k).startswith("decoder.") for k in payload["state_dict"]) \
+            else "it has no config or labels"
+        raise ArtifactError(f"{directory / MODEL_FILE}: not a classifier ({what}); pass "
+                            "the folder a classifier was saved in (run, retrain or train-classifier write one)")
+    itos = read_vocab(directory / VOCAB_FILE)
+    recorded = payload.get("vocab_sha256")  # absent in classifiers saved before it was recorded
+    if recorded is not None and recorded != vocab_digest(itos):
+        raise ArtifactError(f"{directory / VOCAB_FILE}: not the vocabulary {MODEL_FILE} was trained with (another "
+                            "run's?); copy the classifier folder whole from one run")
     return SavedClassifier(state_dict=payload["state_dict"], config=dict(payload["config"]),
-                           itos=read_vocab(directory / VOCAB_FILE), labels=list(payload["labels"]))
+                           itos=itos, labels=list(payload["labels"]))
 
 
 def export_checkpoint_model(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
@@ -352,5 +369,5 @@ def export_checkpoint_model(checkpoint_dir: str | Path, out_dir: str | Path) -> 
     write_classifier_metadata(out_dir, state["config"], itos, labels)
     save_tensors(out_dir / MODEL_FILE, {"state_dict": state["model"], "config": dict(state["config"]),
                                         "labels": list(labels), "tokenizer": state.get("tokenizer", "unknown"),
-                                        "format": CLASSIFIER_FORMAT})
+                                        "format": CLASSIFIER_FORMAT, "vocab_sha256": vocab_digest(itos)})
     return out_dir

@@ -84,7 +84,12 @@ def load_classifier(directory: str | Path, device: str = "auto") -> LoadedClassi
     model = build_classifier(len(vocab), cfg.model, cc.scaled_dropouts, n_classes=len(saved.labels),
                              lin_ftrs=cc.lin_ftrs, head_p=cc.head_p, bptt=cc.bptt, max_seq=cc.max_seq,
                              pad_idx=vocab.pad_idx)
-    model.load_state_dict(saved.state_dict)
+    try:
+        model.load_state_dict(saved.state_dict)
+    except RuntimeError as e:  # weights of another shape: the folder mixes files of different runs
+        first = str(e).split("\n\t")[1].strip() if "\n\t" in str(e) else str(e)
+        raise ArtifactError(f"{Path(directory) / MODEL_FILE}: its weights do not fit the model its vocabulary and "
+                            f"labels describe ({first}); copy the classifier folder whole from one run") from None
     dev = resolve_device(device)
     model.to(dev).eval()
     return LoadedClassifier(model=model, vocab=vocab, labels=saved.labels, cfg=cfg, device=dev)

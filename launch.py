@@ -258,7 +258,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulmfit", description=DESCRIPTION,
+    from ulmfit_core.console import OneLineParser
+
+    parser = OneLineParser(prog="ulmfit", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
                         help="print the version and exit")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search.console_log import LibraryLog
-from ulmfit_core.console import USER_ERROR_EXIT, USER_ERRORS, report_user_error
+from ulmfit_core.console import USER_ERROR_EXIT, USER_ERRORS, OneLineParser, report_user_error
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -122,6 +122,9 @@ def _search(args: argparse.Namespace) -> int:
     print(f"trials: {s['trials']:.0f} (completed {s['trials_completed']:.0f}, stopped by ASHA "
           f"{s['trials_stopped_by_asha']:.0f}, errored {s['trials_errored']:.0f}"
           + (f", interrupted {s['trials_interrupted']:.0f})" if s["trials_interrupted"] else ")"))
+    for row in outcome.leaderboard:  # why each errored trial failed, in its own words (not only "errored")
+        if row.get("error"):
+            print(f"  trial {row.get('trial')} ({row.get('trial_id')}) errored: {row['error']}")
     print(f"language models trained: {s['lm_trainings']:.0f} ({s['lm_seconds_trained']:.1f} s); "
           f"reuse saved {s['lm_seconds_saved']:.1f} s of LM training")
     print(f"search folder: {portable.shown(outcome.search_dir)}")
@@ -243,7 +246,7 @@ def cmd_relocate_store(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m search.cli")
+    parser = OneLineParser(prog="python -m search.cli")
     add_commands(parser.add_subparsers(dest="command", required=True, help="what to do"))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -14,6 +14,7 @@ epoch has no full-length result that a retrain (which trains every epoch) could 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,24 @@ RANK = {COMPLETED: 0, STOPPED: 1, INTERRUPTED: 2, ERRORED: 3}
 
 EPOCH = "epoch"  # the classifier epoch a result reports: the one clock of ASHA, Optuna and MLflow
 EPOCHS_TOTAL = "epochs_total"  # the trial's classifier.epochs
+
+
+#: ``package.module.SomeError: message``: the line a Python traceback ends with.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Mismatch)): (.+)$")
+
+
+def error_line(error: BaseException | str | None) -> str | None:
+    """The one line a user acts on from a trial's error: the innermost ``Type: message`` of its traceback text
+    (Ray wraps the trial's own exception, e.g. a refused file, in its task error and traceback), without the
+    module path; the last line when none is found; None for no error."""
+    if error is None:
+        return None
+    text = str(error).strip()
+    found = [m for m in map(_EXCEPTION_LINE.match, text.splitlines()) if m]
+    if found:
+        return f"{found[-1].group(1)}: {found[-1].group(2).strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def stopped_early(result: Mapping[str, Any]) -> bool:

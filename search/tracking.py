@@ -369,6 +369,27 @@ def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[d
     client.set_terminated(parent_run_id, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
 
+def check_search_store(uri: str, parent_run_id: str, search_dir: Path) -> None:
+    """Before a search resumes: the store its search.json names exists and holds its parent run. A search
+    folder copied without its store, or next to another project's store, is refused here, before anything
+    is created or reopened (check_reachable would create a new, empty SQLite store)."""
+    fix = ("copy the project's MLflow store (mlflow.db and mlartifacts/) along with the search folder, or start a "
+           "new search")
+    db = store_location.sqlite_file(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"{search_dir}: its MLflow store {uri} does not exist (search.json logs there); {fix}")
+    check_reachable(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(uri).get_run(parent_run_id)
+    except MlflowException as e:
+        if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingError(f"{search_dir}: the MLflow store {uri} holds no run {parent_run_id}, this search's "
+                            f"parent run (another project's store?); {fix}") from None
+
+
 def reopen_parent(uri: str, parent_run_id: str) -> None:
     """A resumed search's parent run is running again."""
     client = _client(uri)

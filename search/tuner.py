@@ -370,9 +370,9 @@ def resume_search(search_dir: str | Path, *, address: str | None = None,
     resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
     search_dir = Path(search_dir).expanduser().resolve()
     cfg, meta = store.read_search_json(search_dir)
+    tracking.check_search_store(meta["tracking_uri"], meta["parent_run_id"], search_dir)  # before anything is written
     if log is not None:
         log.move_into(search_dir)
-    tracking.check_reachable(meta["tracking_uri"])
     init_ray(cfg, address, log)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
     if callbacks:
@@ -466,7 +466,8 @@ def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any
         row.update(T.sampled_values(config))
         row.update({"lm_trained": m.get(T.LM_TRAINED), "lm_seconds": m.get(T.LM_SECONDS),
                     T.LM_SAVED: m.get(T.LM_SAVED), "lm_key": m.get(T.LM_KEY), "node_ip": m.get("node_ip"),
-                    "mlflow_run_id": run.info.run_id if run else None})
+                    "mlflow_run_id": run.info.run_id if run else None,
+                    "error": outcome.error_line(r.error)})
         if run is not None and run.data.tags.get("lm_trained") == "true":
             row["lm_trained"] = 1.0  # trained in an earlier attempt of this trial (before a restore)
         rows.append(row)

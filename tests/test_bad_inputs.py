@@ -179,7 +179,7 @@ def _model_that_runs_code(w: Workspace) -> Path:
 
 
 def _classifier_copy(w: Workspace, name: str, edit_vocab: Callable[[list], list] | None = None,
-                     drop_vocab_digest: bool = False, lm_as_model: bool = False) -> Path:
+                     drop_vocab_digest: bool = False, lm_as_model: bool = False, damage: str | None = None) -> Path:
     """A copy of the trained classifier folder with one file from elsewhere."""
     from ulmfit_core import artifacts
 
@@ -193,7 +193,14 @@ def _classifier_copy(w: Workspace, name: str, edit_vocab: Callable[[list], list]
         artifacts.save_tensors(model / "model.pt", payload)
     if lm_as_model:
         shutil.copy(w.trained / "lm" / "lm.pt", model / "model.pt")
+    if damage:  # cut short, as a copy that stopped half-way
+        (model / damage).write_bytes((model / damage).read_bytes()[:10])
     return model
+
+
+def _swap_two_words(itos: list[str]) -> list[str]:
+    """Another run's vocabulary of the same size: two words (not the padding at its end) trade places."""
+    return [*itos[:20], itos[21], itos[20], *itos[22:]]
 
 
 def _checkpoint_that_runs_code(w: Workspace) -> Path:
@@ -226,6 +233,14 @@ def _without_record(text: str) -> str:
     doc = yaml.safe_load(text)
     del doc["record"]
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _store_without_the_run(w: Workspace) -> Path:
+    """A search folder next to an MLflow store that exists but holds no run of that search."""
+    from search.tracking import check_reachable
+
+    check_reachable(f"sqlite:///{w.path('mlflow.db')}")
+    return w.search_folder()
 
 
 FIELD_COUNT_CSV = "label,text\nA,fine\nB,one, two\n"  # line 3: an unquoted comma
@@ -304,6 +319,60 @@ CASES = [
     Case("config-unfreeze-longer-than-epochs", lambda w: w.training("run", "classifier.epochs=2",
                                                                     "classifier.unfreeze=[1, 1, 1]"),
          ("classifier.unfreeze: [1, 1, 1] takes 3 epochs but classifier.epochs is 2", "train more epochs")),
+    Case("config-negative-epochs", lambda w: w.training("run", "lm.epochs=-1"), ("lm.epochs: must be >= 1", "got -1")),
+    Case("config-zero-batch-size", lambda w: w.training("run", "classifier.bs=0"),
+         ("classifier.bs: must be a positive integer", "got 0")),
+    Case("config-batch-size-fraction", lambda w: w.training("run", "lm.bs=1.5"), ("lm.bs: must be an integer", "1.5")),
+    Case("config-negative-weight-decay", lambda w: w.training("run", "classifier.wd=-1"),
+         ("classifier.wd: must be >= 0", "got -1.0")),
+    Case("config-negative-dropout", lambda w: w.training("run", "lm.dropouts.hidden_p=-0.1"),
+         ("lm.dropouts.hidden_p: must be a probability in [0, 1)", "-0.1")),
+    Case("config-use-clr-ratio-below-one", lambda w: w.training("run", "classifier.use_clr=[0.5, 10]"),
+         ("classifier.use_clr: must be [ratio >= 1, cut > 1]", "got [0.5, 10.0]")),
+    Case("config-valid-pct-too-large", lambda w: w.training("run", "data.valid_pct=0.7"),
+         ("data.valid_pct: must be in (0, 0.5)", "got 0.7")),
+    Case("config-max-vocab-too-small", lambda w: w.training("run", "text.max_vocab=0"),
+         ("text.max_vocab: must be >= 16", "got 0")),
+    Case("config-min-freq-zero", lambda w: w.training("run", "text.min_freq=0"), ("text.min_freq: must be >= 1",)),
+    Case("config-unknown-section", lambda w: w.training("run", "optimizer.lr=1"),
+         ("optimizer: unknown key", "known keys: data, text, model, lm, classifier")),
+    Case("config-seed-not-integer", lambda w: w.training("run", "seed=abc"), ("seed: must be an integer", "'abc'")),
+    Case("config-head-layer-zero", lambda w: w.training("run", "classifier.lin_ftrs=[0]"),
+         ("classifier.lin_ftrs: head layer sizes must be >= 1", "[0]")),
+    Case("config-unfreeze-negative", lambda w: w.training("run", "classifier.unfreeze=[-1]"),
+         ("classifier.unfreeze: epochs per phase must be >= 0", "[-1]")),
+    Case("config-file-missing", lambda w: ["run", "--config", str(w.path("nope.yaml")), "--out", str(w.path("out"))],
+         ("cannot read config file", "nope.yaml: No such file or directory")),
+    Case("config-file-a-list", lambda w: ["run", "--config", str(w.file("list.yaml", "- a\n- b\n")),
+                                          "--out", str(w.path("out"))],
+         ("list.yaml: the top level must be a mapping of sections",)),
+    Case("config-section-given-a-value", lambda w: w.training("run", "lm=3"),
+         ("lm: must be a mapping of keys to values, got int",)),
+    Case("config-max-train-rows-zero", lambda w: w.training("run", "data.max_train_rows=0"),
+         ("data.max_train_rows: must be >= 2 or null", "got 0")),
+    Case("config-learning-rate-zero", lambda w: w.training("run", "lm.lr=0"), ("lm.lr: must be > 0", "got 0.0")),
+    Case("config-tab-indent", lambda w: ["run", "--config", str(w.file("tab.yaml", "lm:\n\tepochs: 1\n")),
+                                         "--out", str(w.path("out"))],
+         ("tab.yaml:2: invalid YAML", "'\\t'")),
+    Case("config-bool-not-bool", lambda w: w.training("run", "lm.backwards=maybe"),
+         ("lm.backwards: must be true or false", "'maybe'")),
+    Case("config-clip-negative", lambda w: w.training("run", "classifier.clip=-1"), ("classifier.clip: must be > 0",)),
+    Case("config-bptt-fraction", lambda w: w.training("run", "classifier.bptt=20.5"),
+         ("classifier.bptt: must be an integer", "20.5")),
+    Case("cli-unknown-command", lambda w: ["trian", "--out", str(w.path("out"))],
+         ("ulmfit: argument COMMAND: invalid choice: 'trian'", "see `ulmfit --help`")),
+    Case("cli-unknown-option", lambda w: [*w.training("run"), "--epochs", "3"],
+         ("ulmfit: unrecognized arguments: --epochs 3", "see `ulmfit --help`")),
+    Case("cli-missing-required-option", lambda w: ["predict", "who is it ?"],
+         ("ulmfit predict: the following arguments are required: --model", "see `ulmfit predict --help`")),
+    Case("cli-misspelt-zoo-model", lambda w: ["models", "fetch", "wt104-fwd", "--dest", str(w.path("m"))],
+         ("ulmfit models fetch: argument NAME: invalid choice: 'wt104-fwd'", "choose from 'wt103-fwd'")),
+    Case("cli-unknown-dataset-to-fetch", lambda w: ["data", "fetch", "imdbb", "--data-dir", str(w.path("d"))],
+         ("ulmfit data fetch: argument name: invalid choice: 'imdbb'", "choose from 'trec', 'imdb'")),
+    Case("cli-unknown-lr-find-stage", lambda w: ["lr-find", "--stage", "head", *w.training("x")[1:]],
+         ("ulmfit lr-find: argument --stage: invalid choice: 'head'", "choose from 'lm', 'classifier'")),
+    Case("cli-search-without-config", lambda w: ["search", "--storage", str(w.path("runs"))],
+         ("search: one of the arguments --config --resume is required",), cli="search"),
     Case("data-label-among-text-columns", lambda w: w.training("run", "data.text_cols=[text, label]"),
          ("data.text_cols: holds the label column 'label'", "list the text columns only")),
     Case("data-validation-smaller-than-classes",
@@ -382,6 +451,58 @@ CASES = [
          lambda w: w.training("run", "data.dataset=null",
                               f"data.train={w.csv('blank.csv', [('A', 'fine'), ('B', ' '), ('A', 'also fine')])}"),
          ("blank.csv: empty text (column 'text') at line 3", "remove these rows or fill in their text")),
+    Case("data-missing-text-column",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}", "data.text_cols=[body]"),
+         ("train.csv: no column 'body'", "the file has columns 'label', 'text'")),
+    Case("data-valid-file-missing",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}", f"data.valid={w.path('v.csv')}"),
+         ("data.valid:", "v.csv does not exist", "fix the path")),
+    Case("data-test-file-missing",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}", f"data.test={w.path('t.csv')}"),
+         ("data.test:", "t.csv does not exist", "fix the path")),
+    Case("data-unlabeled-file-missing",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}",
+                              f"data.unlabeled={w.path('u.txt')}"),
+         ("data.unlabeled:", "u.txt does not exist")),
+    Case("data-validation-label-unseen",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}",
+                              f"data.valid={w.csv('v.csv', [('A', 'x y'), ('B', 'z'), ('Z', 'new')])}"),
+         ("v.csv: labels ['Z'] never occur in the training data", "fix the labels or add training examples")),
+    Case("data-train-a-folder-without-labels",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.file('dir/x.txt', 'x').parent}"),
+         ("dir: a folder, but no LABEL/*.txt files in it", "one subfolder per label")),
+    Case("data-binary-file",
+         lambda w: w.training("run", "data.dataset=null", "data.train=" + str(w.file("bin.csv", bytes(range(256)) * 4))),
+         ("bin.csv: line 2: not valid UTF-8", "save the file as UTF-8")),
+    Case("data-column-named-twice",
+         lambda w: w.training("run", "data.dataset=null",
+                              "data.train=" + str(w.file("dup.csv", "label,text,text\n" + "A,x,y\nB,z,w\n" * 20))),
+         ("dup.csv: the header names column(s) 'text' more than once", "give every column its own name")),
+    Case("data-quote-never-closed",
+         lambda w: w.training("run", "data.dataset=null",
+                              "data.train=" + str(w.file("quote.csv", 'label,text\n' + 'A,fine\nB,also\n' * 20
+                                                         + 'A,"open\nB,fine\n'))),
+         ("quote.csv: line 42: a quoted field that is never closed", "close the quote")),
+    Case("data-text-after-closing-quote",
+         lambda w: w.training("run", "data.dataset=null",
+                              "data.train=" + str(w.file("after.csv", 'label,text\nA,"quoted" rest\nB,fine\n'))),
+         ("after.csv: line 2: malformed CSV", "quote fields that hold the delimiter, quotes or newlines")),
+    Case("data-unlabeled-not-utf8",
+         lambda w: w.training("run", "data.dataset=null", f"data.train={w.two_classes()}",
+                              "data.unlabeled=" + str(w.file("u.txt", "caf\xe9\n".encode("latin-1")))),
+         ("u.txt: not valid UTF-8", "save the file as UTF-8")),
+    Case("evaluate-file-without-label-column",
+         lambda w: ["evaluate", "--model", str(w.trained / "classifier"), "--file",
+                    str(w.csv("e.csv", [("a", "b")], header="text,category"))],
+         ("e.csv: no column 'label'", "the file has columns 'text', 'category'")),
+    Case("evaluate-file-missing",
+         lambda w: ["evaluate", "--model", str(w.trained / "classifier"), "--file", str(w.path("nope.csv"))],
+         ("nope.csv: no such file or folder",)),
+    Case("predict-model-folder-missing", lambda w: ["predict", "--model", str(w.path("nowhere")), "who is it ?"],
+         ("nowhere: no model.pt", "pass a folder that run, retrain or train-classifier wrote")),
+    Case("predict-vocabulary-damaged",
+         lambda w: ["predict", "--model", str(_classifier_copy(w, "damaged-vocab", damage="vocab.json")), "who is it ?"],
+         ("damaged-vocab/vocab.json: not valid JSON", "the file is damaged: write it again")),
     # --- trained models: predict and evaluate (inference.py, artifacts.py) ---
     Case("evaluate-unseen-labels",
          lambda w: ["evaluate", "--model", str(w.trained / "classifier"), "--file",
@@ -399,8 +520,7 @@ CASES = [
     Case("predict-model-runs-code", lambda w: ["predict", "--model", str(_model_that_runs_code(w)), "who is it ?"],
          ("evil-model/model.pt: refused", "loading it would run code", "only load model files from a source you trust")),
     Case("predict-vocabulary-of-another-run",
-         lambda w: ["predict", "--model", str(_classifier_copy(w, "mixed", lambda itos: itos[:-2] + itos[-1:-3:-1])),
-                    "who is it ?"],
+         lambda w: ["predict", "--model", str(_classifier_copy(w, "mixed", _swap_two_words)), "who is it ?"],
          ("mixed/vocab.json: not the vocabulary model.pt was trained with", "copy the classifier folder whole")),
     Case("evaluate-weights-of-another-shape",
          lambda w: ["evaluate", "--model", str(_classifier_copy(w, "older", lambda itos: itos[:-5], True)),
@@ -532,6 +652,43 @@ CASES = [
     Case("retrain-best-yaml-without-record",
          lambda w: ["retrain", "--config", str(_complete_best_yaml(w, _without_record)), "--out", str(w.path("out"))],
          ("best.yaml: it has no record: section", "export it again", "--allow-edits"), cli="search"),
+    Case("search-config-missing", lambda w: ["search", "--config", str(w.path("nope.yaml"))],
+         ("cannot read config file", "nope.yaml: No such file or directory"), cli="search"),
+    Case("search-num-samples-zero", lambda w: w.search("search.num_samples=0"),
+         ("search.num_samples: must be >= 1", "got 0"), cli="search"),
+    Case("search-max-concurrent-zero", lambda w: w.search("search.max_concurrent=0"),
+         ("search.max_concurrent: must be >= 1", "got 0"), cli="search"),
+    Case("search-space-empty-choice", lambda w: w.search(space="  classifier.lr: []"),
+         ("space.classifier.lr: a choice needs a non-empty list",), cli="search"),
+    Case("search-space-log-range-from-zero",
+         lambda w: w.search(space="  classifier.lr: {type: loguniform, low: 0, high: 0.1}"),
+         ("space.classifier.lr: a log-scaled range needs low > 0", "got low=0"), cli="search"),
+    Case("search-unknown-algorithm", lambda w: w.search("search.algorithm=cmaes"),
+         ("search.algorithm: must be one of ['tpe', 'random']", "'cmaes'"), cli="search"),
+    Case("search-negative-gpu", lambda w: w.search("search.resources.gpu=-1"),
+         ("search.resources.gpu: must be >= 0", "got -1"), cli="search"),
+    Case("search-unknown-scheduler", lambda w: w.search("search.scheduler.type=pbt"),
+         ("search.scheduler.type: must be one of ['asha', 'fifo']", "'pbt'"), cli="search"),
+    Case("search-grace-period-zero", lambda w: w.search("search.scheduler.grace_period=0"),
+         ("search.scheduler.grace_period: must be >= 1 epoch", "got 0"), cli="search"),
+    Case("search-rungs-not-increasing", lambda w: w.search("search.scheduler.rungs=[2, 1]"),
+         ("search.scheduler.rungs: list the epochs in increasing order", "got [2, 1]"), cli="search"),
+    Case("search-resume-missing-folder", lambda w: ["search", "--resume", str(w.path("gone"))],
+         ("gone is not a search folder (no search.json)",), cli="search"),
+    Case("search-resume-without-its-store", lambda w: ["search", "--resume", str(w.search_folder())],
+         ("search: its MLflow store sqlite:///", "mlflow.db does not exist", "copy the project's MLflow store"),
+         cli="search"),
+    Case("search-resume-store-without-its-run", lambda w: ["search", "--resume", str(_store_without_the_run(w))],
+         ("holds no run 00000000000000000000000000000000, this search's parent run", "copy the project's MLflow store"),
+         cli="search"),
+    Case("export-missing-folder", lambda w: ["export", "--search", str(w.path("gone"))],
+         ("gone is not a search folder (no search.json)",), cli="search"),
+    Case("retrain-config-missing",
+         lambda w: ["retrain", "--config", str(w.path("nope.yaml")), "--out", str(w.path("out"))],
+         ("cannot read config file", "nope.yaml"), cli="search"),
+    Case("retrain-best-yaml-a-list",
+         lambda w: ["retrain", "--config", str(w.file("best.yaml", "- 1\n")), "--out", str(w.path("out"))],
+         ("best.yaml: the top level must be a mapping of sections",), cli="search"),
     Case("relocate-store-not-sqlite", lambda w: ["relocate-store", "--tracking-uri", "http://127.0.0.1:9"],
          ("--tracking-uri http://127.0.0.1:9: only a SQLite store", "a tracking server keeps its own artifacts"),
          cli="search"),

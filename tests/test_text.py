@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -258,6 +259,32 @@ def test_cache_hit_returns_same_tokens_without_tokenizing(tmp_path):
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
     assert set(np.load(files[0]).files) >= {"ids", "doc_offsets", "tok_bytes", "tok_offsets"}
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not a zip", "ids past the table", "another document count"])
+def test_a_damaged_cache_file_is_rebuilt_with_a_notice(tmp_path, damage):
+    counting = CountingTokenizer()
+    first = tokenize_cached(TEXTS, counting, tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    data = path.read_bytes()
+    if damage == "cut short":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not a zip":
+        path.write_bytes(b"garbage" * 50)
+    else:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        if damage == "ids past the table":
+            arrays["ids"] = arrays["ids"] + 1000
+        else:
+            arrays["doc_offsets"] = arrays["doc_offsets"][:-1]
+            arrays["ids"] = arrays["ids"][: arrays["doc_offsets"][-1]]
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    with pytest.warns(UserWarning, match=rf"token cache {re.escape(str(path))} is damaged .*tokenizing again"):
+        again = tokenize_cached(TEXTS, counting, tmp_path)
+    assert again == first and counting.calls == 2  # tokenized again, not read as garbage
+    assert tokenize_cached(TEXTS, counting, tmp_path) == first and counting.calls == 2  # and replaced
 
 
 def test_cache_key_depends_on_content_and_settings(tmp_path):

@@ -234,6 +234,29 @@ def test_damaged_or_wrong_archive_is_refused_and_leaves_nothing(tmp_path, mirror
     assert (zoo.fetch("wt103-fwd", dest, mirror=mirror.url, progress=False) / "lstm_fwd.pth").is_file()
 
 
+def test_an_archive_that_unpacks_past_the_stated_limit_is_refused_before_unpacking(tmp_path, mirror, fastai_fixtures,
+                                                                                     monkeypatch):
+    # 3 MB of zeros: a few kB compressed, like an archive bomb at small scale; the limit set to 2 MB
+    (mirror.www / "wt103-fwd.tgz").write_bytes(fastai_archive(fastai_fixtures, README=bytes(3_000_000)))
+    monkeypatch.setenv(fetching.MAX_FETCH_GB_ENV, "0.002")
+    dest = tmp_path / "models"
+    with pytest.raises(ZooError, match=r"wt103-fwd\.tgz unpacked is 0\.00 GB, more than the 0\.002 GB a fetch "
+                                       r"accepts .*raise the limit with ULMFIT_MAX_FETCH_GB"):
+        zoo.fetch("wt103-fwd", dest, mirror=mirror.url, progress=False)
+    assert not (dest / "wt103-fwd").exists() and leftovers(dest) == []
+    monkeypatch.setenv(fetching.MAX_FETCH_GB_ENV, "1")  # the default limit is far above it
+    assert (zoo.fetch("wt103-fwd", dest, mirror=mirror.url, progress=False) / "lstm_fwd.pth").is_file()
+
+
+def test_a_download_past_the_stated_limit_stops_before_writing(tmp_path, mirror, monkeypatch):
+    (mirror.www / "big.bin").write_bytes(bytes(3_000_000))
+    monkeypatch.setenv(fetching.MAX_FETCH_GB_ENV, "0.002")
+    dest = tmp_path / "big.bin"
+    with pytest.raises(fetching.FetchError, match=r"big\.bin is 0\.00 GB, more than the 0\.002 GB a fetch accepts"):
+        fetching.download(f"{mirror.url}/big.bin", dest, progress=False)
+    assert not dest.exists() and not dest.with_name("big.bin.part").exists()
+
+
 def test_fetch_errors_without_a_source(tmp_path):
     with pytest.raises(ZooError, match=r"general-en-small-bwd has no public download.*pass --mirror"):
         zoo.fetch("general-en-small-bwd", tmp_path / "models")

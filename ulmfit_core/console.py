@@ -2,10 +2,11 @@
 and the one-line message of an error the user can fix."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 #: Errors caused by what the user gave (a value, a file, a folder), whose message names it and the fix: the
 #: command-line tools print that message as one line and exit with :data:`USER_ERROR_EXIT`, no traceback.
@@ -22,6 +23,15 @@ def report_user_error(error: BaseException) -> int:
     lines = (line.strip() for line in str(error).splitlines())
     print("error: " + " ".join(line for line in lines if line), file=sys.stderr)
     return USER_ERROR_EXIT
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line like every other user error (argparse's own
+    print the whole usage first): the command, what is wrong, and where the choices are listed."""
+
+    def error(self, message: str) -> "NoReturn":  # noqa: UP037 (argparse's signature)
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT)
 
 
 def epoch_printer(stage: str) -> Callable[[dict[str, float], Path | None], None]:

@@ -82,7 +82,8 @@ def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     # A long document is a legitimate field: lift the csv module's 128 KiB default.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # strict: a quote never closed is an error, not a field that swallows every later row
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
         start = 1
         try:
             for row in reader:
@@ -97,6 +98,9 @@ def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             raise DataError(f"{path}: cannot read past line {reader.line_num}: {e}; "
                             "the file is damaged, download or write it again") from None
         except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise DataError(f"{path}: line {start}: a quoted field that is never closed (the file ends inside "
+                                "it); close the quote, or double a quote inside quotes (\"\")") from None
             raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({e}); "
                             "quote fields that hold the delimiter, quotes or newlines (RFC 4180)") from None
 
@@ -132,6 +136,10 @@ def _read_table(path: Path, wanted: Sequence[str]) -> tuple[list[str], Iterator[
         raise DataError(f"{path}: the file is empty; expected a header row naming the columns "
                         f"({', '.join(wanted)}) and then one row per example")
     header = [h.strip() for h in header]
+    twice = sorted({h for h in header if header.count(h) > 1 and h in wanted})
+    if twice:  # which of them is the text? Reading either would be a guess
+        raise DataError(f"{path}: the header names column(s) {', '.join(repr(h) for h in twice)} more than once; "
+                        "give every column its own name and point data.text_cols / data.label_col at them")
     missing = [c for c in wanted if c not in header]
     if missing:
         plural = "s" if len(missing) > 1 else ""

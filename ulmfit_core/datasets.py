@@ -30,7 +30,7 @@ from filelock import FileLock
 from .artifacts import atomic_write, check_writable_folder
 from .config import DataConfig
 from .data import DataError
-from .fetching import FetchError, copy_atomic, download, fetch_sums, is_url, read_sums, verify
+from .fetching import FetchError, check_unpacked_size, copy_atomic, download, fetch_sums, is_url, read_sums, verify
 
 #: Environment variable naming the data directory (default ``./data``).
 DATA_ENV = "ULMFIT_DATA"
@@ -240,6 +240,7 @@ def _convert_imdb(originals: list[Path], target: Path) -> None:
     found: dict[tuple[str, str], list[tuple[str, str, str]]] = {}  # (split, label) -> [(fname, rating, text)]
     try:
         with tarfile.open(tar_path, "r:gz") as tar:
+            check_unpacked_size(tar_path.name, [m.size for m in tar.getmembers() if m.isfile()])
             for member in tar:
                 m = _IMDB_NAME.match(member.name)
                 if not m or not member.isfile():

@@ -34,6 +34,36 @@ class FetchError(ValueError):
     """A file cannot be downloaded or does not match its checksum; the message says how to fix it."""
 
 
+#: The most a fetch downloads, and the most an archive may unpack to: above the largest file any dataset or zoo
+#: model here needs (IMDb's archive is 84 MB and unpacks to 0.5 GB, wt103's to 0.5 GB), so a wrong URL or an
+#: archive bomb stops instead of filling the disk. ULMFIT_MAX_FETCH_GB raises (or lowers) it.
+MAX_FETCH_GB_ENV = "ULMFIT_MAX_FETCH_GB"
+DEFAULT_MAX_FETCH_GB = 4.0
+
+
+def max_fetch_bytes() -> int:
+    value = os.environ.get(MAX_FETCH_GB_ENV, "")
+    try:
+        gb = float(value) if value else DEFAULT_MAX_FETCH_GB
+    except ValueError:
+        raise FetchError(f"{MAX_FETCH_GB_ENV}={value!r}: not a number of gigabytes (e.g. 8)") from None
+    return int(gb * 1e9)
+
+
+def too_large(what: str, size: int) -> str:
+    """The message for ``what`` holding ``size`` bytes, more than :func:`max_fetch_bytes`."""
+    return (f"{what} is {size / 1e9:.2f} GB, more than the {max_fetch_bytes() / 1e9:g} GB a fetch accepts (a wrong "
+            f"file, or an archive that unpacks to far more than it holds?); check its source, or raise the limit "
+            f"with {MAX_FETCH_GB_ENV}")
+
+
+def check_unpacked_size(what: str, sizes: list[int]) -> None:
+    """Refuse an archive whose files add up to more than the limit, before anything is unpacked."""
+    total = sum(sizes)
+    if total > max_fetch_bytes():
+        raise FetchError(too_large(f"{what} unpacked", total))
+
+
 def is_url(s: str) -> bool:
     return urllib.parse.urlparse(s).scheme in ("http", "https", "file", "ftp")
 
@@ -54,12 +84,18 @@ def download(url: str, dest: Path, progress: bool) -> None:
             out.seek(offset)
             out.truncate()
             total = _total_size(resp, offset)
+            limit = max_fetch_bytes()
+            if total is not None and total > limit:  # said before a byte is written
+                raise _TooLarge(too_large(url, total))
             with tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name,
                       disable=not progress) as bar:
-                _copy_stream(resp, out, bar.update)
+                _copy_stream(resp, out, bar.update, limit)
             received = out.tell()
         if total is not None and received != total:
             raise _Incomplete(f"the connection closed after {received:,} of {total:,} bytes")
+    except _TooLarge as e:
+        part.unlink(missing_ok=True)
+        raise FetchError(str(e)) from None
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, cut connections
         raise FetchError(_download_failure(url, part, e)) from None
     os.replace(part, dest)
@@ -67,6 +103,10 @@ def download(url: str, dest: Path, progress: bool) -> None:
 
 class _Incomplete(OSError):
     """The server sent fewer bytes than it announced."""
+
+
+class _TooLarge(Exception):
+    """The file is larger than a fetch accepts (:func:`max_fetch_bytes`)."""
 
 
 def _open_resuming(url: str, part: Path) -> tuple[http.client.HTTPResponse, int]:
@@ -101,10 +141,12 @@ def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return offset + int(length) if length else None
 
 
-def _copy_stream(src: http.client.HTTPResponse, out: BinaryIO, advance: Callable[[int], object]) -> None:
+def _copy_stream(src: http.client.HTTPResponse, out: BinaryIO, advance: Callable[[int], object], limit: int) -> None:
     while chunk := src.read(_CHUNK):
         out.write(chunk)
         advance(len(chunk))
+        if out.tell() > limit:  # a server that announced no size (or a smaller one)
+            raise _TooLarge(too_large(src.geturl() or "the download", out.tell()))
 
 
 def _download_failure(url: str, part: Path, e: BaseException) -> str:

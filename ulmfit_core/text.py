@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -394,13 +396,31 @@ def tokenize_cached(texts: Sequence[str], tokenizer: Tokenizer, cache_dir: str |
     key = cache_key(texts, tokenizer)
     path = cache_dir / f"tokens-{key[:32]}.npz"
     if path.exists():
-        return _load_tokens(path)
+        tokens = _load_checked(path, len(texts))
+        if tokens is not None:
+            return tokens
     with FileLock(str(cache_dir / f"tokens-{key[:32]}.lock")):
-        if path.exists():  # another process built it while we waited
-            return _load_tokens(path)
+        if path.exists():  # another process built it while we waited (or it is the damaged one)
+            tokens = _load_checked(path, len(texts))
+            if tokens is not None:
+                return tokens
         tokens = tokenizer.tokenize(texts, progress=progress)
         _save_tokens(path, tokens)
         return tokens
+
+
+def _load_checked(path: Path, n_docs: int) -> list[list[str]] | None:
+    """The cached token lists, or None (with a warning naming the file) when the file is damaged: cut short,
+    overwritten, or holding another number of documents. The caller then tokenizes again and replaces it."""
+    try:
+        tokens = _load_tokens(path)
+        if len(tokens) != n_docs:
+            raise ValueError(f"{len(tokens)} documents where {n_docs} were tokenized")
+        return tokens
+    except (OSError, EOFError, ValueError, KeyError, IndexError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        warnings.warn(f"token cache {path} is damaged ({type(e).__name__}: {e}); tokenizing again and replacing it",
+                      UserWarning, stacklevel=3)
+        return None
 
 
 def encode_tokens(token_lists: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -435,8 +455,13 @@ def _save_tokens(path: Path, token_lists: list[list[str]]) -> None:
 
 
 def _load_tokens(path: Path) -> list[list[str]]:
-    with np.load(path) as z:
+    with np.load(path) as z:  # allow_pickle stays False: a cache file is read as data
         tok_bytes = z["tok_bytes"].tobytes()
         tok_offsets, ids, doc_offsets = z["tok_offsets"], z["ids"], z["doc_offsets"]
     bounds = tok_offsets.tolist()
+    n_tokens = len(bounds) - 1
+    if len(ids) and (ids.min() < 0 or ids.max() >= n_tokens):
+        raise ValueError("token ids point outside the token table")
+    if len(doc_offsets) < 1 or doc_offsets[0] != 0 or doc_offsets[-1] != len(ids) or np.any(np.diff(doc_offsets) < 0):
+        raise ValueError("document offsets do not cover the token ids")
     return decode_tokens([tok_bytes[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])], ids, doc_offsets)

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 
 from .artifacts import ENCODER_FILE, LM_FILE, VOCAB_FILE, ArtifactError, check_writable_folder, staged_folder
-from .fetching import FetchError, download, fetch_sums, is_url, read_sums, verify
+from .fetching import FetchError, check_unpacked_size, download, fetch_sums, is_url, read_sums, verify
 
 # The registry (names, entries, lookups) lives in a leaf module that config.py imports; re-exported here,
 # so that `from ulmfit_core.zoo import ZOO, ZooEntry, ZooError, is_zoo_name, get, ...` works as before.
@@ -244,6 +244,7 @@ def _unpack(archive: Path, into: Path) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()  # reads to the end: a cut-short archive fails here
+            check_unpacked_size(archive.name, [m.size for m in members if m.isfile()])
             top = _top_folder(members)
             for m in members:
                 rel = _safe_relative(m)

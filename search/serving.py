@@ -54,10 +54,12 @@ ARTIFACT_PREFIX = "classifier_"
 #: ``checkpoint/`` (optimizer and RNG state for resuming) and ``metrics.json`` are left out.
 MODEL_FILES = (files.MODEL_FILE, files.VOCAB_FILE, files.LABELS_FILE, files.CONFIG_FILE)
 #: What ``model.pt`` may hold: weights and the metadata to rebuild the model, never optimizer state.
-WEIGHT_FILE_KEYS = frozenset({"state_dict", "config", "labels", "tokenizer", "format", "vocab_sha256"})
+WEIGHT_FILE_KEYS = frozenset({"state_dict", "config", "labels", "tokenizer", "format", "vocab_sha256",
+                              "subwords_sha256"})
 #: Distributions the model's code imports when it is loaded and run (ulmfit_core, this module and
 #: MLflow's pyfunc loader); pinned to the installed versions in the model's requirements.
-RUNTIME_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "numpy", "pandas", "pyyaml", "spacy", "filelock", "tqdm")
+RUNTIME_DISTRIBUTIONS = ("mlflow", "cloudpickle", "torch", "numpy", "pandas", "pyyaml", "spacy", "sentencepiece",
+                         "filelock", "tqdm")
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 EXAMPLE_TEXTS = ("Who wrote Hamlet ?", "How many feet are in a mile ?")
 
@@ -191,6 +193,8 @@ def _stage_members(model_dirs: Sequence[Path], root: Path) -> dict[str, str]:
         target.mkdir(parents=True)
         for name in MODEL_FILES:
             shutil.copy2(directory / name, target / name)
+        if (directory / files.SUBWORD_FILE).is_file():  # a subword member tokenizes with its own model
+            shutil.copy2(directory / files.SUBWORD_FILE, target / files.SUBWORD_FILE)
         artifacts[target.name] = str(target)
     return artifacts
 

@@ -25,7 +25,8 @@ from docs_runner import Runner, block_commands, fenced_blocks
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 #: In the order a user reads them: the README's demo search is what RESULTS.md then reads.
-GUIDES = ["README.md", "docs/QUICKSTART_CSV.md", "docs/PYTHON_API.md", "docs/MODELS.md", "docs/RESULTS.md"]
+GUIDES = ["README.md", "docs/QUICKSTART_CSV.md", "docs/PYTHON_API.md", "docs/MODELS.md", "docs/RESULTS.md",
+          "docs/SUBWORDS.md"]
 
 #: Commands that cannot run on a test machine, each with why. Every other command of the guides runs.
 SKIP = {

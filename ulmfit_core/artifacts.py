@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are read or written: writin
 
 LM_FILE, ENCODER_FILE, VOCAB_FILE = "lm.pt", "encoder.pt", "vocab.json"
 MODEL_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE = "model.pt", "labels.json", "config.yaml", "metrics.json"
+#: A subword model's SentencePiece file (``text.tokenizer: subwords``), beside its vocabulary.
+SUBWORD_FILE = "subwords.model"
 CHECKPOINT_SUBDIR = "checkpoint"
 #: Beside a checkpoint: the per-epoch history and the learning-rate schedule used so far (for plots).
 TRAIN_LOG_FILE = "train_log.json"
@@ -253,14 +255,16 @@ def vocab_digest(itos: Sequence[str]) -> str:
 
 
 def save_language_model(directory: str | Path, lm: nn.Module, itos: Sequence[str],
-                        config: Mapping[str, Any]) -> Path:
-    """Write ``lm.pt``, ``encoder.pt`` and ``vocab.json`` into ``directory`` (created); returns it.
+                        config: Mapping[str, Any], subwords: bytes | None = None) -> Path:
+    """Write ``lm.pt``, ``encoder.pt`` and ``vocab.json`` (and ``subwords.model`` for a subword model) into
+    ``directory`` (created); returns it.
 
     ``lm`` is a :class:`~ulmfit_core.awd_lstm.LanguageModel`; ``config`` plain data (``to_dict``).
     """
     directory = Path(directory)
     config = dict(config)
     # lm.pt last: a folder holding it holds the matching vocabulary and encoder too
+    write_subwords(directory, subwords)
     write_vocab(directory / VOCAB_FILE, itos)
     save_tensors(directory / ENCODER_FILE, {"state_dict": cpu_state_dict(lm.encoder), "config": config})
     save_tensors(directory / LM_FILE, {"state_dict": cpu_state_dict(lm), "config": config})
@@ -269,7 +273,22 @@ def save_language_model(directory: str | Path, lm: nn.Module, itos: Sequence[str
 
 #: A finished model's files (not its ``checkpoint/``); see :func:`remove_model_files`.
 MODEL_FOLDER_FILES = (LM_FILE, MODEL_FILE, ENCODER_FILE, VOCAB_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE,
-                      "fingerprint.json")
+                      "fingerprint.json", SUBWORD_FILE)
+
+
+def write_subwords(directory: Path, subwords: bytes | None) -> None:
+    """The SentencePiece model beside the vocabulary (nothing for word tokens, and no stale one left)."""
+    path = Path(directory) / SUBWORD_FILE
+    if subwords is None:
+        path.unlink(missing_ok=True)
+    else:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(subwords))
+
+
+def read_subwords(directory: str | Path) -> bytes | None:
+    path = Path(directory) / SUBWORD_FILE
+    return path.read_bytes() if path.is_file() else None
 
 
 def remove_model_files(directory: str | Path) -> None:
@@ -313,26 +332,37 @@ class SavedClassifier:
     config: dict[str, Any]
     itos: list[str]
     labels: list[str]
+    subwords: bytes | None = None  # the SentencePiece model of a subword classifier
 
 
 def write_classifier_metadata(directory: str | Path, config: Mapping[str, Any], itos: Sequence[str],
-                              labels: Sequence[str]) -> None:
-    """``vocab.json``, ``labels.json`` and ``config.yaml``: what a classifier's weights need beside them."""
+                              labels: Sequence[str], subwords: bytes | None = None) -> None:
+    """``vocab.json``, ``labels.json`` and ``config.yaml`` (and a subword model's ``subwords.model``): what a
+    classifier's weights need beside them."""
     directory = Path(directory)
+    write_subwords(directory, subwords)
     write_vocab(directory / VOCAB_FILE, itos)
     write_json(directory / LABELS_FILE, list(labels))
     write_yaml(directory / CONFIG_FILE, config)
 
 
 def save_classifier(directory: str | Path, model: nn.Module, config: Mapping[str, Any], itos: Sequence[str],
-                    labels: Sequence[str], tokenizer: str) -> Path:
+                    labels: Sequence[str], tokenizer: str, subwords: bytes | None = None) -> Path:
     """A self-contained classifier: weights (no optimizer state), vocabulary, labels, tokenizer, config."""
     directory = Path(directory)
-    write_classifier_metadata(directory, config, itos, labels)
+    write_classifier_metadata(directory, config, itos, labels, subwords)
     save_tensors(directory / MODEL_FILE, {"state_dict": cpu_state_dict(model), "config": dict(config),
                                           "labels": list(labels), "tokenizer": tokenizer,
-                                          "format": CLASSIFIER_FORMAT, "vocab_sha256": vocab_digest(itos)})
+                                          **_digests(itos, subwords)})
     return directory
+
+
+def _digests(itos: Sequence[str], subwords: bytes | None) -> dict[str, Any]:
+    """model.pt's record of the files beside it: its vocabulary (and subword model), checked on loading."""
+    out: dict[str, Any] = {"format": CLASSIFIER_FORMAT, "vocab_sha256": vocab_digest(itos)}
+    if subwords is not None:
+        out["subwords_sha256"] = hashlib.sha256(subwords).hexdigest()
+    return out
 
 
 def load_classifier_files(directory: str | Path) -> SavedClassifier:
@@ -352,8 +382,13 @@ def load_classifier_files(directory: str | Path) -> SavedClassifier:
     if recorded is not None and recorded != vocab_digest(itos):
         raise ArtifactError(f"{directory / VOCAB_FILE}: not the vocabulary {MODEL_FILE} was trained with (another "
                             "run's?); copy the classifier folder whole from one run")
+    subwords = read_subwords(directory)
+    wanted = payload.get("subwords_sha256")
+    if wanted is not None and (subwords is None or hashlib.sha256(subwords).hexdigest() != wanted):
+        problem = "missing" if subwords is None else f"not the subword model {MODEL_FILE} was trained with"
+        raise ArtifactError(f"{directory / SUBWORD_FILE}: {problem}; copy the classifier folder whole from one run")
     return SavedClassifier(state_dict=payload["state_dict"], config=dict(payload["config"]),
-                           itos=itos, labels=list(payload["labels"]))
+                           itos=itos, labels=list(payload["labels"]), subwords=subwords if wanted else None)
 
 
 def export_checkpoint_model(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
@@ -365,9 +400,10 @@ def export_checkpoint_model(checkpoint_dir: str | Path, out_dir: str | Path) -> 
         raise ArtifactError(f"{checkpoint_dir / 'checkpoint.pt'}: not a classifier checkpoint (no model or config)")
     labels = read_json(checkpoint_dir / LABELS_FILE)
     itos = read_vocab(checkpoint_dir / VOCAB_FILE)
+    subwords = read_subwords(checkpoint_dir)
     out_dir = Path(out_dir)
-    write_classifier_metadata(out_dir, state["config"], itos, labels)
+    write_classifier_metadata(out_dir, state["config"], itos, labels, subwords)
     save_tensors(out_dir / MODEL_FILE, {"state_dict": state["model"], "config": dict(state["config"]),
                                         "labels": list(labels), "tokenizer": state.get("tokenizer", "unknown"),
-                                        "format": CLASSIFIER_FORMAT, "vocab_sha256": vocab_digest(itos)})
+                                        **_digests(itos, subwords)})
     return out_dir

@@ -261,18 +261,46 @@ class ClassifierConfig(StageConfig):
 # --- data and text -------------------------------------------------------------------------
 
 
+TOKENIZERS = ("words", "subwords")
+SUBWORD_MODELS = ("unigram", "bpe")
+_SUBWORD_KEYS = ("tokenizer", "subword_model", "subword_vocab")
+
+
+def text_settings(text: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``text:`` section as fingerprints and cache keys see it: with word tokens, without the subword keys
+    (as before they existed, so earlier language models, caches and checkpoints are still found)."""
+    d = dict(text)
+    if d.get("tokenizer", "words") == "words":
+        for k in _SUBWORD_KEYS:
+            d.pop(k, None)
+    return d
+
+
 @dataclass
 class TextConfig:
     """Tokenization and vocabulary."""
 
-    max_vocab: int = 60000  # the most frequent tokens kept, special tokens included (then padded to a multiple of 8)
-    min_freq: int = 2  # tokens seen fewer times become xxunk
+    #: words: fastai's rules, then spaCy's English word tokens. subwords: fastai's rules, then SentencePiece
+    #: units learnt from the language model's own text (training and unlabeled documents, never validation or
+    #: test), as fastai v2's SentencePieceTokenizer and MultiFiT do (docs/SUBWORDS.md)
+    tokenizer: str = "words"
+    max_vocab: int = 60000  # words: the most frequent tokens kept, special tokens included (then padded to a multiple of 8)
+    min_freq: int = 2  # words: tokens seen fewer times become xxunk
+    subword_model: str = "unigram"  # subwords: SentencePiece's unigram language model, or bpe
+    subword_vocab: int = 15000  # subwords: the units learnt, special tokens included (MultiFiT: 15,000)
 
     def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            _fail("text.tokenizer", f"must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
         if self.max_vocab < 16:
             _fail("text.max_vocab", f"must be >= 16, got {self.max_vocab}")
         if self.min_freq < 1:
             _fail("text.min_freq", f"must be >= 1, got {self.min_freq}")
+        if self.subword_model not in SUBWORD_MODELS:
+            _fail("text.subword_model", f"must be one of {list(SUBWORD_MODELS)}, got {self.subword_model!r}")
+        if self.subword_vocab < 32:
+            _fail("text.subword_vocab", f"must be >= 32 (the special tokens and single characters), got "
+                                        f"{self.subword_vocab}")
 
 
 @dataclass
@@ -359,6 +387,10 @@ class RecipeConfig:
         if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:
             _fail("classifier.backwards", "must equal lm.backwards: a backwards classifier needs a backwards "
                   "language model (set lm.backwards alone; classifier.backwards follows it)")
+        if self.text.tokenizer == "subwords" and self.lm.pretrained is not None:
+            _fail("text.tokenizer", f"subwords with lm.pretrained {self.lm.pretrained!r}: fine-tuning a pretrained "
+                  "language model on subword units is not supported yet (its vocabulary is its own tokenizer's); set "
+                  "lm.pretrained: null to train the subword language model on this data, or text.tokenizer: words")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import datasets
-from .config import RecipeConfig, to_dict
+from .config import RecipeConfig, text_settings, to_dict
 from .data import DataError, check_classes, read_labeled, read_unlabeled, split_validation
-from .text import Tokenizer, Vocab, tokenize_cached
+from .text import SubwordTokenizer, Tokenizer, Vocab, subword_tokenizer, tokenize_cached
 
 # --- corpus ----------------------------------------------------------------------------------
 
@@ -44,6 +44,31 @@ class Corpus:
     fingerprint: str  # content hash of every text and label that went in (what a classifier depends on)
     lm_fingerprint: str  # content hash of the language model's text only (never validation or test text)
     stats: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)  # what made the tokens: saved with every model
+
+    @property
+    def subwords(self) -> bytes | None:
+        """The SentencePiece model (``text.tokenizer: subwords``), or None for word tokens."""
+        return self.tokenizer.model if isinstance(self.tokenizer, SubwordTokenizer) else None
+
+
+def make_tokenizer(cfg: RecipeConfig, lm_texts: list[str], cache_dir: Path) -> Tokenizer:
+    """Word tokens, or subword units learnt from ``lm_texts``: the language model's own training text (never
+    validation or test text), as fastai and MultiFiT learn theirs."""
+    t = cfg.text
+    if t.tokenizer == "words":
+        return Tokenizer()
+    if not lm_texts:
+        raise DataError("text.tokenizer: subwords are learnt from the language model's training text, and there is "
+                        "none; give data.train or data.unlabeled")
+    return subword_tokenizer(lm_texts, t.subword_model, t.subword_vocab, cache_dir)
+
+
+def build_vocab(cfg: RecipeConfig, tok: Tokenizer, lm_train_tokens: list[list[str]]) -> Vocab:
+    """fastai's vocabulary of the most frequent words, or a subword model's fixed set of units."""
+    if isinstance(tok, SubwordTokenizer):
+        return Vocab.of_pieces(tok.pieces())
+    return Vocab.build(lm_train_tokens, max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
 
 
 def default_cache_dir() -> Path:
@@ -101,7 +126,6 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
         raise DataError("data: the classifier needs labeled text; set data.dataset or data.train "
                         "(only `launch.py pretrain` works from data.unlabeled alone)")
     paths = datasets.resolve(d.dataset, d, data_dir)
-    tok = Tokenizer()
 
     train_all = read_labeled(paths.train, d.text_cols, d.label_col)
     keep = subsample(len(train_all.texts), d.max_train_rows, cfg.seed)
@@ -131,21 +155,25 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
         unlabeled = read_unlabeled(paths.unlabeled)
         unlabeled = [unlabeled[i] for i in subsample(len(unlabeled), d.max_unlabeled_rows, cfg.seed)]
 
+    # The language model reads training and unlabeled text only (never validation or test); its own held-out
+    # documents (for perplexity) are not learnt from either: neither its vocabulary nor its subword units.
+    lm_texts = train_texts + unlabeled
+    lm_tr_idx, lm_va_idx = split_validation([0] * len(lm_texts), cfg.lm.valid_pct, cfg.seed)
+    tok = make_tokenizer(cfg, [lm_texts[i] for i in lm_tr_idx], cache)
+
     def toks(texts: list[str]) -> list[list[str]]:
         return tokenize_cached(texts, tok, cache, progress=progress) if texts else []
 
     t_train, t_valid, t_unlab = toks(train_texts), toks(valid_texts), toks(unlabeled)
     t_test = toks(test.texts) if test else None
 
-    # The language model reads training and unlabeled text only (never validation or test).
     lm_docs = t_train + t_unlab
-    lm_tr_idx, lm_va_idx = split_validation([0] * len(lm_docs), cfg.lm.valid_pct, cfg.seed)
-    vocab = Vocab.build([lm_docs[i] for i in lm_tr_idx], max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
+    vocab = build_vocab(cfg, tok, [lm_docs[i] for i in lm_tr_idx])
     num = vocab.numericalize
     lm_ids = [num(t) for t in lm_docs]
     fingerprint = content_hash(train_texts, train_labels, valid_texts, valid_labels, unlabeled,
-                               test.texts if test else None, tok.settings_key(), to_dict(cfg.text))
-    lm_fingerprint = content_hash(train_texts, unlabeled, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
+                               test.texts if test else None, tok.settings_key(), text_settings(to_dict(cfg.text)))
+    lm_fingerprint = content_hash(train_texts, unlabeled, tok.settings_key(), text_settings(to_dict(cfg.text)), cfg.lm.valid_pct)
     return Corpus(
         vocab=vocab,
         label_names=names,
@@ -159,6 +187,7 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
         stats={"n_train": len(t_train), "n_valid": len(t_valid), "n_test": len(t_test or []),
                "n_unlabeled": len(t_unlab), "vocab_size": len(vocab),
                "lm_tokens": int(sum(len(x) for x in lm_ids))},
+        tokenizer=tok,
     )
 
 
@@ -184,15 +213,17 @@ def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cac
         raise DataError("data: language-model pretraining needs text; set data.unlabeled to a corpus "
                         "(a .txt file with one document per line, a folder of .txt files, or a CSV column)")
     valid_texts = read_unlabeled(d.unlabeled_valid) if d.unlabeled_valid else []
-    tok = Tokenizer()
+    # held out: a file (e.g. the corpus's valid.txt.gz, and every training document trains), else a share
+    tr_idx, va_idx = (list(range(len(texts))), []) if valid_texts else \
+        split_validation([0] * len(texts), cfg.lm.valid_pct, cfg.seed)
+    tok = make_tokenizer(cfg, [texts[i] for i in tr_idx], cache)
     tokens = tokenize_cached(texts, tok, cache, progress=progress)
-    lm_fingerprint = content_hash(texts, valid_texts, tok.settings_key(), to_dict(cfg.text), cfg.lm.valid_pct)
-    if valid_texts:  # a held-out file (e.g. the corpus's valid.txt.gz): every training document trains
+    lm_fingerprint = content_hash(texts, valid_texts, tok.settings_key(), text_settings(to_dict(cfg.text)), cfg.lm.valid_pct)
+    if valid_texts:
         train_tokens, valid_tokens = tokens, tokenize_cached(valid_texts, tok, cache, progress=progress)
     else:
-        tr_idx, va_idx = split_validation([0] * len(tokens), cfg.lm.valid_pct, cfg.seed)
         train_tokens, valid_tokens = [tokens[i] for i in tr_idx], [tokens[i] for i in va_idx]
-    vocab = Vocab.build(train_tokens, max_vocab=cfg.text.max_vocab, min_freq=cfg.text.min_freq)
+    vocab = build_vocab(cfg, tok, train_tokens)
     empty = Split([], np.zeros(0, dtype=np.int64))
     lm_train = [vocab.numericalize(t) for t in train_tokens]
     lm_valid = [vocab.numericalize(t) for t in valid_tokens]
@@ -200,4 +231,4 @@ def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cac
                   lm_train=lm_train, lm_valid=lm_valid, fingerprint=lm_fingerprint, lm_fingerprint=lm_fingerprint,
                   stats={"n_documents": len(texts), "n_valid_documents": len(valid_tokens), "vocab_size": len(vocab),
                          "lm_tokens": int(sum(len(x) for x in lm_train)),
-                         "lm_valid_tokens": int(sum(len(x) for x in lm_valid))})
+                         "lm_valid_tokens": int(sum(len(x) for x in lm_valid))}, tokenizer=tok)

@@ -20,7 +20,7 @@ from .corpus import Split, label_codes
 from .data import classifier_batches, read_labeled
 from .metrics import confusion_matrix
 from .tasks import classification_metrics, predict_logits
-from .text import Tokenizer, Vocab, tokenize_cached
+from .text import SubwordTokenizer, Tokenizer, Vocab, tokenize_cached
 from .train import resolve_device
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -73,6 +73,7 @@ class LoadedClassifier:
     labels: list[str]
     cfg: RecipeConfig
     device: torch.device
+    tokenizer: Tokenizer  # the one it was trained with: word tokens, or its subword model
 
 
 def load_classifier(directory: str | Path, device: str = "auto") -> LoadedClassifier:
@@ -92,7 +93,8 @@ def load_classifier(directory: str | Path, device: str = "auto") -> LoadedClassi
                             f"labels describe ({first}); copy the classifier folder whole from one run") from None
     dev = resolve_device(device)
     model.to(dev).eval()
-    return LoadedClassifier(model=model, vocab=vocab, labels=saved.labels, cfg=cfg, device=dev)
+    tokenizer = Tokenizer() if saved.subwords is None else SubwordTokenizer(saved.subwords)
+    return LoadedClassifier(model=model, vocab=vocab, labels=saved.labels, cfg=cfg, device=dev, tokenizer=tokenizer)
 
 
 def _logits(clf: LoadedClassifier, ids: list[np.ndarray], labels: np.ndarray | None = None) -> np.ndarray:
@@ -121,7 +123,6 @@ class Predictor:
                 raise ValueError(f"classifiers know different classes ({clf.labels} vs {labels}); "
                                  "an ensemble needs models trained on the same classes")
         self.classifiers, self.labels = list(classifiers), list(labels)
-        self.tokenizer = Tokenizer()
 
     @classmethod
     def from_dirs(cls, model_dirs: str | Path | Sequence[str | Path], device: str = "auto") -> Predictor:
@@ -136,8 +137,14 @@ class Predictor:
         if not texts:
             raise ValueError("no texts to predict")
         texts = [str(t) for t in texts]
-        tokens = tokenize_cached(texts, self.tokenizer, cache_dir) if cache_dir else self.tokenizer.tokenize(texts)
-        probs = [_softmax(_logits(clf, [clf.vocab.numericalize(t) for t in tokens])) for clf in self.classifiers]
+        tokenized: dict[str, list[list[str]]] = {}  # each member's own tokens (words, or its subword units)
+        probs = []
+        for clf in self.classifiers:
+            tok = clf.tokenizer
+            key = tok.settings_key()
+            if key not in tokenized:
+                tokenized[key] = tokenize_cached(texts, tok, cache_dir) if cache_dir else tok.tokenize(texts)
+            probs.append(_softmax(_logits(clf, [clf.vocab.numericalize(t) for t in tokenized[key]])))
         return sum(probs[1:], probs[0]) / len(probs)
 
 

@@ -6,7 +6,7 @@ happens after every epoch. Nothing here imports Ray, Optuna or MLflow.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,11 @@ from .awd_lstm import (
     classifier_layer_groups,
     lm_layer_groups,
 )
-from .config import RecipeConfig, build_recipe, to_dict
+from .config import RecipeConfig, build_recipe, text_settings, to_dict
 from .corpus import Corpus, content_hash, prepare_corpus
 from .inference import report_split, write_ensemble
 from .schedule import unfreeze_phases
 from .tasks import ClassifierTask, LanguageModelTask
-from .text import Tokenizer
 from .train import CHECKPOINT_FILE, Trainer, resolve_device, save_checkpoint, seed_everything
 
 ReportFn = Callable[[dict[str, float], "Path | None"], None]
@@ -89,7 +88,8 @@ def _lm_settings(cfg: RecipeConfig) -> dict[str, Any]:
     their content counts instead, see :func:`lm_key`)."""
     lm = {k: v for k, v in to_dict(cfg.lm).items() if k not in _PRETRAINED_PATHS}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("test", "valid")}  # never read by the LM
-    settings = {"data": data, "text": to_dict(cfg.text), "model": to_dict(cfg.model), "lm": lm, "seed": cfg.seed}
+    settings = {"data": data, "text": text_settings(to_dict(cfg.text)), "model": to_dict(cfg.model), "lm": lm,
+                "seed": cfg.seed}
     # An explicit precision is a different training run (bf16 and fp32 weights differ); ``auto`` adds
     # nothing, so keys made before ``precision`` existed still find their models.
     if cfg.precision != "auto":
@@ -101,8 +101,10 @@ def fingerprint(stage: str, config: dict[str, Any], data: str, itos: Sequence[st
     """What made a checkpoint or a cached model: the stage, its settings (run-only keys left out), the
     content hash of its text, of its vocabulary, and of other inputs (``parts``: the pretrained files,
     the language model under a classifier). Resuming compares fingerprints, never paths."""
-    return {"format": CHECKPOINT_FORMAT, "stage": stage,
-            "config": {k: v for k, v in config.items() if k not in _RUN_ONLY_KEYS},
+    config = {k: v for k, v in config.items() if k not in _RUN_ONLY_KEYS}
+    if isinstance(config.get("text"), Mapping):
+        config["text"] = text_settings(config["text"])
+    return {"format": CHECKPOINT_FORMAT, "stage": stage, "config": config,
             "data": data, "vocab": content_hash(list(itos)), **parts}
 
 
@@ -204,7 +206,8 @@ def finetune_lm(cfg: RecipeConfig, corpus: Corpus, out_dir: str | Path, report: 
     artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history, "seconds": seconds,
                                               "corpus": corpus.stats, "lm_key": lm_key(cfg, corpus.lm_fingerprint, models_dir)})
     artifacts.write_json(out / FINGERPRINT_FILE, made_by)
-    artifacts.save_language_model(out, model, corpus.vocab.itos, to_dict(cfg))  # lm.pt last: it marks a finished LM
+    artifacts.save_language_model(out, model, corpus.vocab.itos, to_dict(cfg),  # lm.pt last: it marks a finished LM
+                                  subwords=corpus.subwords)
     return LMResult(lm_dir=out, trained=True, seconds=seconds, metrics=final)
 
 
@@ -290,7 +293,8 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
     def write_checkpoint(state: dict[str, Any]) -> None:
         # The whole folder at once: its vocabulary, labels and config always belong to its weights.
         with artifacts.staged_folder(ckpt_dir) as folder:
-            artifacts.write_classifier_metadata(folder, to_dict(cfg), corpus.vocab.itos, corpus.label_names)
+            artifacts.write_classifier_metadata(folder, to_dict(cfg), corpus.vocab.itos, corpus.label_names,
+                                                subwords=corpus.subwords)
             artifacts.write_json(folder / artifacts.TRAIN_LOG_FILE, {
                 "history": trainer.history, "lr_schedule": trainer.lr_schedule,
                 "group_names": classifier_group_names(cfg.model.n_layers)})
@@ -298,7 +302,7 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
 
     trainer = Trainer(model, groups, cc, phases, task, device=device, checkpoint_dir=ckpt_dir,
                       checkpoint_meta={"config": to_dict(cfg), "stage": "classifier",
-                                       "tokenizer": Tokenizer().settings_key()}, fingerprint=made_by,
+                                       "tokenizer": corpus.tokenizer.settings_key()}, fingerprint=made_by,
                       write_checkpoint=write_checkpoint, progress=progress, desc="classifier",
                       precision=cfg.precision)
     if resume_from is not None:
@@ -318,7 +322,8 @@ def train_classifier(cfg: RecipeConfig, corpus: Corpus, lm_dir: str | Path | Non
     final = dict(fit.history[-1])
     artifacts.write_json(out / METRICS_FILE, {"final": final, "history": fit.history})
     artifacts.save_classifier(out, model, to_dict(cfg), corpus.vocab.itos, corpus.label_names,
-                              Tokenizer().settings_key())  # model.pt last: it marks a finished classifier
+                              corpus.tokenizer.settings_key(),  # model.pt last: it marks a finished classifier
+                              subwords=corpus.subwords)
     return ClassifierResult(out_dir=out, metrics=final, history=fit.history)
 
 

@@ -266,6 +266,135 @@ class Tokenizer:
         return out
 
 
+# --- subword units (SentencePiece) ---------------------------------------------------------------
+
+#: A document longer than this (in bytes) is still learnt from whole (SentencePiece's default skips it).
+_SUBWORD_MAX_DOC_BYTES = 1 << 20
+
+
+class SubwordTokenizer(Tokenizer):
+    """fastai's rules, then a SentencePiece model's units, as fastai v2's ``SentencePieceTokenizer``: the
+    special tokens (``xxbos``, ``xxmaj``, ...) are user-defined symbols, so each stays one unit; a unit that
+    starts a word carries SentencePiece's ``▁``. Needs no language rules: SentencePiece learns from raw text.
+
+    ``model`` is the SentencePiece model file's bytes (a protobuf, read as data); its SHA-256 is part of
+    :meth:`settings_key`, so token caches and fingerprints change with it."""
+
+    def __init__(self, model: bytes):
+        super().__init__()
+        self.model = bytes(model)
+        self.digest = hashlib.sha256(self.model).hexdigest()
+        self._processor = None
+
+    def settings_key(self) -> str:
+        import sentencepiece
+
+        return f"sentencepiece-{sentencepiece.__version__}-{self.digest[:16]}-rules-{RULES_VERSION}"
+
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            import sentencepiece
+
+            processor = sentencepiece.SentencePieceProcessor()
+            processor.LoadFromSerializedProto(self.model)
+            self._processor = processor
+        return self._processor
+
+    def pieces(self) -> list[str]:
+        """Every unit of the model, by id (``xxunk`` first, then the special tokens, then the learnt units)."""
+        p = self.processor
+        return [p.IdToPiece(i) for i in range(p.GetPieceSize())]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_processor"] = None
+        return state
+
+    def workers_for(self, texts: Sequence[str]) -> int:
+        return 1  # SentencePiece is fast (no spaCy to start in each worker)
+
+    def _tokenize_here(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        p = self.processor
+        return (_drop_space_before_specials(p.EncodeAsPieces(apply_rules(t))) for t in texts)
+
+    @classmethod
+    def read(cls, path: str | Path) -> SubwordTokenizer:
+        """The tokenizer of a saved model folder's :data:`SUBWORD_FILE`; a damaged file is a one-line error."""
+        from .artifacts import ArtifactError
+
+        tok = cls(Path(path).read_bytes())
+        try:
+            tok.pieces()  # parses the model
+        except (RuntimeError, OSError) as e:
+            raise ArtifactError(f"{path}: not a SentencePiece model ({str(e).strip()[:200]}); the file is damaged: "
+                                "copy the model folder again") from None
+        return tok
+
+
+_SPECIAL_SET = frozenset(SPECIAL_TOKENS)
+
+
+def _drop_space_before_specials(pieces: list[str]) -> list[str]:
+    """SentencePiece writes the space before a user-defined symbol as a unit of its own (``▁``, ``xxmaj``); a
+    special token always starts a word, so that unit says nothing and only lengthens every document."""
+    return [u for u, nxt in zip(pieces, [*pieces[1:], ""]) if not (u == "\u2581" and nxt in _SPECIAL_SET)]
+
+
+def learn_subwords(texts: Sequence[str], model_type: str, vocab_size: int) -> bytes:
+    """A SentencePiece model (its file's bytes) learnt from ``texts`` after fastai's rules: ``xxunk`` is id 0,
+    the other special tokens user-defined symbols. One thread and unshuffled input, so the same texts give the
+    same model. ``vocab_size`` is a ceiling: a small corpus yields fewer units (``hard_vocab_limit`` off)."""
+    import io
+
+    import sentencepiece
+
+    docs = [d for d in (apply_rules(t) for t in texts) if d.strip()]
+    if not docs:
+        raise ValueError("no text to learn subword units from")
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.Train(
+        sentence_iterator=iter(docs), model_writer=out, model_type=model_type, vocab_size=vocab_size,
+        hard_vocab_limit=False, unk_id=0, unk_piece=UNK, bos_id=-1, eos_id=-1, pad_id=-1,
+        user_defined_symbols=[t for t in SPECIAL_TOKENS if t != UNK], character_coverage=0.9995,
+        num_threads=1, shuffle_input_sentence=False, max_sentence_length=_SUBWORD_MAX_DOC_BYTES,
+        split_digits=True, minloglevel=2)
+    return out.getvalue()
+
+
+def subword_tokenizer(texts: Sequence[str], model_type: str, vocab_size: int, cache_dir: str | Path) -> SubwordTokenizer:
+    """:func:`learn_subwords` on ``texts``, cached in ``cache_dir`` (keyed by the texts and settings, built under
+    a file lock like the token cache; a damaged file is learnt again with a warning)."""
+    import sentencepiece
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256(f"{sentencepiece.__version__}|{model_type}|{vocab_size}|{RULES_VERSION}".encode())
+    for t in texts:
+        h.update(hashlib.sha256(t.encode("utf-8")).digest())
+    path = cache_dir / f"subwords-{h.hexdigest()[:32]}.model"
+
+    def cached() -> SubwordTokenizer | None:
+        if not path.exists():
+            return None
+        try:
+            return SubwordTokenizer.read(path)
+        except ValueError as e:
+            warnings.warn(f"{e}; learning the subword units again", UserWarning, stacklevel=3)
+            return None
+
+    tok = cached()
+    if tok is not None:
+        return tok
+    with FileLock(str(path.with_suffix(".lock"))):
+        tok = cached()
+        if tok is None:
+            model = learn_subwords(texts, model_type, vocab_size)
+            atomic_write(path, lambda f: f.write(model))
+            tok = SubwordTokenizer(model)
+    return tok
+
+
 def split_by_length(texts: Sequence[str], parts: int) -> list[Sequence[str]]:
     """``texts`` as ``parts`` contiguous, non-empty slices of about equal total length (in characters),
     so that processes given one slice each finish at about the same time. Needs ``len(texts) >= parts``."""
@@ -358,6 +487,13 @@ class Vocab:
                 vocab.remove(tok)
             vocab.insert(0, tok)
         vocab = vocab[:max_vocab]
+        return cls(vocab + [FAKE for _ in range(0, 8 - len(vocab) % 8)])
+
+    @classmethod
+    def of_pieces(cls, pieces: Sequence[str]) -> Vocab:
+        """A subword model's fixed vocabulary: the special tokens first (fastai's ids), then every other unit
+        in the model's order, padded with ``xxfake`` to a multiple of 8 as :meth:`build` does."""
+        vocab = [*SPECIAL_TOKENS, *(p for p in pieces if p not in SPECIAL_TOKENS)]
         return cls(vocab + [FAKE for _ in range(0, 8 - len(vocab) % 8)])
 
     def numericalize(self, tokens: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,177 @@
+"""Subword units (``text.tokenizer: subwords``): learnt from the language model's own text only, part of every
+fingerprint, saved with each model folder, and ensembled with word models."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import launch
+from ulmfit_core import artifacts, stages
+from ulmfit_core.config import ConfigError, load_recipe
+from ulmfit_core.corpus import prepare_corpus
+from ulmfit_core.inference import Predictor
+from ulmfit_core.text import SPECIAL_TOKENS, SubwordTokenizer, learn_subwords
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The tiny recipe on 300 TREC-6 questions, one epoch per stage.
+TINY = ["data.dataset=trec", "data.max_train_rows=300", "model.preset=tiny", "lm.epochs=1", "lm.bptt=20",
+        "lm.bs=16", "classifier.epochs=1", "classifier.bptt=20", "classifier.unfreeze=[]"]
+SUBWORDS = ["text.tokenizer=subwords", "text.subword_vocab=400"]
+QUESTIONS = ["Who wrote Hamlet ?", "How far is the moon from Earth ?", "What does NASA stand for ?"]
+
+
+def _planted_dataset(folder: Path, datasets_dir: Path) -> dict[str, Path]:
+    """400 TREC-6 training questions; one made-up word planted often in each of the other files only."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(datasets_dir / "trec" / "train.csv", encoding="utf-8") as f:
+        rows = [(r["label"], r["text"]) for r in csv.DictReader(f)][:400]
+
+    def labeled(name: str, body: list[tuple[str, str]]) -> Path:
+        path = folder / name
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "text"])
+            writer.writerows(body)
+        return path
+
+    def planted(word: str) -> list[tuple[str, str]]:
+        return [(lab, f"{text} {word} ?") for lab, text in rows[:60]]
+
+    unlabeled = folder / "unlabeled.txt"
+    unlabeled.write_text("".join(f"{text} lakeshoreword ?\n" for _, text in rows[:60]), encoding="utf-8")
+    return {"train": labeled("train.csv", rows), "valid": labeled("valid.csv", planted("valleymountainword")),
+            "test": labeled("test.csv", planted("testplanetword")), "unlabeled": unlabeled}
+
+
+def _recipe(files: dict[str, Path], *sets: str):
+    return load_recipe(None, [*(f"data.{k}={v}" for k, v in files.items()), "model.preset=tiny", *sets])
+
+
+def test_units_are_learnt_from_the_language_models_text_only(tmp_path, datasets_dir):
+    files = _planted_dataset(tmp_path / "a", datasets_dir)
+    settings = ("text.tokenizer=subwords", "text.subword_vocab=400")
+    corpus = prepare_corpus(_recipe(files, *settings), cache_dir=tmp_path / "cache")
+    # other validation and test text: the same units
+    other = dict(files, **{k: _rewrite(files[k], tmp_path / "b" / files[k].name, "otherword") for k in ("valid", "test")})
+    assert prepare_corpus(_recipe(other, *settings), cache_dir=tmp_path / "cache").tokenizer.model == \
+        corpus.tokenizer.model
+    # the test's word in the unlabeled text instead: other units, and that word now takes fewer of them
+    told = dict(files, unlabeled=_rewrite(files["unlabeled"], tmp_path / "c" / "unlabeled.txt", "testplanetword"))
+    seen = prepare_corpus(_recipe(told, *settings), cache_dir=tmp_path / "cache").tokenizer
+    assert seen.model != corpus.tokenizer.model
+    assert len(seen.tokenize(["testplanetword"])[0]) < len(corpus.tokenizer.tokenize(["testplanetword"])[0])
+    assert corpus.vocab.itos[:len(SPECIAL_TOKENS)] == SPECIAL_TOKENS and len(corpus.vocab) % 8 == 0
+    assert corpus.stats["vocab_size"] == len(corpus.vocab) <= 400 + 8
+    assert all(corpus.vocab.stoi.get(u, 0) != 0 for u in corpus.tokenizer.tokenize(["testplanetword"])[0])
+
+
+def _rewrite(path: Path, to: Path, word: str) -> Path:
+    """``path`` with its planted word replaced by ``word``, written to ``to``."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text(encoding="utf-8")
+    for planted in ("lakeshoreword", "valleymountainword", "testplanetword"):
+        text = text.replace(planted, word)
+    to.write_text(text, encoding="utf-8")
+    return to
+
+
+def test_fingerprints_follow_the_subword_model_and_word_keys_stay_as_they_were(tmp_path, datasets_dir):
+    files = _planted_dataset(tmp_path / "data", datasets_dir)
+    small = prepare_corpus(_recipe(files, "text.tokenizer=subwords", "text.subword_vocab=200"), cache_dir=tmp_path)
+    large = prepare_corpus(_recipe(files, "text.tokenizer=subwords", "text.subword_vocab=300"), cache_dir=tmp_path)
+    assert small.tokenizer.model != large.tokenizer.model
+    assert small.fingerprint != large.fingerprint and small.lm_fingerprint != large.lm_fingerprint
+    words = _recipe(files)
+    assert stages.lm_key(words, "data") == stages.lm_key(_recipe(files, "text.subword_vocab=999"), "data")
+    assert stages.lm_key(words, "data") != stages.lm_key(_recipe(files, *SUBWORDS), "data")
+    # the same text gives the same units, so a rerun finds its cached model and checkpoints
+    assert learn_subwords(["one two three", "two three four"] * 20, "unigram", 40) == \
+        learn_subwords(["one two three", "two three four"] * 20, "unigram", 40)
+
+
+def test_subwords_with_a_pretrained_word_model_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"text\.tokenizer: subwords with lm\.pretrained 'wt103-fwd'.*lm\.pretrained: "
+                                          r"null"):
+        load_recipe(None, ["data.dataset=trec", "text.tokenizer=subwords", "lm.pretrained=wt103-fwd"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, datasets_dir):
+    """Words and subwords, each forward and backward: four tiny classifiers on 300 TREC-6 questions."""
+    root = tmp_path_factory.mktemp("subwords")
+    cache = root / "cache"
+    out = {}
+    for name, sets in (("words", []), ("subwords", SUBWORDS)):
+        args = ["run", *[a for s in [*TINY, *sets] for a in ("--set", s)], "--directions", "fwd", "bwd",
+                "--data-dir", str(datasets_dir), "--cache-dir", str(cache), "--out", str(root / name), "--no-progress"]
+        assert launch.main(args) == 0
+        out[name] = root / name
+    return out
+
+
+def test_a_subword_classifier_folder_holds_its_units_and_predicts_the_same_in_a_fresh_process(trained):
+    folder = trained["subwords"] / "classifier"
+    units = (folder / artifacts.SUBWORD_FILE).read_bytes()
+    assert units == (trained["subwords"] / "lm" / artifacts.SUBWORD_FILE).read_bytes()  # the LM's units
+    here = Predictor.from_dirs(folder, device="cpu")
+    assert isinstance(here.classifiers[0].tokenizer, SubwordTokenizer)
+    probs = here.predict_proba(QUESTIONS)
+    done = subprocess.run([sys.executable, "launch.py", "predict", "--model", str(folder), "--device", "cpu", "--json",
+                           *QUESTIONS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    fresh = np.array([[row["probabilities"][label] for label in here.labels] for row in json.loads(done.stdout)])
+    np.testing.assert_allclose(fresh, probs, rtol=0, atol=1e-6)
+
+
+def test_a_classifier_folder_with_another_runs_subword_model_is_refused(trained, tmp_path):
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trained["subwords"] / "classifier", mixed, ignore=shutil.ignore_patterns("checkpoint"))
+    (mixed / artifacts.SUBWORD_FILE).write_bytes(learn_subwords(["other text entirely"] * 50, "unigram", 40))
+    with pytest.raises(artifacts.ArtifactError, match=r"subwords\.model: not the subword model model\.pt was trained "
+                                                      r"with; copy the classifier folder whole"):
+        Predictor.from_dirs(mixed)
+
+
+def test_a_word_and_subword_forward_and_backward_ensemble_is_the_mean_of_its_members(trained):
+    members = [trained[name] / sub for name in ("words", "subwords") for sub in ("classifier", "classifier_bwd")]
+    assert all((m / artifacts.MODEL_FILE).is_file() for m in members)
+    ensemble = Predictor.from_dirs(members, device="cpu")
+    tokenizers = {type(c.tokenizer).__name__ for c in ensemble.classifiers}
+    assert tokenizers == {"Tokenizer", "SubwordTokenizer"}  # each member tokenizes its own way
+    each = [Predictor.from_dirs(m, device="cpu").predict_proba(QUESTIONS) for m in members]
+    np.testing.assert_allclose(ensemble.predict_proba(QUESTIONS), np.mean(each, axis=0), rtol=0, atol=1e-6)
+    assert not np.allclose(each[0], each[2], atol=1e-3)  # the members differ: the mean is not one of them
+
+
+def test_the_served_model_of_a_word_and_subword_ensemble_tokenizes_each_member_its_own_way(trained, tmp_path,
+                                                                                          monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    from search import serving
+
+    members = [trained["words"] / "classifier", trained["subwords"] / "classifier"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("subwords", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    info = serving.log_classifier_model(run_id, members, tracking_uri=uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "model")))
+    assert not (local / "artifacts" / "classifier_0" / artifacts.SUBWORD_FILE).exists()  # the word member
+    assert (local / "artifacts" / "classifier_1" / artifacts.SUBWORD_FILE).read_bytes() == \
+        (members[1] / artifacts.SUBWORD_FILE).read_bytes()
+    served = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({serving.TEXT_COLUMN: QUESTIONS}))
+    here = Predictor.from_dirs(members, device="cpu")
+    probs = here.predict_proba(QUESTIONS)
+    got = np.array([[row[f"{serving.PROB_PREFIX}{label}"] for label in here.labels] for _, row in served.iterrows()])
+    np.testing.assert_allclose(got, probs, rtol=0, atol=1e-6)

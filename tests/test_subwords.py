@@ -96,9 +96,9 @@ def test_fingerprints_follow_the_subword_model_and_word_keys_stay_as_they_were(t
         learn_subwords(["one two three", "two three four"] * 20, "unigram", 40)
 
 
-def test_subwords_with_a_pretrained_word_model_are_refused_before_anything_runs(tmp_path):
-    with pytest.raises(ConfigError, match=r"text\.tokenizer: subwords with lm\.pretrained 'wt103-fwd'.*lm\.pretrained: "
-                                          r"null"):
+def test_a_word_level_zoo_model_with_subwords_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match=r"text\.tokenizer: subwords with lm\.pretrained 'wt103-fwd', a word-level "
+                                          r"zoo model"):
         load_recipe(None, ["data.dataset=trec", "text.tokenizer=subwords", "lm.pretrained=wt103-fwd"])
 
 
@@ -114,6 +114,19 @@ def trained(tmp_path_factory, datasets_dir):
         assert launch.main(args) == 0
         out[name] = root / name
     return out
+
+
+def test_a_pretrained_subword_model_is_fine_tuned_with_its_own_units(trained, tmp_path, datasets_dir, capsys):
+    pretrained = trained["subwords"] / "lm"  # a subword LM (pretrain writes the same folder layout)
+    out = tmp_path / "fine-tuned"
+    args = [*[a for s in [*TINY, "text.tokenizer=subwords", "text.subword_vocab=100", f"lm.pretrained={pretrained}"]
+              for a in ("--set", s)], "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out), "--no-progress"]
+    assert launch.main(["run", *args]) == 0
+    assert f"starting from {pretrained}" in capsys.readouterr().out
+    # the pretrained model's units and vocabulary, not 100 units learnt anew
+    assert (out / "classifier" / artifacts.SUBWORD_FILE).read_bytes() == (pretrained / artifacts.SUBWORD_FILE).read_bytes()
+    assert artifacts.read_vocab(out / "lm" / "vocab.json") == artifacts.read_vocab(pretrained / "vocab.json")
 
 
 def test_a_subword_classifier_folder_holds_its_units_and_predicts_the_same_in_a_fresh_process(trained):
@@ -175,3 +188,27 @@ def test_the_served_model_of_a_word_and_subword_ensemble_tokenizes_each_member_i
     probs = here.predict_proba(QUESTIONS)
     got = np.array([[row[f"{serving.PROB_PREFIX}{label}"] for label in here.labels] for _, row in served.iterrows()])
     np.testing.assert_allclose(got, probs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_search_over_the_tokenizer_trains_and_records_both(tmp_path):
+    from conftest_search import child_runs, ray_environment, smoke_config
+
+    from search import tuner
+
+    overrides = ["search.num_samples=2", "search.name=tokenizers", "search.search_lm=true",
+                 "search.scheduler={type: fifo}", "recipe.classifier.epochs=1", "recipe.classifier.unfreeze=[]",
+                 "recipe.text.subword_vocab=400",
+                 "space={text.tokenizer: [words, subwords], classifier.lr: {type: loguniform, low: 0.01, high: 0.05}}",
+                 "search.points_to_evaluate=[{text.tokenizer: words}, {text.tokenizer: subwords}]"]
+    with ray_environment():
+        cfg = smoke_config(tmp_path, overrides)
+        outcome = tuner.run_search(cfg)
+    board = outcome.leaderboard
+    assert sorted(row["text.tokenizer"] for row in board) == ["subwords", "words"]
+    assert all(row["status"] == "completed" for row in board)
+    assert len({row["lm_key"] for row in board}) == 2  # one language model per tokenizer
+    runs = child_runs(cfg.mlflow.tracking_uri, cfg.experiment)
+    assert sorted(r.data.params["text.tokenizer"] for r in runs) == ["subwords", "words"]
+    assert "text.tokenizer" in (outcome.search_dir / "leaderboard.csv").read_text().splitlines()[0]

@@ -387,10 +387,11 @@ class RecipeConfig:
         if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:
             _fail("classifier.backwards", "must equal lm.backwards: a backwards classifier needs a backwards "
                   "language model (set lm.backwards alone; classifier.backwards follows it)")
-        if self.text.tokenizer == "subwords" and self.lm.pretrained is not None:
-            _fail("text.tokenizer", f"subwords with lm.pretrained {self.lm.pretrained!r}: fine-tuning a pretrained "
-                  "language model on subword units is not supported yet (its vocabulary is its own tokenizer's); set "
-                  "lm.pretrained: null to train the subword language model on this data, or text.tokenizer: words")
+        if self.text.tokenizer == "subwords" and is_zoo_name(self.lm.pretrained):
+            _fail("text.tokenizer", f"subwords with lm.pretrained {self.lm.pretrained!r}, a word-level zoo model (its "
+                  "vocabulary is words): give lm.pretrained a subword language model folder (`launch.py pretrain "
+                  "--set text.tokenizer=subwords` writes one), null to train one on this data, or set "
+                  "text.tokenizer: words")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from . import datasets
-from .config import RecipeConfig, text_settings, to_dict
+from .artifacts import SUBWORD_FILE
+from .config import ConfigError, RecipeConfig, text_settings, to_dict
 from .data import DataError, check_classes, read_labeled, read_unlabeled, split_validation
 from .text import SubwordTokenizer, Tokenizer, Vocab, subword_tokenizer, tokenize_cached
+from .zoo_registry import is_zoo_name
 
 # --- corpus ----------------------------------------------------------------------------------
 
@@ -52,12 +54,37 @@ class Corpus:
         return self.tokenizer.model if isinstance(self.tokenizer, SubwordTokenizer) else None
 
 
+def pretrained_units(cfg: RecipeConfig) -> Path | None:
+    """The SentencePiece file a subword recipe fine-tunes with: its pretrained language model's (None without
+    one). A word model for a subword recipe, or a subword model for a word recipe, is a ConfigError naming both:
+    the vocabulary of a language model is its tokenizer's."""
+    lm = cfg.lm
+    pretrained = lm.pretrained_backwards if lm.backwards and lm.pretrained_backwards else lm.pretrained
+    if not pretrained or is_zoo_name(pretrained):  # every zoo model is a word model (config.py refuses subwords)
+        return None
+    folder = Path(pretrained).expanduser()
+    units = folder / SUBWORD_FILE
+    if cfg.text.tokenizer == "words" and units.is_file():
+        raise ConfigError(f"lm.pretrained: {folder} is a subword language model (it holds {SUBWORD_FILE}) but "
+                          "text.tokenizer is words: its vocabulary is subword units, not words; set "
+                          "text.tokenizer: subwords to fine-tune it, or give a word-level model")
+    if cfg.text.tokenizer == "subwords" and not units.is_file():
+        raise ConfigError(f"lm.pretrained: {folder} is not a subword language model (no {SUBWORD_FILE} in it) but "
+                          "text.tokenizer is subwords; give a folder that `launch.py pretrain --set "
+                          "text.tokenizer=subwords` wrote, null to train one on this data, or set text.tokenizer: words")
+    return units if cfg.text.tokenizer == "subwords" else None
+
+
 def make_tokenizer(cfg: RecipeConfig, lm_texts: list[str], cache_dir: Path) -> Tokenizer:
-    """Word tokens, or subword units learnt from ``lm_texts``: the language model's own training text (never
-    validation or test text), as fastai and MultiFiT learn theirs."""
+    """Word tokens, or subword units: a pretrained subword model's own (fine-tuning keeps its vocabulary, as
+    MultiFiT and fastai do), else learnt from ``lm_texts``, the language model's own training text (never
+    validation or test text)."""
     t = cfg.text
+    units = pretrained_units(cfg)
     if t.tokenizer == "words":
         return Tokenizer()
+    if units is not None:
+        return SubwordTokenizer.read(units)
     if not lm_texts:
         raise DataError("text.tokenizer: subwords are learnt from the language model's training text, and there is "
                         "none; give data.train or data.unlabeled")

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from ulmfit_core import fetching, zoo
-from ulmfit_core.artifacts import LM_FILE, SUBWORD_FILE, VOCAB_FILE, load_encoder, load_language_model
+from ulmfit_core.artifacts import LM_FILE, VOCAB_FILE, load_encoder, load_language_model
 from ulmfit_core.awd_lstm import AWDLSTMEncoder, TextClassifier
 from ulmfit_core.config import LMConfig, RecipeConfig, recipe_from_dict, to_dict
+from ulmfit_core.corpus import pretrained_units
 
 # fastai's files and a state dict's sizes: a module of their own, which the zoo's checks use too (re-exported here).
 from ulmfit_core.lm_weights import PretrainedError, StateDict, infer_sizes, load_fastai_lm
@@ -93,10 +94,6 @@ def resolve_source(lm: LMConfig, models_dir: str | Path | None = None) -> LocalM
     value = lm.pretrained_backwards if lm.backwards and lm.pretrained_backwards else lm.pretrained
     path = Path(value).expanduser()
     if path.is_dir():
-        if (path / SUBWORD_FILE).is_file():  # text.tokenizer: subwords refuses lm.pretrained (config.py)
-            raise PretrainedError(f"lm.pretrained: {path} is a subword language model (it holds {SUBWORD_FILE}) but "
-                                  "text.tokenizer is words: its vocabulary is subword units, not words; set "
-                                  "lm.pretrained to a word-level model, or null to train one on this data")
         return LocalModel(path=path, vocab=None, layout="ulmfit")
     if not path.is_file():
         close = difflib.get_close_matches(str(value), list(zoo.ZOO), n=1)
@@ -155,6 +152,7 @@ def describe_start(cfg: RecipeConfig, models_dir: str | Path | None = None) -> t
         return recipe_from_dict(values), (f"language model: random weights, because {name} is not fetched "
                                           f"({e}); lm.pretrained_required is false, so the run goes on without it")
     assert source is not None
+    pretrained_units(cfg)  # a word model for subwords, or the other way round: refused before the sizes
     check_fits(source, cfg)
     what = source.name or str(source.path)
     return cfg, f"language model: starting from {what} ({source.path})"

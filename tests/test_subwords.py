@@ -212,3 +212,52 @@ def test_a_search_over_the_tokenizer_trains_and_records_both(tmp_path):
     runs = child_runs(cfg.mlflow.tracking_uri, cfg.experiment)
     assert sorted(r.data.params["text.tokenizer"] for r in runs) == ["subwords", "words"]
     assert "text.tokenizer" in (outcome.search_dir / "leaderboard.csv").read_text().splitlines()[0]
+
+
+#: Two tiny labeled samples in languages spaCy's English rules do not serve: German (weather vs. food) and
+#: Chinese (weather vs. food, no spaces between words), each with unlabeled text of its own language.
+LANGUAGES = {
+    "de": {"weather": ["Morgen regnet es den ganzen Tag", "Die Sonne scheint über München", "Heute ist es kalt und "
+                       "windig", "Im Winter schneit es oft in den Bergen", "Das Gewitter kommt am Abend"],
+           "food": ["Ich esse gern Brot mit Käse", "Die Suppe schmeckt sehr gut", "Zum Frühstück gibt es Müsli",
+                    "Wir kochen heute Nudeln mit Soße", "Der Kuchen ist süß und frisch"]},
+    "zh": {"weather": ["明天全天下雨", "北京今天阳光明媚", "今天又冷又有风", "冬天山里经常下雪", "晚上会有雷雨"],
+           "food": ["我喜欢吃面包和奶酪", "这个汤非常好喝", "早餐有粥和包子", "我们今天做面条", "蛋糕又甜又新鲜"]},
+}
+
+
+@pytest.mark.parametrize("lang", sorted(LANGUAGES))
+def test_any_language_end_to_end_from_a_subword_model_pretrained_on_its_own_text(lang, tmp_path, capsys):
+    import csv
+
+    samples = LANGUAGES[lang]
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "train.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "text"])
+        writer.writerows((label, f"{text} {i}") for i in range(8) for label, texts in samples.items() for text in texts)
+    unlabeled = data / "unlabeled.txt"
+    unlabeled.write_text("".join(f"{t} {t}\n" for _ in range(6) for texts in samples.values() for t in texts),
+                         encoding="utf-8")
+    common = ["--set", "model.preset=tiny", "--set", "lm.bptt=10", "--set", "lm.bs=8", "--set", "text.tokenizer=subwords",
+              "--set", "text.subword_vocab=200", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    lm = tmp_path / "pretrained"
+    assert launch.main(["pretrain", "--set", f"data.unlabeled={unlabeled}", "--set", "lm.epochs=1", *common,
+                        "--out", str(lm)]) == 0
+    assert (lm / artifacts.SUBWORD_FILE).is_file()
+    out = tmp_path / "run"
+    assert launch.main(["run", "--set", f"data.train={data / 'train.csv'}", "--set", f"lm.pretrained={lm}",
+                        "--set", "lm.epochs=1", "--set", "classifier.epochs=1", "--set", "classifier.unfreeze=[]",
+                        "--set", "classifier.bptt=10", "--set", "classifier.bs=8", *common, "--out", str(out)]) == 0
+    assert (out / "classifier" / artifacts.SUBWORD_FILE).read_bytes() == (lm / artifacts.SUBWORD_FILE).read_bytes()
+    capsys.readouterr()
+    texts = [samples["weather"][0], samples["food"][0]]
+    assert launch.main(["predict", "--model", str(out), "--json", *texts]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["text"] for a in answers] == texts  # non-ASCII text round-trips
+    assert all(a["label"] in samples for a in answers)
+    # the units are this language's: its words fall into few units, not one per byte or character
+    tok = SubwordTokenizer((lm / artifacts.SUBWORD_FILE).read_bytes())
+    units = tok.tokenize([samples["food"][1]])[0]
+    assert "xxunk" not in units and len(units) < len(samples["food"][1])

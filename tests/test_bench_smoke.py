@@ -372,6 +372,18 @@ def test_transfer_trec_smoke(bench, tmp_path, datasets_dir):
     assert r["summary"]["random"]["ensemble"]["mean"] == pytest.approx(sum(ensembles) / 2)
 
 
+def test_subwords_trec_smoke(bench, tmp_path, datasets_dir):
+    out = tmp_path / "subwords.json"
+    bench("subwords_trec").main(["--smoke", "--seeds", "0", "--jobs", "1", "--data-dir", str(datasets_dir),
+                                 "--out", str(out)])
+    r = _check_provenance(out, "subwords_trec")
+    assert sorted(run["tokenizer"] for run in r["runs"]) == ["subwords", "words"]
+    words, subwords = (r["summary"][t] for t in ("words", "subwords"))
+    assert words["vocab_size"] != subwords["vocab_size"] and subwords["vocab_size"] <= 300 + 8
+    four = r["four_member_test_accuracy"]["0"]
+    assert 0.0 < four <= 1.0 and r["summary"]["words+subwords fwd+bwd"]["mean"] == pytest.approx(four)
+
+
 def test_pretrain_general_smoke(bench, tmp_path):
     corpus = ROOT.parent / "shared" / "corpora" / "general-en" / "train.txt.gz"
     if not corpus.exists():

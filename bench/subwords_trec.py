@@ -1,0 +1,128 @@
+"""Words against subword units on TREC-6, both from random weights: forward, backward, each tokenizer's
+forward + backward ensemble, and the four-member word + subword ensemble, over seeds
+(``configs/trec_tiny.yaml``, same budget for both tokenizers).
+
+For each seed and tokenizer, ``stages.run_recipe`` with ``directions fwd bwd`` trains the language model
+of each direction on TREC-6's training questions only (the subword units are learnt from them too; never
+test text), trains both classifiers and evaluates them and their ensemble on the test set; the four
+classifiers of a seed are then evaluated as one ensemble (``inference.evaluate``).
+
+Both tokenizers start from random weights: no general-domain subword language model exists yet, and a
+word model pretrained on 5M words against a subword model that never saw them would measure the
+pretraining, not the units.
+
+    python bench/subwords_trec.py                  # seeds 0 1 2: ~25 min on 2 cores (--jobs 2)
+    python bench/subwords_trec.py --smoke          # a minute: a slice, one epoch each
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, ROOT, SHARED_DATASETS, write_result
+
+DEFAULT_OUT = RESULTS / "subwords_trec.json"
+TOKENIZERS = ("words", "subwords")
+
+
+def run_one(config: str, overrides: list[str], seed: int, tokenizer: str, data_dir: str, work: Path) -> dict[str, Any]:
+    from ulmfit_core import artifacts, stages
+    from ulmfit_core.config import load_recipe
+
+    cfg = load_recipe(config, [*overrides, f"text.tokenizer={tokenizer}", "lm.pretrained=null", f"seed={seed}",
+                               "device=cpu"])
+    out = work / f"{tokenizer}-seed{seed}"
+    t0 = time.perf_counter()
+    res = stages.run_recipe(cfg, out, data_dir=data_dir, cache_dir=work / "cache", directions=["fwd", "bwd"])
+    row = {"seed": seed, "tokenizer": tokenizer, "total_seconds": time.perf_counter() - t0, "folder": str(out),
+           "vocab_size": None, "test_accuracy": {"fwd": res["test_accuracy"], "bwd": res["bwd_test_accuracy"],
+                                                 "ensemble": res["ensemble_test_accuracy"]},
+           "lm_valid_perplexity": {"fwd": res.get("lm_valid_perplexity"), "bwd": res.get("bwd_lm_valid_perplexity")}}
+    row["vocab_size"] = len(artifacts.read_vocab(out / "classifier" / "vocab.json"))
+    print(f"{tokenizer} seed {seed}: test fwd {row['test_accuracy']['fwd']:.4f}  bwd {row['test_accuracy']['bwd']:.4f}"
+          f"  ensemble {row['test_accuracy']['ensemble']:.4f}  ({row['total_seconds'] / 60:.1f} min)", flush=True)
+    return row
+
+
+def four_member_accuracy(rows: list[dict[str, Any]], test_csv: Path) -> dict[int, float]:
+    """Per seed: the words fwd + bwd and subwords fwd + bwd classifiers averaged, on the test set."""
+    from ulmfit_core import inference
+
+    out = {}
+    for seed in sorted({r["seed"] for r in rows}):
+        folders = [Path(r["folder"]) / sub for r in rows if r["seed"] == seed for sub in ("classifier", "classifier_bwd")]
+        if len(folders) == 4:
+            out[seed] = inference.evaluate(folders, test_csv, device="cpu")["accuracy"]
+    return out
+
+
+def _use_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarize(runs: list[dict[str, Any]], four: dict[int, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tok in TOKENIZERS:
+        rows = [r for r in runs if r["tokenizer"] == tok]
+        if rows:
+            out[tok] = {"seeds": [r["seed"] for r in rows], "vocab_size": rows[0]["vocab_size"],
+                        "minutes_per_seed": statistics.mean(r["total_seconds"] for r in rows) / 60,
+                        **{v: _stats([r["test_accuracy"][v] for r in rows]) for v in ("fwd", "bwd", "ensemble")}}
+    if four:
+        out["words+subwords fwd+bwd"] = {"seeds": sorted(four), **_stats(list(four.values()))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "trec_tiny.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data-dir", default=str(SHARED_DATASETS))
+    ap.add_argument("--set", dest="overrides", action="append", default=["text.subword_vocab=4000"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
+    ap.add_argument("--out", help=f"result JSON (default {DEFAULT_OUT})")
+    ap.add_argument("--smoke", action="store_true", help="a slice, one epoch each: checks the script runs")
+    args = ap.parse_args(argv)
+
+    _use_threads(args.threads)
+    overrides = list(args.overrides)
+    if args.smoke:
+        overrides += ["data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=1", "classifier.unfreeze=[]",
+                      "lm.bptt=20", "classifier.bptt=20", "text.subword_vocab=300"]
+    out_path = Path(args.out) if args.out else DEFAULT_OUT
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="subwords-trec-") as tmp:
+        todo = [(args.config, overrides, seed, tok, args.data_dir, Path(tmp)) for seed in args.seeds for tok in TOKENIZERS]
+        if args.jobs <= 1:
+            runs = [run_one(*job) for job in todo]
+        else:  # fresh interpreters (spawn): a forked torch with threads already started can hang
+            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=_use_threads, initargs=(args.threads,)) as pool:
+                runs = [f.result() for f in concurrent.futures.as_completed([pool.submit(run_one, *j) for j in todo])]
+        four = four_member_accuracy(runs, Path(args.data_dir) / "trec" / "test.csv")
+    for r in runs:
+        r.pop("folder")
+    payload = {"config": args.config, "overrides": overrides, "threads": args.threads, "jobs": args.jobs,
+               "runs": sorted(runs, key=lambda r: (r["tokenizer"], r["seed"])),
+               "four_member_test_accuracy": {str(k): v for k, v in four.items()}, "summary": summarize(runs, four)}
+    if not args.smoke or args.out:
+        write_result("subwords_trec", payload, out_path)
+    print(payload["summary"])
+    return payload
+
+
+if __name__ == "__main__":
+    main()

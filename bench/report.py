@@ -300,6 +300,33 @@ def transfer_trec(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def subwords_trec(r: dict[str, Any]) -> list[str]:
+    rows = ["| tokenizer | units in the vocabulary | forward: test accuracy % | backward | forward + backward | seeds | "
+            "minutes a seed (both directions) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    summary = r["summary"]
+    for tok in ("words", "subwords"):
+        if tok in summary:
+            s = summary[tok]
+            cells = [f"{100 * s[v]['mean']:.1f} ± {100 * s[v]['sd']:.1f}" for v in ("fwd", "bwd", "ensemble")]
+            rows.append(f"| {tok} | {s['vocab_size']:,} | {' | '.join(cells)} | {len(s['seeds'])} | "
+                        f"{s['minutes_per_seed']:.0f} |")
+    four = summary.get("words+subwords fwd+bwd")
+    if four:
+        rows.append(f"| **words + subwords**, four members | – | – | – | **{100 * four['mean']:.1f} ± {100 * four['sd']:.1f}** "
+                    f"| {len(four['seeds'])} | – |")
+    if r.get("jobs", 1) > 1:
+        rows += ["", f"{r['jobs']} runs went at a time, each on {r['threads']} thread(s), so the minutes are those of a "
+                 "machine the runs shared."]
+    rows += ["", "Per seed (test accuracy %, forward / backward / ensemble; then the four-member ensemble):", ""]
+    for run in sorted(r["runs"], key=lambda x: (x["tokenizer"], x["seed"])):
+        a = run["test_accuracy"]
+        rows.append(f"- {run['tokenizer']}, seed {run['seed']}: {100 * a['fwd']:.1f} / {100 * a['bwd']:.1f} / "
+                    f"{100 * a['ensemble']:.1f}")
+    for seed, acc in sorted(r.get("four_member_test_accuracy", {}).items()):
+        rows.append(f"- words + subwords, seed {seed}: {100 * acc:.1f}")
+    return rows
+
+
 def pretrain_general(r: dict[str, Any]) -> list[str]:
     rows = ["| model | direction | held-out perplexity | next-token accuracy | training | tokens/s (2 CPU threads) | "
             "tokens per epoch × epochs |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -674,6 +701,14 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`; the backward "
      "models are not in the shared mirror: docs/MODELS.md gives the `launch.py pretrain` commands that made them).",
      transfer_trec),
+    ("subwords_trec", "Words against subword units on TREC-6, and their ensemble (CPU)",
+     "The whole recipe (`configs/trec_tiny.yaml`, the `tiny` model, 8 + 8 epochs) per seed with word tokens and with "
+     "SentencePiece units (`text.tokenizer: subwords`, unigram, at most 4,000 units learnt from TREC-6's training "
+     "questions, never test text), both directions, **both from random weights**: no general-domain subword "
+     "language model exists yet, so neither side is pretrained (the transfer sections above show what pretraining "
+     "adds to words). The last row averages the four classifiers of a seed "
+     "(`python bench/subwords_trec.py`; docs/SUBWORDS.md).",
+     subwords_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "
      "corpus (5.07M words, mixed genres; `configs/pretrain_general_*.yaml`), measured on the corpus's held-out "

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,30 @@ def trial_spans(search_dir: Path) -> list[dict[str, float]]:
             spans.append({"start": end - total, "end": end, "time_total_s": total,
                           "epoch_seconds": sum(float(r.get("epoch_seconds") or 0.0) for r in results)})
     return spans
+
+
+def use_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_jobs(run: Callable[..., Any], jobs: list[tuple], processes: int, threads: int) -> Iterator[Any]:
+    """``run(*job)`` for each job, yielded as each finishes: one after the other here, or ``processes`` at a time,
+    each process on ``threads`` torch threads."""
+    use_threads(threads)
+    if processes <= 1:
+        for job in jobs:
+            yield run(*job)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    # fresh interpreters (spawn): a forked torch with threads already started can hang
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=use_threads, initargs=(threads,)) as pool:
+        for done in concurrent.futures.as_completed([pool.submit(run, *job) for job in jobs]):
+            yield done.result()
 
 
 def write_result(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:

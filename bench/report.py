@@ -281,12 +281,17 @@ def imdb_lowshot(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _pct(s: dict[str, float]) -> str:
+    """A ``{"mean", "sd"}`` accuracy summary as ``93.7 ± 0.7`` (percent)."""
+    return f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
+
+
 def transfer_trec(r: dict[str, Any]) -> list[str]:
     starts = {"random": "random weights (LM trained on TREC-6 only)", "general": f"the general-domain `{r['model']}`"}
     rows = ["| language model starts from | forward: test accuracy % | backward | forward + backward ensemble | seeds | "
             "minutes a seed (both directions) |", "| --- | --- | --- | --- | --- | --- |"]
     for start, s in r["summary"].items():
-        cells = [f"{100 * s[v]['mean']:.1f} ± {100 * s[v]['sd']:.1f}" for v in ("fwd", "bwd", "ensemble")]
+        cells = [_pct(s[v]) for v in ("fwd", "bwd", "ensemble")]
         cells[2] = f"**{cells[2]}**"
         rows.append(f"| {starts.get(start, start)} | {' | '.join(cells)} | {len(s['seeds'])} | {s['minutes_per_seed']:.0f} |")
     if r.get("jobs", 1) > 1:
@@ -307,12 +312,12 @@ def subwords_trec(r: dict[str, Any]) -> list[str]:
     for tok in ("words", "subwords"):
         if tok in summary:
             s = summary[tok]
-            cells = [f"{100 * s[v]['mean']:.1f} ± {100 * s[v]['sd']:.1f}" for v in ("fwd", "bwd", "ensemble")]
+            cells = [_pct(s[v]) for v in ("fwd", "bwd", "ensemble")]
             rows.append(f"| {tok} | {s['vocab_size']:,} | {' | '.join(cells)} | {len(s['seeds'])} | "
                         f"{s['minutes_per_seed']:.0f} |")
     four = summary.get("words+subwords fwd+bwd")
     if four:
-        rows.append(f"| **words + subwords**, four members | – | – | – | **{100 * four['mean']:.1f} ± {100 * four['sd']:.1f}** "
+        rows.append(f"| **words + subwords**, four members | – | – | – | **{_pct(four)}** "
                     f"| {len(four['seeds'])} | – |")
     if r.get("jobs", 1) > 1:
         rows += ["", f"{r['jobs']} runs went at a time, each on {r['threads']} thread(s), so the minutes are those of a "

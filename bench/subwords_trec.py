@@ -17,15 +17,13 @@ pretraining, not the units.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, SHARED_DATASETS, write_result
+from common import RESULTS, ROOT, SHARED_DATASETS, run_jobs, write_result
 
 DEFAULT_OUT = RESULTS / "subwords_trec.json"
 TOKENIZERS = ("words", "subwords")
@@ -62,12 +60,6 @@ def four_member_accuracy(rows: list[dict[str, Any]], test_csv: Path) -> dict[int
     return out
 
 
-def _use_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -97,7 +89,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="a slice, one epoch each: checks the script runs")
     args = ap.parse_args(argv)
 
-    _use_threads(args.threads)
     overrides = list(args.overrides)
     if args.smoke:
         overrides += ["data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=1", "classifier.unfreeze=[]",
@@ -106,12 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="subwords-trec-") as tmp:
         todo = [(args.config, overrides, seed, tok, args.data_dir, Path(tmp)) for seed in args.seeds for tok in TOKENIZERS]
-        if args.jobs <= 1:
-            runs = [run_one(*job) for job in todo]
-        else:  # fresh interpreters (spawn): a forked torch with threads already started can hang
-            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                        initializer=_use_threads, initargs=(args.threads,)) as pool:
-                runs = [f.result() for f in concurrent.futures.as_completed([pool.submit(run_one, *j) for j in todo])]
+        runs = list(run_jobs(run_one, todo, args.jobs, args.threads))
         four = four_member_accuracy(runs, Path(args.data_dir) / "trec" / "test.csv")
     for r in runs:
         r.pop("folder")

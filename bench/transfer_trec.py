@@ -17,8 +17,6 @@ use a second thread fully). Each run's times are then those of a machine shared 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import statistics
 import tempfile
 import time
@@ -31,6 +29,7 @@ from common import (
     SHARED_DATASETS,
     command_history,
     earlier_result,
+    run_jobs,
     runs_of_other_seeds,
     write_result,
 )
@@ -59,12 +58,6 @@ def run_one(config: str, overrides: list[str], seed: int, start: str, model: str
     print(f"{start} seed {seed}: test fwd {row['test_accuracy']['fwd']:.4f}  bwd {row['test_accuracy']['bwd']:.4f}  "
           f"ensemble {row['test_accuracy']['ensemble']:.4f}  ({row['total_seconds'] / 60:.1f} min)", flush=True)
     return row
-
-
-def _use_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,7 +89,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="tiny model on a slice: checks the script runs")
     args = ap.parse_args(argv)
 
-    _use_threads(args.threads)
     overrides = list(args.overrides)
     if args.smoke:
         overrides += ["model.preset=tiny", "data.max_train_rows=300", "lm.epochs=1", "classifier.epochs=2", "classifier.unfreeze=[1,1]",
@@ -122,14 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="transfer-trec-") as tmp:
         todo = [(args.config, overrides, seed, start, args.model, args.data_dir, args.models_dir, Path(tmp))
                 for seed in args.seeds for start in args.starts]
-        if args.jobs <= 1:
-            for job in todo:
-                record(run_one(*job))
-        else:  # fresh interpreters (spawn): a forked torch with threads already started can hang
-            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                        initializer=_use_threads, initargs=(args.threads,)) as pool:
-                for done in concurrent.futures.as_completed([pool.submit(run_one, *job) for job in todo]):
-                    record(done.result())
+        for row in run_jobs(run_one, todo, args.jobs, args.threads):
+            record(row)
     return payload
 
 

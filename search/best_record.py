@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.tracking import flatten  # dotted keys to leaf values; a list is one value
 from ulmfit_core.config import ConfigError
 
 #: The record's section in best.yaml.
@@ -72,16 +73,6 @@ def _show(value: Any) -> str:
     return repr(value) if value is MISSING else json.dumps(value)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys to leaf values; a list is one value (its items are not keys of their own)."""
-    if isinstance(value, Mapping):  # an empty one has no keys (a section cut to nothing is its keys missing)
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -97,8 +88,8 @@ def check(doc: Mapping[str, Any]) -> Check:
             or _digest(record["exported"]) != record.get("sha256"):
         return Check(False, problem="its record: section is damaged (its sha256 does not match)")
     exported = json.loads(record["exported"])
-    was = _flatten({k: exported.get(k) or {} for k in SECTIONS})
-    now = _flatten({k: doc.get(k) or {} for k in SECTIONS})
+    was = flatten({k: exported.get(k) or {} for k in SECTIONS})
+    now = flatten({k: doc.get(k) or {} for k in SECTIONS})
     edits = {key: (was.get(key, MISSING), now.get(key, MISSING))
              for key in sorted(set(was) | set(now))
              if key not in was or key not in now or not _same(was[key], now[key])}

@@ -128,11 +128,10 @@ def _check_sqlite_store(uri: str) -> Path:
     in-memory database (keeps nothing; MLflow waits on it), a folder (SQLite retries for minutes), a file that
     is not an SQLite database, or another application's database (MLflow would add its tables into it)."""
     fix = "give --tracking-uri a database file, e.g. sqlite:///mlflow.db"
-    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-    if not path or path == ":memory:" or "mode=memory" in path:
+    db = store_location.sqlite_file(uri)
+    if db is None or db == Path().resolve() or db.name == ":memory:" or "mode=memory" in uri:
         raise TrackingError(f"MLflow tracking store {uri}: names no database file (an in-memory database keeps "
                             f"nothing); {fix}")
-    db = Path(path).expanduser().resolve()
     if db.is_dir():
         raise TrackingError(f"MLflow tracking store {uri}: {db} is a folder, not a database file; {fix} "
                             f"(e.g. sqlite:///{db / 'mlflow.db'})")

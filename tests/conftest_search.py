@@ -7,6 +7,7 @@ here are stopped, by their own ids; never ``ray stop``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -154,6 +155,31 @@ def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group (e.g. Ray processes of a killed driver)
     except ProcessLookupError:
         pass
+
+
+def ask_served_model(proc: subprocess.Popen, url: str, log: Path, texts: list[str], what: str) -> list[dict]:
+    """Wait (up to 180 s) until the ``mlflow models serve`` process ``proc`` answers ``url``/ping, then POST
+    ``texts`` as one ``text`` column and return the predictions; stops the process group either way. Fails the
+    test with the end of ``log`` when ``what`` does not come up."""
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
+        request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return json.loads(resp.read())["predictions"]
+    finally:
+        stop_group(proc)
 
 
 def child_runs(uri: str, experiment: str) -> list[Any]:

@@ -15,12 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest_search import SHARED_DATASETS, SMOKE, ray_environment, stop_group
+from conftest_search import SHARED_DATASETS, SMOKE, ask_served_model, ray_environment
 
 import launch
 
@@ -96,23 +94,4 @@ def serve_and_ask(command: str, cwd: Path, texts: list[str]) -> list[dict]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    url = "http://127.0.0.1:5001"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"the printed serve command did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
-        request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return json.loads(resp.read())["predictions"]
-    finally:
-        stop_group(proc)
+    return ask_served_model(proc, "http://127.0.0.1:5001", log, texts, "the printed serve command")

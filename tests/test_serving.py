@@ -11,8 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest_search import free_port, stop_group
+from conftest_search import ask_served_model, free_port
 
 from search import serving
 from ulmfit_core import artifacts, inference, stages
@@ -212,26 +210,8 @@ def test_mlflow_models_serve_answers_with_the_same_labels_as_inference(classifie
             [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", "models:/ulmfit-fwd/1", "--env-manager",
              "local", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow models serve did not come up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        body = {"dataframe_split": {"columns": ["text"], "data": [[TEXTS[0]], [TEXTS[1]], [""]]}}
-        request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            predictions = json.loads(resp.read())["predictions"]
-    finally:
-        stop_group(proc)
+    predictions = ask_served_model(proc, f"http://127.0.0.1:{port}", log_path, [TEXTS[0], TEXTS[1], ""],
+                                   "mlflow models serve")
     labels, expected = inference.predict_proba([fwd], [*TEXTS[:2], ""])  # a blank row answers too
     assert [row["label"] for row in predictions] == [labels[i] for i in expected.argmax(1)]
     served = np.array([[row[f"prob_{c}"] for c in labels] for row in predictions])

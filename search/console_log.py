@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,14 @@ class _OwnOnly(logging.Filter):
         return record.name.split(".")[0] in OWN
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """The log file's handler: a record it cannot write (the search's disk is full) is dropped, not printed
+    to the console as a "Logging error" traceback; the search itself then says what is wrong, in one line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.dropped = getattr(self, "dropped", 0) + 1
+
+
 class LibraryLog:
     """The log file of one command. ``start()`` routes the libraries' logging there (nothing when
     ``verbose``); ``move_into(folder)`` puts the file in its final folder; ``stop()`` restores logging."""
@@ -44,7 +53,7 @@ class LibraryLog:
     def __init__(self, name: str, verbose: bool = False):
         self.name, self.verbose = name, verbose
         self.path: Path | None = None
-        self._file: logging.FileHandler | None = None
+        self._file: _QuietFileHandler | None = None
         self._console: logging.Handler | None = None
         self._saved: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
         self._root_level = logging.WARNING
@@ -59,7 +68,7 @@ class LibraryLog:
         fd, tmp = tempfile.mkstemp(prefix=f"ulmfit-{Path(self.name).stem}-", suffix=".log")
         os.close(fd)
         self.path = Path(tmp)
-        self._file = logging.FileHandler(self.path, encoding="utf-8")
+        self._file = _QuietFileHandler(self.path, encoding="utf-8")
         self._file.setFormatter(logging.Formatter(FORMAT))
         self._file.setLevel(logging.INFO)
         self._console = logging.StreamHandler(sys.stderr)
@@ -98,7 +107,7 @@ class LibraryLog:
         try:
             self._file.close()
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.path, target)
+            shutil.move(self.path, target)  # a copy when the folder is on another filesystem (NFS, a mount)
             self._file.baseFilename = str(target.resolve())
             self.path = target
         finally:

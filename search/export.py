@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from search import best_record, outcome, portable, store, store_location, tracking
+from search import best_record, outcome, portable, records, store, store_location, tracking
 from search import trainable as T
 from search.console_log import LibraryLog
 from search.errors import SearchConfigError
@@ -64,26 +64,19 @@ def export_best(search: str | Path | None = None, *, experiment: str | None = No
     return write_best(doc, path)
 
 
-#: What Ray Tune writes in a search folder once the trials start (``experiment_state-<time>.json``).
-_RAY_STATE_GLOB = "experiment_state-*.json"
 _NOTHING_TO_EXPORT = ("no trial completed all its epochs, so there is no best configuration to export; continue "
                       "the search (`python launch.py search --resume {dir}`) or start one with more trials")
 
 
 def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
     cfg, meta = store.read_search_json(search_dir)
-    if not any(search_dir.glob(_RAY_STATE_GLOB)):  # the driver stopped before the first trial started
-        raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")
-    from ray.tune import ExperimentAnalysis
-
     s = cfg.search
-    analysis = ExperimentAnalysis(str(search_dir), default_metric=s.metric, default_mode=s.mode)
-    rows = [{"status": outcome.trial_outcome(t.last_result, errored=t.status == "ERROR"),
-             s.metric: (t.last_result or {}).get(s.metric), "trial": t} for t in analysis.trials]
+    rows = [{"status": r.status, s.metric: r.result.get(s.metric), "record": r}
+            for r in records.read_trials(search_dir, store.open_study_checked(search_dir))]
     found = outcome.best_completed(rows, s.metric, s.mode)
     if found is None:
         raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")
-    best = found["trial"]
+    best: records.TrialRecord = found["record"]
     sampled = T.sampled_values(best.config)
     # The trial ran with absolute paths of the search's machine; best.yaml keeps them relative to that
     # project, so it retrains wherever the project (or this folder) is now.
@@ -93,10 +86,10 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
     run_id = None
     try:
         run_id = tracking.run_id_of_trial(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
-                                          best.trial_id)
+                                          best.number)
     except Exception as e:  # noqa: BLE001 (the config is exported either way)
-        logger.warning("MLflow lookup of trial %s failed: %s", best.trial_id, e)
-    last = best.last_result
+        logger.warning("MLflow lookup of trial %s failed: %s", best.number, e)
+    last = best.result
     return {"recipe": recipe, "result": {
         "metric": s.metric, "mode": s.mode, "value": float(last[s.metric]),
         "metrics": {k: float(last[k]) for k in sorted(last) if k in METRICS},

@@ -88,9 +88,3 @@ class LMGate:
         group = self.group_of_trial.pop(trial_id, None)
         if group is not None and self.owners.get(group) == trial_id:
             del self.owners[group]  # ended before any report: the next trial of its group trains the LM
-
-    def after_restore(self) -> None:
-        """A resumed search: the saved owners may have ended after Ray's last save, and Tune never reports
-        such an end again. Forget them, so no held configuration waits forever (at worst one trial waits
-        on the LM's lock once)."""
-        self.owners.clear()

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 COMPLETED, STOPPED, ERRORED, INTERRUPTED = "completed", "stopped_by_asha", "errored", "interrupted"
-#: A trial's live states in MLflow's ``trial_status`` tag, besides the outcomes above.
-RUNNING, ABANDONED = "running", "abandoned"
+#: A trial's live state in MLflow's ``trial_status`` tag, besides the outcomes above.
+RUNNING = "running"
 #: The leaderboard's order of outcomes.
 RANK = {COMPLETED: 0, STOPPED: 1, INTERRUPTED: 2, ERRORED: 3}
 

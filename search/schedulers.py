@@ -7,6 +7,8 @@ or given epochs. It decides as Ray's ``ASHAScheduler`` does: when a trial first 
 a rung, it is stopped if its metric is below the ``1 - 1/reduction_factor`` quantile of what earlier trials
 recorded there (the best ``1/reduction_factor`` go on); with several brackets, trials are dealt to them in
 turn and bracket ``s`` starts at the ``s``-th rung. The time unit is the classifier epoch (``outcome.EPOCH``).
+A trial is known by its Optuna number (its config's ``optuna_trial``), which stays when a resumed search runs
+it again under a new Ray id; a resumed search's ASHA is seeded with what the study recorded (:meth:`Asha.seed`).
 
 HyperBand is not offered: Ray's pauses it relies on needed patches of Ray's internals, and in the search
 benchmark it did no better than ASHA at the unfreezing rungs (docs/SEARCH.md).
@@ -21,6 +23,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from search.outcome import EPOCH
 from search.rungs import asha_rungs
+from search.trainable import OPTUNA_NUMBER
 
 if TYPE_CHECKING:
     from search.settings import SearchConfig
@@ -37,31 +40,42 @@ class Asha(FIFOScheduler):
         self.rungs = sorted(int(r) for r in rungs)
         self.by, self.order, self.reduction_factor = metric, mode, float(reduction_factor)  # the search's metric, mode
         decisions = self.rungs[:-1]
-        #: per bracket: {rung: {trial id: value recorded there}}; bracket s starts at the s-th decision
-        self.recorded: list[dict[int, dict[str, float]]] = [{r: {} for r in decisions[s:]} for s in range(brackets)]
-        self.bracket_of: dict[str, int] = {}
+        #: per bracket: {rung: {trial: value recorded there}}; bracket s starts at the s-th decision
+        self.recorded: list[dict[int, dict[Any, float]]] = [{r: {} for r in decisions[s:]} for s in range(brackets)]
+        self.bracket_of: dict[Any, int] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # set when built, from the search config
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self.bracket_of.setdefault(trial.trial_id, len(self.bracket_of) % len(self.recorded))
+        self._bracket(_key(trial))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return self.decide(trial.trial_id, result)
+        return self.decide(_key(trial), result)
 
-    def decide(self, trial_id: str, result: dict) -> str:
+    def seed(self, values: dict[Any, dict[int, float]]) -> None:
+        """A resumed search: record what earlier runs reported (``{trial: {epoch: value}}``, the study's
+        intermediate values) at the rungs they reached, so a trial run again is not judged twice and the
+        others are judged against every trial, as if the search had never stopped."""
+        for trial in sorted(values):
+            for epoch, value in sorted(values[trial].items()):
+                self.decide(trial, {EPOCH: epoch, self.by: value})
+
+    def _bracket(self, trial: Any) -> dict[int, dict[Any, float]]:
+        return self.recorded[self.bracket_of.setdefault(trial, len(self.bracket_of) % len(self.recorded))]
+
+    def decide(self, trial: Any, result: dict) -> str:
         """CONTINUE or STOP for a trial's result (``epoch`` and the metric); records it at its rung."""
         epoch, value = result.get(EPOCH), result.get(self.by)
         if epoch is None or value is None:
             return TrialScheduler.CONTINUE
         score = float(value) if self.order == "max" else -float(value)
-        bracket = self.recorded[self.bracket_of.setdefault(trial_id, len(self.bracket_of) % len(self.recorded))]
+        bracket = self._bracket(trial)
         for rung in sorted(bracket, reverse=True):  # the highest rung reached and not yet recorded
             recorded = bracket[rung]
-            if epoch >= rung and trial_id not in recorded:
+            if epoch >= rung and trial not in recorded:
                 cutoff = self.cutoff(recorded)
-                recorded[trial_id] = score
+                recorded[trial] = score
                 if cutoff is not None and score < cutoff:
                     return TrialScheduler.STOP
                 break
@@ -76,6 +90,12 @@ class Asha(FIFOScheduler):
         return f"ASHA at epochs {self.rungs}: " + "; ".join(
             f"bracket {s}: " + ", ".join(f"{r}: {len(v)}" for r, v in sorted(b.items()))
             for s, b in enumerate(self.recorded))
+
+
+def _key(trial: Any) -> Any:
+    """A trial's identity for ASHA: its Optuna number (kept across a resume), else its Ray id."""
+    number = (getattr(trial, "config", None) or {}).get(OPTUNA_NUMBER)
+    return trial.trial_id if number is None else int(number)
 
 
 def make_scheduler(cfg: SearchConfig) -> TrialScheduler:

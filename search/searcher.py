@@ -1,20 +1,22 @@
 """The searcher: an Optuna study driven through its ask-and-tell interface, behind Ray Tune's public
-``Searcher`` interface (``suggest``, ``on_trial_result``, ``on_trial_complete``, ``save``/``restore``).
+``Searcher`` interface (``suggest``, ``on_trial_result``, ``on_trial_complete``).
 
 The study lives in the search folder (``optuna.db``, SQLite, named after the folder; ``search/store.py``):
 ``suggest`` asks it for a trial and samples the search space through that trial (define-by-run, so
 conditional parameters work); every epoch's value is reported once, at its epoch; a trial ASHA stopped is
 told as PRUNED (TPE then ranks it by its last reported value), a finished one as COMPLETE, a failed one as
-FAIL. Each Optuna trial records the Ray trial it ran as and its MLflow run (user attributes
-``ray_trial_id``, ``mlflow_run_id``), and each trial's config carries its Optuna number (``optuna_trial``),
-which its MLflow run and its row in the leaderboard show.
+FAIL. Each Optuna trial records the Ray trials it ran as and its MLflow run (user attributes
+``ray_trial_id``, ``ray_trial_ids``, ``mlflow_run_id``), and each trial's config carries its Optuna number
+(``optuna_trial``), which its MLflow run and its row in the leaderboard show.
 
 TPE (seeded by ``search.seed``) proposes at random for its first ``startup_trials(num_samples)`` trials, then
 from its model of the finished ones; ``algorithm: random`` samples at random throughout (docs/SEARCH.md).
 
-``save``/``restore`` write and read this searcher's own state as JSON (which Ray trial is which Optuna
-trial, the epochs reported), never a pickle; ``restore`` reopens the study from ``optuna.db``, so trials
-told after the last save are seen as told.
+A resume is this study continued, not Tune's saved state (``search/tuner.py``): :meth:`continue_unfinished`
+queues the trials the stopped search had not finished (RUNNING in the study) or that failed; ``suggest`` hands
+them out first, with their own values and the folders of their earlier runs (``trainable.EARLIER_RUNS``),
+where the trial finds its newest checkpoint. A failed trial that succeeds on its retry is added as a new
+Optuna trial (``retry_of``: finished trials are read-only), so the study counts it once, as what it became.
 """
 from __future__ import annotations
 
@@ -29,21 +31,19 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search import store
+from search import records, store
 from search.lm_gate import LMGate, LMSettingsOf
 from search.outcome import EPOCH, stopped_early
+from search.records import RAY_TRIAL_ATTR, RAY_TRIALS_ATTR, RETRY_OF_ATTR
 from search.settings import SearchConfig
 from search.space import SearchSpace
-from search.trainable import OPTUNA_NUMBER
+from search.trainable import EARLIER_RUNS, OPTUNA_NUMBER, trial_dirname
 from ulmfit_core.config import build_recipe, to_dict
 
 logger = logging.getLogger(__name__)
 
-#: User attributes of each Optuna trial: the Ray trial it ran as, and its MLflow run.
-RAY_TRIAL_ATTR, MLFLOW_RUN_ATTR = "ray_trial_id", "mlflow_run_id"
-#: A trial that was asked but never ran (the driver stopped in between), told FAIL on restore.
-ABANDONED_ATTR = "abandoned"
-STATE_VERSION = 1
+#: User attribute of each Optuna trial: its MLflow run.
+MLFLOW_RUN_ATTR = "mlflow_run_id"
 #: How long a trial's end waits for the MLflow writer to have created its run (normally long done).
 RUN_ID_WAIT_S = 5.0
 
@@ -76,18 +76,21 @@ class StudySearcher(Searcher):
         self.space, self.base, self.lm_gate, self.run_id_of = space, dict(base), lm_gate, run_id_of
         self.study, self.storage = open_study(Path(search_dir), *self.sampler, metric=metric, mode=mode, create=create)
         self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
-        self.number: dict[str, int] = {}  # Ray trial id -> Optuna trial number (every trial asked)
+        self.number: dict[str, int] = {}  # Ray trial id -> Optuna trial number (every trial handed out)
         self.reported: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
-        self.failed: dict[str, dict[int, float]] = {}  # told FAIL -> epochs reported by a later run of it
+        self.failed: dict[str, dict[int, float]] = {}  # retry of a trial told FAIL -> its epochs' values
+        self.ran_as: dict[str, list[str]] = {}  # such a retry -> every Ray trial id of its trial
         self.linked: set[str] = set()  # Ray trial ids whose Optuna trial records its MLflow run
+        self.pending: list[optuna.trial.FrozenTrial] = []  # a resume: trials to run again, handed out first
 
     # -- Tune's Searcher interface ------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric, mode and space come from the search config
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """The next configuration: the study's next trial (a point to evaluate, then TPE or random); with an
-        LM gate, one whose language model no other trial is training, or None (Tune asks again later)."""
+        """The next configuration: a trial to run again (a resume), else the study's next trial (a point to
+        evaluate, then TPE or random); with an LM gate, one whose language model no other trial is training,
+        or None (Tune asks again later)."""
         gate = self.lm_gate
         if gate is not None:
             released = gate.release()
@@ -98,11 +101,15 @@ class StudySearcher(Searcher):
                 return config
             if not gate.may_ask():
                 return None
-        trial = self.study.ask()
-        sampled = self.space.sample(trial, self.base)
-        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        self.live[trial_id], self.number[trial_id] = trial, trial.number
-        config = {**sampled, OPTUNA_NUMBER: trial.number}
+        if self.pending:
+            config = self._run_again(trial_id, self.pending.pop(0))
+        else:
+            trial = self.study.ask()
+            sampled = self.space.sample(trial, self.base)
+            trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+            trial.set_user_attr(RAY_TRIALS_ATTR, [trial_id])
+            self.live[trial_id], self.number[trial_id] = trial, trial.number
+            config = {**sampled, OPTUNA_NUMBER: trial.number}
         if gate is not None and not gate.admit(trial_id, config):
             logger.info("trial %s waits, holding no resources, for the language model another trial is training",
                         trial_id)
@@ -121,17 +128,14 @@ class StudySearcher(Searcher):
         if trial_id in self.failed:
             return self._revive(trial_id, result, error)
         trial = self.live.pop(trial_id, None)
-        if trial is None:  # told already (a result replayed after a restore)
+        if trial is None:  # told already
             return None
         self._link_run(trial_id, trial)
-        if error:
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.failed[trial_id] = {}
-            return None
         result = result or {}
-        self._report(trial_id, result, trial)
+        if not error:
+            self._report(trial_id, result, trial)
         value = result.get(self.metric)
-        if value is None:
+        if error or value is None:
             self.study.tell(trial, state=TrialState.FAIL)
         elif stopped_early(result):
             self.study.tell(trial, state=TrialState.PRUNED)  # its value: the last epoch reported
@@ -140,58 +144,56 @@ class StudySearcher(Searcher):
         return None
 
     def save(self, checkpoint_path: str) -> None:
-        """This searcher's state as JSON (the study itself is in ``optuna.db``)."""
-        state = {"version": STATE_VERSION, "study": self.study.study_name, "number": self.number,
-                 "reported": self.reported, "live": sorted(self.live), "linked": sorted(self.linked),
-                 "failed": {t: {str(k): v for k, v in steps.items()} for t, steps in self.failed.items()}}
-        Path(checkpoint_path).write_text(json.dumps(state), encoding="utf-8")
+        """What Tune's experiment state keeps of this searcher: a note only. The study is in ``optuna.db``,
+        and a resume reads it from there (:meth:`continue_unfinished`), never from Tune's saved state."""
+        Path(checkpoint_path).write_text(json.dumps({"study": self.study.study_name, "optuna_db": store.OPTUNA_DB}),
+                                         encoding="utf-8")
 
     def restore(self, checkpoint_path: str) -> None:
-        """Read :meth:`save`'s JSON and reopen the running trials from the study as it is in ``optuna.db``:
-        a trial told after that save stays told; one asked but never run is told FAIL (``abandoned``)."""
-        state = json.loads(Path(checkpoint_path).read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"{checkpoint_path}: not a searcher state this version wrote")
-        if self.study is None:  # brought back by Tune without its study: reopen it from optuna.db
-            self.study, self.storage = open_study(Path(self.search_dir), *self.sampler, metric=self.metric,
-                                                  mode=self.mode, create=False)
-        self.number = {str(k): int(v) for k, v in state["number"].items()}
-        self.reported = {str(k): int(v) for k, v in state["reported"].items()}
-        self.linked = set(state.get("linked", []))
-        self.failed = {t: {int(k): float(v) for k, v in steps.items()} for t, steps in state["failed"].items()}
-        self.reopen(set(state["live"]))
-
-    def reopen(self, live: set[str]) -> None:
-        """Live Optuna trials for the Ray trials in ``live`` whose Optuna trial is still running; running
-        trials no Ray trial holds are told FAIL, marked abandoned."""
-        self.live = {}
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
-        running = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        for ray_id in sorted(live):
-            number = self.number.get(ray_id)
-            if number in running:
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-                self.live[ray_id] = optuna.Trial(self.study, trial_id)
-        held = {self.number[r] for r in self.live}
-        for number in sorted(set(running) - held):
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-            optuna.Trial(self.study, trial_id).set_user_attr(
-                ABANDONED_ATTR, "asked before the driver stopped, after its last saved state; never run")
-            self.study.tell(number, state=TrialState.FAIL)
-        if self.lm_gate is not None:
-            self.lm_gate.after_restore()
+        raise ValueError("this search resumes from its optuna.db, not from Tune's saved state: run "
+                         "`python launch.py search --resume DIR`")
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune keeps the searcher with its experiment; the study and its live trials are reopened from
-        # optuna.db by restore(), never unpickled.
-        return {**self.__dict__, "study": None, "storage": None, "live": {}, "run_id_of": None}
+        # Tune keeps the searcher with its experiment (tuner.pkl), which this project never reads back.
+        return {**self.__dict__, "study": None, "storage": None, "live": {}, "run_id_of": None, "pending": []}
+
+    # -- a resume ------------------------------------------------------------------------------------------
+    def continue_unfinished(self) -> tuple[int, int]:
+        """A resumed search: queue its trials that had not finished (RUNNING in the study) and those that
+        failed, to be handed out first. Returns ``(trials to run again, trials of the budget not yet asked)``."""
+        own = records.own_trials(self.study)
+        self.pending = [t for t in own.values() if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+        return len(self.pending), max(0, self.sampler[2] - len(own))
+
+    def _run_again(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        """The config of a trial run again as ``trial_id``: its own values (a FrozenTrial answers the space's
+        ``suggest_*`` calls with them) and the folders of its earlier runs, where its checkpoints are."""
+        earlier = records.ray_trial_ids(frozen)
+        config = {**self.space.sample(frozen, self.base), OPTUNA_NUMBER: frozen.number,
+                  EARLIER_RUNS: [trial_dirname(r) for r in earlier]}
+        self.number[trial_id] = frozen.number
+        if frozen.state == TrialState.RUNNING:
+            trial = self._open(frozen.number)
+            trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+            trial.set_user_attr(RAY_TRIALS_ATTR, [*earlier, trial_id])
+            self.live[trial_id] = trial
+            self.reported[trial_id] = max(frozen.intermediate_values, default=0)
+        else:  # told FAIL: the retry's outcome becomes a new Optuna trial (_revive)
+            self.failed[trial_id] = dict(frozen.intermediate_values)
+            self.ran_as[trial_id] = [*earlier, trial_id]
+        return config
+
+    def _open(self, number: int) -> optuna.Trial:
+        """The study's running trial ``number``, to report to and tell (Optuna's public storage API)."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return optuna.Trial(self.study, self.storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _report(self, trial_id: str, result: Mapping[str, Any], trial: optuna.Trial | None = None) -> None:
         """Report the result's epoch to Optuna once (a replayed or repeated epoch is not reported again)."""
         trial = trial or self.live.get(trial_id)
         epoch, value = result.get(EPOCH), result.get(self.metric)
-        if trial_id in self.failed:  # a retried run of a trial already told FAIL: kept for _revive
+        if trial_id in self.failed:  # a retry of a trial already told FAIL: kept for _revive
             if epoch is not None and value is not None:
                 self.failed[trial_id][int(epoch)] = float(value)
             return
@@ -213,25 +215,38 @@ class StudySearcher(Searcher):
             self.linked.add(trial_id)
 
     def _rename(self, old: str, new: str) -> None:
-        for table in (self.live, self.number, self.reported):
+        for table in (self.live, self.number, self.reported, self.failed, self.ran_as):
             if old in table:
                 table[new] = table.pop(old)
+        if new in self.ran_as:
+            self.ran_as[new] = [*self.ran_as[new][:-1], new]
         if new in self.live:
-            self.live[new].set_user_attr(RAY_TRIAL_ATTR, new)
+            trial = self.live[new]
+            ids = [r for r in records.ray_trial_ids(self._frozen(self.number[new])) if r != old]
+            trial.set_user_attr(RAY_TRIAL_ATTR, new)
+            trial.set_user_attr(RAY_TRIALS_ATTR, [*ids, new])
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
     def _revive(self, trial_id: str, result: dict | None, error: bool) -> None:
-        """A trial told FAIL ran again (a resumed search retries errored trials): its outcome is added as a
+        """A trial told FAIL ran again (a resumed search retries failed trials): its outcome is added as a
         new Optuna trial with the same values, so the study counts it once, as what it became."""
         reported = self.failed.pop(trial_id)
+        ran_as = self.ran_as.pop(trial_id, [trial_id])
         value, epoch = (result or {}).get(self.metric), (result or {}).get(EPOCH)
         if error or value is None:
             return  # failed again: the FAIL already told stands
         reported[int(epoch or 0)] = float(value)
-        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.number[trial_id])
+        frozen = self._frozen(self.number[trial_id])
         state = TrialState.PRUNED if stopped_early(result or {}) else TrialState.COMPLETE
+        attrs = {RAY_TRIAL_ATTR: trial_id, RAY_TRIALS_ATTR: ran_as, RETRY_OF_ATTR: frozen.number}
+        run_id = self.run_id_of(trial_id, RUN_ID_WAIT_S) if self.run_id_of is not None else None
+        if run_id:
+            attrs[MLFLOW_RUN_ATTR] = run_id
         self.study.add_trial(optuna.trial.create_trial(
             state=state, value=float(value), params=frozen.params, distributions=frozen.distributions,
-            intermediate_values=reported, user_attrs={RAY_TRIAL_ATTR: trial_id, "retry_of": frozen.number}))
+            intermediate_values=reported, user_attrs=attrs))
 
 
 def open_study(search_dir: Path, algorithm: str, seed: int, num_samples: int, *, metric: str, mode: str,

@@ -66,6 +66,22 @@ def load_study(search_dir: str | Path) -> optuna.Study | None:
     return optuna.load_study(study_name=name if name in names or len(names) != 1 else names[0], storage=storage)
 
 
+def open_study_checked(search_dir: str | Path, *, required: bool = False) -> optuna.Study | None:
+    """:func:`load_study`, with one clear line for a study that cannot be read (a damaged or foreign
+    ``optuna.db``) or, when ``required`` (a resume continues it), one that is missing."""
+    path = Path(search_dir) / OPTUNA_DB
+    try:
+        study = load_study(search_dir)
+    except Exception as e:  # noqa: BLE001 (SQLAlchemy's and Optuna's errors alike: the file is unusable)
+        raise SearchConfigError(f"{path}: damaged or not this search's Optuna study ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); copy it again from the search's machine, or "
+                                f"start a new search (export from MLflow with --experiment)") from None
+    if study is None and required:
+        raise SearchConfigError(f"{search_dir}: no {OPTUNA_DB} (the search's Optuna study, which a resume "
+                                f"continues); copy the whole search folder, or start a new search")
+    return study
+
+
 def new_search_dir(cfg: SearchConfig) -> Path:
     """A fresh folder name under the storage (not created): ``NAME-YYYYmmdd-HHMMSS[-N]``."""
     storage = Path(cfg.search.storage).expanduser().resolve()

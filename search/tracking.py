@@ -12,7 +12,8 @@ Layout of one search in MLflow (what a user sees in the UI):
   ``summary.json``, the search's plots under ``plots/``, and the tag
   ``search_status`` (finished | failed | interrupted).
 - **child run** per trial, nested with the ``mlflow.parentRunId`` tag, named by its index and key
-  values, and found again by its tag ``ray_trial_id`` (a retried or resumed trial reopens its run):
+  values, and found again by its tag ``optuna_trial`` (a retried or resumed trial reopens its run; its tag
+  ``ray_trial_id`` follows the Ray trial it runs as now):
   sampled values as params (rounded for display, ``[i]`` written ``.i``; the full values are in
   ``recipe.yaml``), per-epoch **learning metrics only** (:data:`EPOCH_METRICS`, ``step`` = epoch), the
   bookkeeping as tags (``trial_status``: running | completed | stopped_by_asha | errored | interrupted;
@@ -52,7 +53,6 @@ from search import store_location
 from search import trainable as T
 from search.mlflow_writer import MlflowWriter
 from search.outcome import (  # the trial_status tag's values
-    ABANDONED,
     COMPLETED,
     ERRORED,
     INTERRUPTED,
@@ -453,10 +453,9 @@ class MLflowTrialCallback(tune.Callback):
     """Driver-side Ray Tune callback writing one MLflow child run per trial (see module docstring).
 
     Every hook only snapshots the trial and queues the event on a :class:`MlflowWriter`; the
-    :class:`TrialRecorder` writes it from the writer's thread. Picklable (Ray stores it in
-    ``tuner.pkl`` and brings it back on ``Tuner.restore``): the writer is rebuilt lazily and the
-    trial -> run mapping is rebuilt from run tags, so a resumed search reopens runs instead of
-    duplicating them.
+    :class:`TrialRecorder` writes it from the writer's thread. The trial -> run mapping is rebuilt from
+    run tags (the Optuna number), so a resumed search reopens runs instead of duplicating them. Picklable
+    (Ray keeps its callbacks in ``tuner.pkl``, which this project never reads back): the writer is not pickled.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, log_checkpoints: bool = True,
@@ -524,6 +523,7 @@ class TrialRecorder:
     writer: MlflowWriter
     log_checkpoints: bool = True
     runs: dict[str, str] = field(default_factory=dict)  # trial_id -> run_id
+    by_number: dict[str, str] = field(default_factory=dict)  # Optuna trial number -> run_id
     last_step: dict[str, int] = field(default_factory=dict)  # run_id -> last epoch logged
     tags_sent: dict[str, dict[str, str]] = field(default_factory=dict)  # run_id -> bookkeeping tags set
     looked_up: bool = False
@@ -556,20 +556,27 @@ class TrialRecorder:
             if not tid:
                 continue
             self.runs[tid] = run.info.run_id
+            if run.data.tags.get(OPTUNA_TRIAL_TAG) is not None:
+                self.by_number[run.data.tags[OPTUNA_TRIAL_TAG]] = run.info.run_id
             self.tags_sent[run.info.run_id] = {k: v for k, v in run.data.tags.items()}
             history = self._call(f"read the history of {run.info.run_id}",
                                  lambda r=run: self.client.get_metric_history(r.info.run_id, EPOCH_METRICS[0]))
             self.last_step[run.info.run_id] = max((m.step for m in history or []), default=0)
 
     def run_id(self, snap: TrialSnapshot) -> str | None:
-        """The child run of a trial, created on first sight (params, tags, resolved recipe)."""
+        """The child run of a trial, created on first sight (params, tags, resolved recipe); a trial a
+        resumed search runs again under a new Ray id gets its run back by its Optuna number."""
         self.lookup_all()
         if snap.trial_id in self.runs:
             return self.runs[snap.trial_id]
+        number = snap.config.get(T.OPTUNA_NUMBER)
+        if number is not None and str(number) in self.by_number:
+            run_id = self.runs[snap.trial_id] = self.by_number[str(number)]
+            self._set_tags(run_id, {TRIAL_TAG: snap.trial_id})
+            return run_id
         from ulmfit_core.config import build_recipe, to_dict
 
         sampled = T.sampled_values(snap.config)
-        number = snap.config.get(T.OPTUNA_NUMBER)
         tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: snap.trial_id, ROLE_TAG: "trial", STATUS_TAG: RUNNING,
                 SAMPLED_TAG: json.dumps(sampled, default=str)}
         if number is not None:
@@ -580,6 +587,8 @@ class TrialRecorder:
             return None
         run_id = run.info.run_id
         self.runs[snap.trial_id] = run_id  # first, so a failure below never leads to a second run
+        if number is not None:
+            self.by_number[str(number)] = run_id
         self.last_step[run_id] = 0
         self.tags_sent[run_id] = {}
         self._call(f"params of trial {snap.trial_id}", lambda: log_params(self.client, run_id, sampled))
@@ -702,15 +711,8 @@ class TrialRecorder:
                            lambda p=path: self.client.log_artifact(run_id, str(p), "plots"))
 
     def experiment_end(self, snaps: list[TrialSnapshot]) -> None:
-        """Finish runs whose trial ended while no driver was listening, and retire runs of trials Ray no
-        longer knows.
-
-        A driver killed within a few seconds of starting a trial can die before Ray saved that trial
-        in its experiment state (``TUNE_GLOBAL_CHECKPOINT_S``); the resumed search never continues it
-        (its searcher proposes a new trial instead). Such a run is tagged ``trial_status=abandoned``
-        and deleted (MLflow keeps deleted runs restorable), so the experiment holds one run per trial.
-        """
-        self.retire_abandoned({s.trial_id for s in snaps})
+        """Finish runs whose trial ended while no event reached the writer; a trial Ctrl-C left unfinished
+        is marked interrupted (a resume runs it again and reopens its run)."""
         for snap in snaps:
             run_id = self.runs.get(snap.trial_id)
             if run_id is None or snap.status not in ("TERMINATED", "ERROR"):
@@ -725,17 +727,6 @@ class TrialRecorder:
                            lambda r=run_id: self.client.set_terminated(r, "KILLED"))
             else:
                 self.finish(snap, status)
-
-    def retire_abandoned(self, known: set[str]) -> None:
-        self.lookup_all()
-        for tid, run_id in list(self.runs.items()):
-            if tid in known:
-                continue
-            self._set_tags(run_id, {STATUS_TAG: ABANDONED, "note": "trial started before the driver died and "
-                                    "unknown to the resumed search (Ray's saved state predates it)"})
-            self._call(f"retire the run of trial {tid}", lambda r=run_id: (
-                self.client.set_terminated(r, "KILLED"), self.client.delete_run(r)))
-            del self.runs[tid]
 
 
 # -- export and retrain ------------------------------------------------------------------------------
@@ -808,9 +799,10 @@ def tag_parent(uri: str, parent_run_id: str, tags: Mapping[str, Any]) -> None:
     _client(uri).log_batch(parent_run_id, tags=_tags(tags))
 
 
-def run_id_of_trial(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+def run_id_of_trial(uri: str, experiment_id: str, parent_run_id: str, number: int) -> str | None:
+    """The MLflow run of the search's trial ``number`` (its Optuna number)."""
     for run in child_runs(uri, experiment_id, parent_run_id):
-        if run.data.tags.get(TRIAL_TAG) == trial_id:
+        if run.data.tags.get(OPTUNA_TRIAL_TAG) == str(number):
             return run.info.run_id
     return None
 

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 RECIPE = "recipe"  # trial config key: the base recipe (nested dict)
 RUN = "run"  # trial config key: {"lm_root", "cache_dir", "data_dir", "models_dir", "threads"}
 OPTUNA_NUMBER = "optuna_trial"  # trial config key: the trial's number in the search's Optuna study
+#: Trial config key of a trial run again by a resumed search: the folders (in the search folder) of its
+#: earlier runs, where its newest checkpoint is.
+EARLIER_RUNS = "earlier_runs"
 
 #: Keys every report carries besides ``epoch`` (and ``epochs_total``: search/outcome.py) and ``METRICS``.
 LM_TRAINED = "lm_trained"  # 1.0: this trial trained its LM; 0.0: reused one (or none: from_scratch)
@@ -44,9 +47,9 @@ EARLIER_EPOCHS = "epochs_before_resume"
 
 
 def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The searched values of a trial config (everything but the base recipe, the run settings and the
-    trial's Optuna number)."""
-    return {k: v for k, v in config.items() if k not in (RECIPE, RUN, OPTUNA_NUMBER)}
+    """The searched values of a trial config (everything but the base recipe, the run settings, the
+    trial's Optuna number and its earlier runs)."""
+    return {k: v for k, v in config.items() if k not in (RECIPE, RUN, OPTUNA_NUMBER, EARLIER_RUNS)}
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -75,9 +78,11 @@ def train_trial(config: dict[str, Any]) -> None:
                       LM_SAVED: 0.0 if lm.trained else stages.lm_training_seconds(lm_dir)})
 
     with tempfile.TemporaryDirectory(prefix="ulmfit-trial-") as tmp:
-        own_dir = Path(run["search_dir"]) / trial_dirname(tune.get_context().get_trial_id()) \
-            if run.get("search_dir") else None
-        resume_from, meta = _restore(Path(tmp) / "resume", own_dir)
+        search_dir = Path(run["search_dir"]) if run.get("search_dir") else None
+        own_dirs = [search_dir / name for name in [*config.get(EARLIER_RUNS, []),
+                                                   trial_dirname(tune.get_context().get_trial_id())]] \
+            if search_dir is not None else []
+        resume_from, meta = _restore(Path(tmp) / "resume", own_dirs)
         extra[RESUMED_FROM] = int(meta.get(EPOCH) or 0)
         earlier = _checkpoint_history(resume_from) if resume_from is not None else None
         if meta.get(LM_TRAINED):  # an earlier attempt of this trial trained the LM it now reuses
@@ -157,19 +162,23 @@ def trial_dirname(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
-def _restore(into: Path, own_dir: Path | None = None) -> tuple[Path | None, dict[str, Any]]:
-    """The trial's last checkpoint (after a failure or ``Tuner.restore``) copied to ``into``, and the
-    metadata saved with it; ``(None, {})`` for a fresh start.
+def _restore(into: Path, own_dirs: list[Path]) -> tuple[Path | None, dict[str, Any]]:
+    """The trial's last checkpoint copied to ``into``, and the metadata saved with it; ``(None, {})`` for a
+    fresh start.
 
-    Tune hands back the checkpoint its saved experiment state knew of. After the driver was killed that
-    state can be seconds behind (it is synced to storage in the background), while every checkpoint a
-    trial reported is already in its folder (``own_dir``): a later, complete one found there wins."""
+    Tune hands back the checkpoint of an earlier attempt in this search's run (``FailureConfig`` retries).
+    A trial a resumed search runs again finds its checkpoints in the folders of its earlier runs
+    (``own_dirs``, with its own): every checkpoint a trial reported is there, and the newest complete one wins."""
     checkpoint = tune.get_checkpoint()
     meta = checkpoint.get_metadata() if checkpoint is not None else {}
-    newer = newest_checkpoint(own_dir, after_epoch=int(meta.get(EPOCH) or 0)) if own_dir is not None else None
+    newer, newest_epoch = None, int(meta.get(EPOCH) or 0)
+    for folder in own_dirs:
+        found = newest_checkpoint(folder, after_epoch=newest_epoch)
+        if found is not None:
+            newer, newest_epoch = found, int(found[1].get(EPOCH) or 0)
     if newer is not None:
         path, meta = newer
-        logger.info("trial resumes from %s (epoch %s), newer than Tune's saved state knew", path, meta.get(EPOCH))
+        logger.info("trial resumes from %s (epoch %s)", path, meta.get(EPOCH))
         shutil.copytree(path, into)
         return into, meta
     if checkpoint is None:

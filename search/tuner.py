@@ -1,6 +1,14 @@
-"""Build and run the search: OptunaSearch (TPE, seeded; its study in the search folder, warm-started) behind
-a ConcurrencyLimiter, a scheduler (search/schedulers.py: ASHA, HyperBand or FIFO), resources,
-storage, FailureConfig, checkpoints, MLflow tracking; resume a search whose driver died.
+"""Build and run the search: the study searcher (TPE, seeded; its study in the search folder, warm-started)
+behind a ConcurrencyLimiter, a scheduler (search/schedulers.py: ASHA or FIFO), resources, storage,
+FailureConfig, checkpoints, MLflow tracking; resume a search that stopped.
+
+A resume never reads Ray's saved state (``tuner.pkl``, ``experiment_state-*.json``, the searcher's and
+trials' pickles): it starts a new Tune experiment in the same folder from the project's own data --
+``search.json``, the study in ``optuna.db`` (which trials ended, which did not) and each trial's checkpoint
+folders. The searcher hands out the unfinished and failed trials first (each finds its newest checkpoint in
+its earlier folders), then asks for the rest of the budget; ASHA is seeded with the study's epoch values;
+each trial's MLflow run is found again by its Optuna number. The leaderboard and export read the trials from
+the same data (``search/records.py``), so they cover every run of the search.
 
 One search lives in one folder, ``<search.storage>/<search.name>-<YYYYmmdd-HHMMSS>``: Ray's experiment
 state and trial checkpoints, plus ``search.json`` (the resolved search config and its MLflow ids, all a
@@ -28,13 +36,14 @@ from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
-from search import outcome, plots, store, tracking, warm_start
+from search import outcome, plots, portable, records, store, tracking, warm_start
 from search import trainable as T
 from search.console_log import LibraryLog
+from search.errors import storage_error, storage_problem
 from search.local_ray import start_local_ray
 from search.progress import progress_reporter, use_classic_progress_output
 from search.rungs import asha_rungs
-from search.schedulers import make_scheduler
+from search.schedulers import Asha, make_scheduler
 from search.searcher import make_searcher
 from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
@@ -209,17 +218,39 @@ def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Ca
                 run_id_of: Callable[[str, float], str | None] | None = None) -> tune.Tuner:
     """The Tuner of a new search; its study (``search_dir/optuna.db``) starts with the ``earlier``
     searches' trials and the points to evaluate first. ``run_id_of``: a trial's MLflow run, once it exists."""
-    s = cfg.search
     searcher = make_searcher(cfg, search_dir, run_id_of=run_id_of)
     warm_start.start_study(searcher.study, cfg, earlier)
+    return _tuner(cfg, search_dir, searcher, make_scheduler(cfg), callbacks, cfg.search.num_samples)
+
+
+def build_resumed_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback],
+                        run_id_of: Callable[[str, float], str | None] | None = None) -> tune.Tuner | None:
+    """The Tuner that continues a stopped search from its study (see the module docstring); None when every
+    trial of its budget has ended (the search stopped between its last trial and its records)."""
+    searcher = make_searcher(cfg, search_dir, create=False, run_id_of=run_id_of)
+    again, new = searcher.continue_unfinished()
+    if again + new == 0:
+        return None
+    if searcher.lm_gate is not None:
+        searcher.lm_gate.num_samples = again + new
+    print(f"resume: {again} unfinished or failed trial(s) run again from their newest checkpoints, "
+          f"{new} new trial(s)", flush=True)
     scheduler = make_scheduler(cfg)
+    if isinstance(scheduler, Asha):
+        scheduler.seed({number: dict(t.intermediate_values) for number, t in records.own_trials(searcher.study).items()})
+    return _tuner(cfg, search_dir, searcher, scheduler, callbacks, again + new)
+
+
+def _tuner(cfg: SearchConfig, search_dir: Path, searcher: Any, scheduler: Any, callbacks: Sequence[tune.Callback],
+           num_samples: int) -> tune.Tuner:
+    s = cfg.search
     use_classic_progress_output()  # else Ray's default output ignores progress_reporter (search/progress.py)
     return tune.Tuner(
         make_trainable(cfg),
         param_space=param_space(cfg, search_dir),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-            scheduler=scheduler, num_samples=s.num_samples, reuse_actors=s.reuse_actors,
+            scheduler=scheduler, num_samples=num_samples, reuse_actors=s.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=search_dir.name, storage_path=str(search_dir.parent), callbacks=list(callbacks),
@@ -356,38 +387,62 @@ def run_search(cfg: SearchConfig, *, address: str | None = None,
         tracking.tag_parent(cfg.mlflow.tracking_uri, parent, {"warm_start_from": warm_start.describe(earlier)})
     mlflow_cb = tracking.MLflowTrialCallback(cfg.mlflow.tracking_uri, experiment_id, parent,
                                              cfg.mlflow.log_checkpoints)
-    # Tune's own per-trial result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which
-    # also drops the TensorBoard logger): ExperimentAnalysis and export read them.
-    loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
-    pruner = CheckpointPruner(delay_s=_state_save_period() + 2.0)
-    tuner = build_tuner(cfg, search_dir, [mlflow_cb, pruner, *loggers, *callbacks], earlier, mlflow_cb.run_id_of)
+    tuner = build_tuner(cfg, search_dir, _callbacks(mlflow_cb, callbacks), earlier, mlflow_cb.run_id_of)
     return _fit_and_finish(tuner, cfg, search_dir, meta)
+
+
+def _callbacks(mlflow_cb: tracking.MLflowTrialCallback, extra: Iterable[tune.Callback]) -> list[tune.Callback]:
+    # Tune's own per-trial params.json / result.json / progress.csv (off with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS,
+    # which also drops the TensorBoard logger): the leaderboard, export and a resume read them (search/records.py).
+    loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
+    return [mlflow_cb, CheckpointPruner(delay_s=_state_save_period() + 2.0), *loggers, *extra]
 
 
 def resume_search(search_dir: str | Path, *, address: str | None = None,
                   callbacks: Iterable[tune.Callback] = (), log: LibraryLog | None = None) -> SearchOutcome:
-    """Continue a search whose driver stopped: finished trials stay, unfinished and errored ones
-    resume from their last checkpoints, their MLflow runs are reopened (never duplicated)."""
+    """Continue a search that stopped (Ctrl-C, a driver that died): ended trials stay; unfinished and
+    errored ones run again from their newest checkpoints, their MLflow runs reopened (never duplicated);
+    the rest of the budget is asked. Reads only the project's own files (see the module docstring)."""
     search_dir = Path(search_dir).expanduser().resolve()
     cfg, meta = store.read_search_json(search_dir)
-    tracking.check_search_store(meta["tracking_uri"], meta["parent_run_id"], search_dir)  # before anything is written
+    store.open_study_checked(search_dir, required=True)  # each piece checked before anything is written
+    tracking.check_search_store(meta["tracking_uri"], meta["parent_run_id"], search_dir)
     if log is not None:
         log.move_into(search_dir)
-    init_ray(cfg, address, log)
+    mlflow_cb = tracking.MLflowTrialCallback(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"],
+                                             cfg.mlflow.log_checkpoints)
+    tuner = build_resumed_tuner(cfg, search_dir, _callbacks(mlflow_cb, callbacks), mlflow_cb.run_id_of)
+    if tuner is None:
+        print("resume: every trial of the search had ended; its leaderboard and best.yaml are written again",
+              flush=True)
+    else:
+        init_ray(cfg, address, log)
     tracking.reopen_parent(meta["tracking_uri"], meta["parent_run_id"])
-    if callbacks:
-        logger.warning("extra callbacks are not re-attached on resume (Ray restores the original ones)")
-    use_classic_progress_output()  # the restored search's own reporter prints the progress
-    tuner = tune.Tuner.restore(str(search_dir), trainable=make_trainable(cfg), resume_unfinished=True,
-                               resume_errored=True)
     return _fit_and_finish(tuner, cfg, search_dir, meta)
 
 
-def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
+def _fit_and_finish(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
+    """Run the trials and write the search's records; a full or read-only storage, in the driver or in trials
+    that errored on it, ends the search with one line naming the folder and the resume command."""
+    try:
+        result = _fit_and_record(tuner, cfg, search_dir, meta)
+    except Exception as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        raise storage_error(portable.shown(search_dir), problem) from None
+    problem = next(filter(None, (storage_problem(row.get("error")) for row in result.leaderboard)), None)
+    if problem is not None:  # trials failed writing their checkpoints: a resume runs them again
+        raise storage_error(portable.shown(search_dir), problem)
+    return result
+
+
+def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
     uri, parent = meta["tracking_uri"], meta["parent_run_id"]
     status = "failed"
     try:
-        results = tuner.fit()
+        if tuner is not None:  # None: a resume with nothing left to run
+            tuner.fit()
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -399,13 +454,15 @@ def _fit_and_finish(tuner: tune.Tuner, cfg: SearchConfig, search_dir: Path, meta
             except Exception as e:  # noqa: BLE001
                 logger.warning("MLflow: could not mark the search %s: %s", status, e)
     # The search's own records first (leaderboard, best.yaml, plots): an MLflow outage now loses none of them.
-    board = leaderboard(results, cfg, _trial_runs(uri, meta["experiment_id"], parent))
-    # Ctrl-C makes Tune save its state and return normally, with trials left unfinished.
-    unfinished = any(row["status"] == outcome.INTERRUPTED for row in board)
+    trials = records.read_trials(search_dir)
+    board = leaderboard(trials, cfg, _trial_runs(uri, meta["experiment_id"], parent))
+    # Ctrl-C makes Tune return normally, with trials left unfinished.
+    # A trial that failed on a full disk is unfinished too: a resume runs it again.
+    unfinished = any(row["status"] == outcome.INTERRUPTED or storage_problem(row.get("error")) for row in board)
     status = "interrupted" if unfinished or len(board) < cfg.search.num_samples else "finished"
     store.write_leaderboard(search_dir, board)
     best_yaml = None
-    errors = [str(r.error) for r in results if r.error]
+    errors = [f"trial {t.number}: {t.error}" for t in trials if t.error]
     if outcome.best_completed(board, cfg.search.metric, cfg.search.mode) is not None:
         from search.export import export_best
 
@@ -440,36 +497,33 @@ def search_plots(cfg: SearchConfig, search_dir: Path, board: list[dict[str, Any]
 
 
 def _trial_runs(uri: str, experiment_id: str, parent: str) -> dict[str, Any]:
-    """Each trial's MLflow child run, for the leaderboard; none when the store does not answer."""
+    """Each trial's MLflow child run by its Optuna number, for the leaderboard; none when the store does not answer."""
     try:
-        return {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
+        return {r.data.tags.get(tracking.OPTUNA_TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
     except Exception as e:  # noqa: BLE001 (the leaderboard is written either way, without run ids)
         logger.warning("MLflow: the trials' runs could not be read for the leaderboard: %s", e)
         return {}
 
 
-def leaderboard(results: tune.ResultGrid, cfg: SearchConfig, runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def leaderboard(trials: Sequence[records.TrialRecord], cfg: SearchConfig,
+                runs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per trial, best first (``outcome.ranked``): completed trials by their final metric, then
     stopped, interrupted and errored ones."""
     s, runs = cfg.search, runs or {}
     rows = []
-    for r in results:
-        m = r.metrics or {}
-        tid = m.get("trial_id") or (r.path and Path(r.path).name.removeprefix("trial_"))
-        run = runs.get(tid)
-        config = r.config or {}
-        row = {"trial": config.get(T.OPTUNA_NUMBER), "trial_id": tid,
-               "status": outcome.trial_outcome(m, errored=r.error is not None),
+    for t in trials:
+        m, run = t.result, runs.get(str(t.number))
+        row = {"trial": t.number, "trial_id": t.trial_id, "status": t.status,
                "epochs": m.get(T.EPOCH), s.metric: m.get(s.metric)}
         for k in METRICS:
             row.setdefault(k, m.get(k))
-        row.update(T.sampled_values(config))
+        sampled = T.sampled_values(t.config)
+        row.update({k: sampled[k] for k in cfg.space.keys if k in sampled})  # in the space's order
         row.update({"lm_trained": m.get(T.LM_TRAINED), "lm_seconds": m.get(T.LM_SECONDS),
                     T.LM_SAVED: m.get(T.LM_SAVED), "lm_key": m.get(T.LM_KEY), "node_ip": m.get("node_ip"),
-                    "mlflow_run_id": run.info.run_id if run else None,
-                    "error": outcome.error_line(r.error)})
+                    "mlflow_run_id": run.info.run_id if run else None, "error": t.error})
         if run is not None and run.data.tags.get("lm_trained") == "true":
-            row["lm_trained"] = 1.0  # trained in an earlier attempt of this trial (before a restore)
+            row["lm_trained"] = 1.0  # trained in an earlier run of this trial (before a resume)
         rows.append(row)
     return outcome.ranked(rows, s.metric, s.mode)
 

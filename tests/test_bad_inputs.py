@@ -139,8 +139,10 @@ class Workspace:
                 "--tracking-uri", tracking_uri or f"sqlite:///{self.path('mlflow.db')}", "--data-dir", str(self.data),
                 *[a for s in sets for a in ("--set", s)]]
 
-    def search_folder(self, name: str = "search", edit: Callable[[dict], object] | None = None) -> Path:
-        """A search folder as `search` leaves it before the first trial: ``search.json`` and nothing else."""
+    def search_folder(self, name: str = "search", edit: Callable[[dict], object] | None = None,
+                      study: bool = True) -> Path:
+        """A search folder as `search` leaves it before the first trial: ``search.json`` and (``study``) its
+        Optuna study, with no trial yet."""
         from search.settings import load_search_config
 
         cfg = load_search_config(SMOKE, [f"search.storage={self.path('runs')}"])
@@ -150,6 +152,10 @@ class Workspace:
         if edit is not None:
             edit(meta)
         self.file(f"{name}/search.json", json.dumps(meta))
+        if study:
+            import optuna
+
+            optuna.create_study(study_name=name, storage=f"sqlite:///{self.path(name) / 'optuna.db'}")
         return self.path(name)
 
 
@@ -233,6 +239,14 @@ def _without_record(text: str) -> str:
     doc = yaml.safe_load(text)
     del doc["record"]
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _damaged_study(w: Workspace) -> Path:
+    """A search folder whose optuna.db was cut short in the copy."""
+    folder = w.search_folder()
+    study = folder / "optuna.db"
+    study.write_bytes(study.read_bytes()[:3000])
+    return folder
 
 
 def _store_without_the_run(w: Workspace) -> Path:
@@ -695,6 +709,16 @@ CASES = [
          ("gone is not a search folder (no search.json)",), cli="search"),
     Case("search-resume-without-its-store", lambda w: ["search", "--resume", str(w.search_folder())],
          ("search: its MLflow store sqlite:///", "mlflow.db does not exist", "copy the project's MLflow store"),
+         cli="search"),
+    Case("search-resume-without-its-study",
+         lambda w: ["search", "--resume", str(w.search_folder(study=False))],
+         ("search: no optuna.db (the search's Optuna study, which a resume continues)", "copy the whole search folder"),
+         cli="search"),
+    Case("search-resume-damaged-study",
+         lambda w: ["search", "--resume", str(_damaged_study(w))],
+         ("optuna.db: damaged or not this search's Optuna study", "copy it again"), cli="search"),
+    Case("export-damaged-study", lambda w: ["export", "--search", str(_damaged_study(w))],
+         ("optuna.db: damaged or not this search's Optuna study", "export from MLflow with --experiment"),
          cli="search"),
     Case("search-resume-store-without-its-run", lambda w: ["search", "--resume", str(_store_without_the_run(w))],
          ("holds no run 00000000000000000000000000000000, this search's parent run", "copy the project's MLflow store"),

@@ -48,14 +48,6 @@ def test_the_gate_never_asks_beyond_the_budget_or_holds_more_than_allowed():
     assert not g.may_ask()  # the budget is spent: no configuration asked and left unrun
 
 
-def test_after_a_restore_no_held_configuration_waits_on_a_forgotten_owner():
-    g = gate()
-    g.admit("a", {"lm.drop_mult": 1.0})
-    g.admit("b", {"lm.drop_mult": 1.0})
-    g.after_restore()
-    assert g.release() == ("b", {"lm.drop_mult": 1.0})
-
-
 def test_lm_groups_follow_the_language_model_settings_not_the_classifiers():
     base = {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}}  # as a search config holds it
     group = LMSettingsOf(base)

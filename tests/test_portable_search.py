@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest_search import SHARED_DATASETS, SMOKE, ask_served_model, ray_environment
+from conftest_search import ROOT, SHARED_DATASETS, SMOKE, ask_served_model, ray_environment
 
 import launch
 
@@ -62,6 +62,13 @@ def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monk
     assert launch.main(["relocate-store"]) == 0
     assert "artifact locations now point under" in capsys.readouterr().out
     assert launch.main(["export", "--search", str(search_dir)]) == 0  # from the copied folder's own records
+    board = (search_dir / "leaderboard.csv").read_text()
+    # A resume of the copy (a new process, as a user runs it): nothing is left to run, the records are rewritten.
+    resumed = subprocess.run([sys.executable, str(ROOT / "launch.py"), "search", "--resume", str(search_dir)],
+                             cwd=copy, capture_output=True, text=True, env=_env_without_tracking_uri())
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "every trial of the search had ended" in resumed.stdout
+    assert (search_dir / "leaderboard.csv").read_text() == board
     assert launch.main(["retrain", "--config", best, "--out", "runs/best"]) == 0
     out = capsys.readouterr().out
     assert f"at sqlite:///{copy / 'mlflow.db'}" in out and "under its search's run" in out
@@ -82,6 +89,12 @@ def test_a_copied_search_exports_and_retrains_from_the_copy_alone(tmp_path, monk
     # The trials' runs recorded before the move read from the copy too.
     trial_run = client.get_run(json.loads((copy / search_dir / "search.json").read_text())["parent_run_id"])
     assert trial_run.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+
+
+def _env_without_tracking_uri() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
 
 def serve_and_ask(command: str, cwd: Path, texts: list[str]) -> list[dict]:

@@ -92,6 +92,27 @@ def test_asha_decides_as_rays_asha_scheduler(grace, factor, seed):
     assert _drive_asha(ours, n_trials=20, epochs=8, seed=seed) == _drive_asha(rays, n_trials=20, epochs=8, seed=seed)
 
 
+def test_a_resumed_asha_seeded_from_the_study_decides_as_if_the_search_never_stopped():
+    """Trials known by their Optuna number (a resumed trial runs under a new Ray id): the seeded scheduler
+    holds what the first one recorded, does not judge a trial run again at a rung it passed, and stops a
+    newcomer against every earlier trial."""
+    first = make_scheduler(_config(rungs="unfreeze"))
+    values = {n: {1: 0.1 * n, 2: 0.1 * n + 0.05} for n in range(4)}  # trials 0..3 passed rungs 1 and 2
+    for n, epochs in values.items():
+        for epoch, value in epochs.items():
+            first.decide(n, _result(epoch, value))
+    resumed = make_scheduler(_config(rungs="unfreeze"))
+    resumed.seed(values)
+    assert resumed.recorded == first.recorded
+    again = FakeTrial("new-ray-id")
+    again.config = {T.OPTUNA_NUMBER: 0}  # trial 0, the worst at rung 2, runs on from its epoch-2 checkpoint
+    resumed.on_trial_add(None, again)
+    assert resumed.on_trial_result(None, again, _result(3, 0.0)) == TrialScheduler.CONTINUE
+    newcomer = FakeTrial("other")
+    newcomer.config = {T.OPTUNA_NUMBER: 4}
+    assert resumed.on_trial_result(None, newcomer, _result(1, 0.05)) == TrialScheduler.STOP  # below 3 of 4 seeded
+
+
 def test_explicit_rungs_grace_period_and_brackets():
     assert make_scheduler(_config(rungs=[3, 5])).rungs == [3, 5, 8]
     assert make_scheduler(_config(rungs="unfreeze", grace_period=2)).rungs == [2, 8]

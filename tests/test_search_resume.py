@@ -1,8 +1,10 @@
 """Kill the search driver mid-way (SIGKILL), then ``search --resume DIR``: every trial finishes, no
-finished trial runs again, and the MLflow experiment holds exactly one child run per trial."""
+finished trial runs again, and the MLflow experiment holds exactly one child run per trial. A resume reads
+the project's own files only: every pickle Ray left in the folder is replaced by one that would run code,
+and nothing runs."""
 from __future__ import annotations
 
-import json
+import csv
 import os
 import signal
 import subprocess
@@ -31,41 +33,23 @@ def _finished_runs(uri: str, experiment: str, storage: Path) -> int:
 
 
 def _epochs_of_running_trials(uri: str) -> dict[str, int]:
-    """Trial id -> epochs logged, for the trials MLflow shows running."""
+    """Optuna trial number -> epochs logged, for the trials MLflow shows running."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    return {r.data.tags["ray_trial_id"]: len(client.get_metric_history(r.info.run_id, "valid_accuracy"))
+    return {r.data.tags["optuna_trial"]: len(client.get_metric_history(r.info.run_id, "valid_accuracy"))
             for r in child_runs(uri, "resume") if r.data.tags["trial_status"] == "running"}
-
-
-def _trials_in_saved_state(storage: Path) -> set[str]:
-    """Trial ids in the newest experiment state Ray saved to storage: the trials a resume will know.
-    Ray writes that file every few seconds (``TUNE_GLOBAL_CHECKPOINT_S``), so a trial started just
-    before a kill may be missing from it."""
-    states = sorted(storage.glob("resume-*/experiment_state-*.json"))
-    if not states:
-        return set()
-    try:
-        state = json.loads(states[-1].read_text())
-    except (OSError, ValueError):  # being rewritten right now
-        return set()
-    return {json.loads(trial_json)["trial_id"] for trial_json, _ in state["trial_data"]}
 
 
 def _wait_for(uri: str, storage: Path, proc: subprocess.Popen, log: Path, n: int,
               running_epochs: int = 0) -> None:
-    """Until ``n`` trials have finished and (with ``running_epochs``) a running trial that Ray's saved
-    state already knows has logged that many."""
+    """Until ``n`` trials have finished and (with ``running_epochs``) a running trial has logged that many."""
     deadline = time.time() + 240
 
     def reached() -> bool:
         if _finished_runs(uri, "resume", storage) < n:
             return False
-        if not running_epochs:
-            return True
-        saved = _trials_in_saved_state(storage)
-        return any(n >= running_epochs and tid in saved for tid, n in _epochs_of_running_trials(uri).items())
+        return not running_epochs or any(n >= running_epochs for n in _epochs_of_running_trials(uri).values())
 
     while not reached():
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -73,11 +57,32 @@ def _wait_for(uri: str, storage: Path, proc: subprocess.Popen, log: Path, n: int
         time.sleep(0.3)
 
 
+class RunsCode:
+    """Unpickling this calls ``os.mkdir(marker)``: if the marker folder appears, something ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _plant_payloads(search_dir: Path, marker: Path) -> list[Path]:
+    """Replace every file of Ray's own state in the search folder (its pickles, and the JSON experiment
+    state that embeds pickled objects) with a pickle that runs code."""
+    import pickle
+
+    planted = [p for p in search_dir.rglob("*") if p.is_file() and
+               (p.suffix == ".pkl" or p.name.startswith(("experiment_state-", "search_gen_state-")))]
+    for path in planted:
+        path.write_bytes(pickle.dumps(RunsCode(marker)))
+    return planted
+
+
 def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, datasets_dir):
     """Ctrl-C (SIGINT) first: Tune saves its state, the search exits 130 marked interrupted. Then the
     resumed driver is SIGKILLed, and a second resume finishes the search."""
     from mlflow.tracking import MlflowClient
-    from ray.tune import ExperimentAnalysis
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "runs"
@@ -109,17 +114,15 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
             second.wait(30)
         finally:
             stop_group(second)  # the Ray processes that driver had started (same process group)
-        before = {r.data.tags["ray_trial_id"]: r.data.tags["trial_status"] for r in child_runs(uri, "resume")}
+        before = {r.data.tags["optuna_trial"]: r.data.tags["trial_status"] for r in child_runs(uri, "resume")}
         assert sum(s in ("completed", "stopped_by_asha") for s in before.values()) < N_TRIALS, before
         # trials the kill interrupted after at least one epoch: the resumed search must continue them from
         # their checkpoints, not from epoch 0
-        running = {tid: n for tid, n in _epochs_of_running_trials(uri).items() if n >= 1}
-        saved = _trials_in_saved_state(storage)
-        interrupted = {tid: n for tid, n in running.items() if tid in saved}
-        # a trial started within the last few seconds may be missing from Ray's saved state: the resumed
-        # search cannot continue it (its searcher proposes a new trial) and must retire its run, not leave it
-        unsaved = set(running) - saved
-        assert max(interrupted.values(), default=0) >= 2, (running, saved)
+        interrupted = {n: e for n, e in _epochs_of_running_trials(uri).items() if e >= 1}
+        assert max(interrupted.values(), default=0) >= 2, interrupted
+        marker = tmp_path / "code-ran"
+        planted = _plant_payloads(search_dir, marker)
+        assert any(p.name == "tuner.pkl" for p in planted) and any(p.parent != search_dir for p in planted)
 
         third = _cli(["search", "--resume", str(search_dir)], tmp_path / "third.log")
         try:
@@ -130,33 +133,29 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
         assert rc == 0, log[-4000:]
     assert "best config:" in log and "mlflow ui --backend-store-uri" in log
 
+    assert not marker.exists()  # no planted pickle was loaded
     runs = child_runs(uri, "resume")
-    trial_ids = [r.data.tags["ray_trial_id"] for r in runs]
-    analysis = ExperimentAnalysis(str(search_dir))
-    assert len(analysis.trials) == N_TRIALS
-    assert all(t.status == "TERMINATED" for t in analysis.trials)
-    assert sorted(trial_ids) == sorted(t.trial_id for t in analysis.trials)  # exactly one run per trial
+    numbers = sorted(int(r.data.tags["optuna_trial"]) for r in runs)
+    assert numbers == list(range(N_TRIALS))  # exactly one run per trial, every trial of the budget
     assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] in ("completed", "stopped_by_asha")
                for r in runs)
+    board = list(csv.DictReader((search_dir / "leaderboard.csv").open()))
+    assert sorted(int(row["trial"]) for row in board) == numbers
+    assert all(row["status"] in ("completed", "stopped_by_asha") for row in board)
     client = MlflowClient(uri)
     for r in runs:  # resumed trials continued their epoch numbering without logging an epoch twice
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "valid_accuracy")]
         assert steps == list(range(1, len(steps) + 1))
-    resumed = {r.data.tags["ray_trial_id"]: int(r.data.tags.get("resumed_from_epoch", 0)) for r in runs}
-    for tid, epochs_before in interrupted.items():
-        # resumed from the trial's newest complete checkpoint, whatever Tune's saved state (up to 5 s old, and
-        # synced in the background) knew: every epoch MLflow showed had its checkpoint persisted before it was
-        # reported, so at least that one (more when the kill came before MLflow logged the next)
-        assert resumed[tid] >= epochs_before, (tid, epochs_before, resumed[tid])
-    assert any(resumed[tid] >= 1 for tid in interrupted)  # continued from a checkpoint, not from epoch 0
-    if unsaved:  # retired: deleted (restorable) and tagged, so the experiment holds one run per trial
-        from mlflow.entities import ViewType
+    resumed = {r.data.tags["optuna_trial"]: int(r.data.tags.get("resumed_from_epoch", 0)) for r in runs}
+    for number, epochs_before in interrupted.items():
+        # resumed from the trial's newest complete checkpoint: every epoch MLflow showed had its checkpoint
+        # persisted before it was reported, so at least that one (more when the kill came before MLflow
+        # logged the next)
+        assert resumed[number] >= epochs_before, (number, epochs_before, resumed[number])
+    from mlflow.entities import ViewType
 
-        exp = client.get_experiment_by_name("resume")
-        deleted = client.search_runs([exp.experiment_id], "tags.search_role = 'trial'",
-                                     run_view_type=ViewType.DELETED_ONLY)
-        retired = {r.data.tags["ray_trial_id"]: r.data.tags["trial_status"] for r in deleted}
-        assert all(retired.get(tid) == "abandoned" for tid in unsaved), (unsaved, retired)
+    exp = client.get_experiment_by_name("resume")
+    assert not client.search_runs([exp.experiment_id], "", run_view_type=ViewType.DELETED_ONLY)  # none retired
     (parent,) = parent_runs(uri, "resume")  # the resumed search kept its parent run
     assert parent.data.tags["search_status"] == "finished" and parent.info.status == "FINISHED"
     assert (search_dir / "best.yaml").exists()

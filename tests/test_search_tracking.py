@@ -1,7 +1,7 @@
 """The MLflow callback's bookkeeping, driven directly (no Ray trials) against a real SQLite store:
 one run per trial across driver restarts, no epoch logged twice, the three final statuses, sticky
 ``lm_trained``, learning metrics per epoch and bookkeeping as tags, readable run names, and runs of
-trials a resumed search never knew are retired. The background writer's retries are tested on
+a trial a resumed search runs again under a new Ray id keeps its run. The background writer's retries are tested on
 their own (a store that fails, then works)."""
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ BASE = {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}, "classifier": 
 METRICS = ("valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss")
 
 
-def trial(tid: str, lr: float, status: str = "RUNNING", last: dict | None = None, error: str | None = None):
-    return SimpleNamespace(trial_id=tid, config={T.RECIPE: BASE, T.RUN: {}, "classifier.lr": lr,
-                                                 "classifier.use_clr[0]": 16},
+def trial(tid: str, lr: float, status: str = "RUNNING", last: dict | None = None, error: str | None = None,
+          number: int | None = None):
+    config = {T.RECIPE: BASE, T.RUN: {}, "classifier.lr": lr, "classifier.use_clr[0]": 16}
+    if number is not None:
+        config[T.OPTUNA_NUMBER] = number
+    return SimpleNamespace(trial_id=tid, config=config,
                            status=status, last_result=last or {}, error_msg=error, run_metadata=None,
                            checkpoint=None)
 
@@ -46,21 +49,26 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
 
     uri, exp, parent = store
     cb = tracking.MLflowTrialCallback(uri, exp, parent)
-    a, b, c, d = trial("a", 0.01), trial("b", 1e-5), trial("c", 0.5), trial("d", 0.02)
+    a, b, c, d = trial("a", 0.01, number=0), trial("b", 1e-5), trial("c", 0.5), trial("d", 0.02, number=1)
     cb.on_trial_start(0, [], a)
     cb.on_trial_result(0, [], a, result(1, 0.5, lm_trained=1.0))
     cb.on_trial_result(0, [], a, result(2, 0.6, lm_trained=1.0))
-    cb.on_trial_start(0, [], d)  # started, but the driver dies before Ray saves it
-
-    # The driver dies; Ray brings the callback back from tuner.pkl in a new process.
+    cb.on_trial_start(0, [], d)  # started, but the driver dies before its first epoch
     assert cb.writer.flush(60)
-    cb = pickle.loads(pickle.dumps(cb))
-    tracking._WRITERS.clear()  # a new process has no writer yet
+    assert pickle.loads(pickle.dumps(cb))._writer is None  # Ray pickles callbacks (never read back): no writer
+
+    # The driver dies; the resumed search (a new process, a new callback) runs a and d again as a2 and d2.
+    tracking._WRITERS.clear()
+    cb = tracking.MLflowTrialCallback(uri, exp, parent)
+    a, d = trial("a2", 0.01, number=0), trial("d2", 0.02, number=1)
     cb.on_trial_start(0, [], a)
-    cb.on_trial_result(0, [], a, result(2, 0.6))  # replayed from the epoch-1 checkpoint: logged already
+    cb.on_trial_result(0, [], a, result(2, 0.6))  # replayed from the epoch-2 checkpoint: logged already
     cb.on_trial_result(0, [], a, result(3, 0.7))
     a.last_result, a.status = result(3, 0.7), "TERMINATED"
     cb.on_trial_complete(0, [], a)
+    cb.on_trial_start(0, [], d)
+    d.status, d.error_msg = "ERROR", "ValueError: refused"
+    cb.on_trial_error(0, [], d)
 
     cb.on_trial_start(0, [], b)
     cb.on_trial_result(0, [], b, result(1, 0.2))
@@ -70,12 +78,14 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     cb.on_trial_start(0, [], c)
     c.status, c.error_msg = "ERROR", "RuntimeError: loss became nan"
     cb.on_trial_error(0, [], c)
-    cb.on_experiment_end([a, b, c])  # flushes the writer
+    cb.on_experiment_end([a, b, c, d])  # flushes the writer
     assert not cb.writer.failures
 
     client = MlflowClient(uri)
     runs = {r.data.tags["ray_trial_id"]: r for r in client.search_runs([exp], "tags.search_role = 'trial'")}
-    assert sorted(runs) == ["a", "b", "c"]  # d retired; no duplicates for a
+    assert sorted(runs) == ["a2", "b", "c", "d2"]  # one run per trial: a and d kept theirs, tagged with the new id
+    runs["a"] = runs.pop("a2")
+    assert runs["d2"].data.tags["optuna_trial"] == "1" and runs["d2"].data.tags["trial_status"] == "errored"
     assert runs["a"].data.tags["trial_status"] == "completed" and runs["a"].info.status == "FINISHED"
     assert runs["b"].data.tags["trial_status"] == "stopped_by_asha"
     assert runs["c"].data.tags["trial_status"] == "errored" and runs["c"].info.status == "FAILED"
@@ -85,15 +95,12 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
     assert runs["a"].data.tags["lm_trained"] == "true"  # a later attempt's reuse does not undo it
     assert runs["a"].data.tags["nodes"] == "node0,node1"
     assert runs["a"].data.params == {"classifier.lr": "0.01", "classifier.use_clr.0": "16"}
-    assert runs["a"].info.run_name == "trial a: lr=0.01, use_clr[0]=16"  # no Optuna number: the Ray id
+    assert runs["a"].info.run_name == "trial 0: lr=0.01, use_clr[0]=16"  # the Optuna number names it
+    assert runs["b"].info.run_name.startswith("trial b: ")  # no Optuna number: the Ray id
     assert tracking.trial_run_name(7, "a", {"classifier.lr": 0.01}) == "trial 7: lr=0.01"  # Optuna's number first
     # per epoch only learning metrics; the bookkeeping is in tags
     assert set(runs["a"].data.metrics) == {"valid_accuracy", "valid_loss", "valid_macro_f1", "train_loss"}
     assert runs["a"].data.tags["lm_key"] == "k1" and runs["a"].data.tags["lm_seconds"] == "1.5"
-    from mlflow.entities import ViewType
-
-    (gone,) = client.search_runs([exp], "tags.ray_trial_id = 'd'", run_view_type=ViewType.DELETED_ONLY)
-    assert gone.data.tags["trial_status"] == "abandoned"
 
 
 def test_epochs_the_driver_died_with_are_logged_from_the_resumed_checkpoint(store):
@@ -211,9 +218,20 @@ def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_searc
 
     cfg = search_config_from_dict({"recipe": BASE, "space": {"classifier.lr": [0.01, 0.02]},
                                    "search": {"num_samples": 1}})
-    last = {**result(1, 0.5), "trial_id": "a", "done": True}  # stopped by ASHA after epoch 1 of 3
-    results = [SimpleNamespace(metrics=last, config={T.RECIPE: BASE, T.RUN: {}, "classifier.lr": 0.01,
-                                                     T.OPTUNA_NUMBER: 0}, error=None, path=str(tmp_path / "trial_a"))]
+    import json
+
+    import optuna
+
+    # One trial, stopped by ASHA after epoch 1 of 3, as the searcher and Tune's JSON logger record it.
+    study = optuna.create_study(study_name=tmp_path.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"classifier.lr": 0.01}, intermediate_values={1: 0.5},
+        distributions={"classifier.lr": optuna.distributions.CategoricalDistribution([0.01, 0.02])},
+        user_attrs={"ray_trial_id": "a"}))
+    (tmp_path / "trial_a").mkdir()
+    (tmp_path / "trial_a" / "params.json").write_text(json.dumps(
+        {T.RECIPE: BASE, T.RUN: {}, "classifier.lr": 0.01, T.OPTUNA_NUMBER: 0}))
+    (tmp_path / "trial_a" / "result.json").write_text(json.dumps({**result(1, 0.5), "trial_id": "a"}) + "\n")
 
     def down(*args, **kwargs):
         raise ConnectionError("tracking server down")
@@ -221,7 +239,7 @@ def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_searc
     monkeypatch.setattr(tracking, "child_runs", down)
     monkeypatch.setattr(tracking, "finish_parent", down)
     meta = {"tracking_uri": "http://127.0.0.1:9", "parent_run_id": "p-outage", "experiment_id": "1", "experiment": "x"}
-    out = tuner._fit_and_finish(SimpleNamespace(fit=lambda: results), cfg, tmp_path, meta)
+    out = tuner._fit_and_finish(SimpleNamespace(fit=lambda: None), cfg, tmp_path, meta)
     board = (tmp_path / "leaderboard.csv").read_text()
     assert "stopped_by_asha" in board and out.leaderboard[0]["trial"] == 0
     assert out.tracking_failures and "parent run at the end" in out.tracking_failures[-1]

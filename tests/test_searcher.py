@@ -1,5 +1,5 @@
 """The searcher drives its Optuna study through ask/tell and tells it what really happened: each epoch once,
-stopped trials as PRUNED, retried trials once; its state is JSON and a restore reopens the stored study."""
+stopped trials as PRUNED, retried trials once; a resume continues the stored study."""
 from __future__ import annotations
 
 import json
@@ -56,7 +56,7 @@ def test_each_epoch_is_reported_once_and_the_end_is_told(tmp_path):
     trial = _trial(searcher, "a")
     assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(0.3)
     assert sorted(trial.intermediate_values) == [1, 2, 3]  # steps are epochs
-    assert trial.user_attrs == {RAY_TRIAL_ATTR: "a", MLFLOW_RUN_ATTR: "run-a"}
+    assert trial.user_attrs == {RAY_TRIAL_ATTR: "a", "ray_trial_ids": ["a"], MLFLOW_RUN_ATTR: "run-a"}
 
 
 def test_a_stopped_trial_is_pruned_with_its_last_epoch(tmp_path):
@@ -69,20 +69,52 @@ def test_a_stopped_trial_is_pruned_with_its_last_epoch(tmp_path):
     assert trial.intermediate_values == {1: pytest.approx(0.1)}
 
 
-def test_a_trial_retried_after_a_restore_counts_once(tmp_path):
-    _, searcher = _searcher(tmp_path)
-    params = searcher.suggest("a")
-    searcher.on_trial_result("a", _result(1, 0.4))
-    searcher.on_trial_complete("a", error=True)  # told FAIL
-    assert _trial(searcher, "a").state == TrialState.FAIL
-    searcher.on_trial_result("a", _result(2, 0.5))  # a resumed search runs it again from its checkpoint
-    searcher.on_trial_result("a", _result(3, 0.7))
-    searcher.on_trial_complete("a", _result(3, 0.7))
-    complete = searcher.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    (retried,) = complete
-    assert retried.value == pytest.approx(0.7) and retried.user_attrs[RAY_TRIAL_ATTR] == "a"
-    assert retried.params == {"classifier.lr": pytest.approx(params["classifier.lr"])}
-    assert retried.intermediate_values == {2: pytest.approx(0.5), 3: pytest.approx(0.7)}
+def test_a_resumed_searcher_runs_unfinished_and_failed_trials_again_and_counts_each_once(tmp_path):
+    """The driver stops with trial a completed, b running at epoch 2, c failed after epoch 1 and d asked but
+    never reported. A searcher opened on the same folder (a resume: nothing of the first is kept but the
+    study in optuna.db) hands out b, c and d first, with their own values and earlier folders; each epoch
+    reaches Optuna once, c's success is recorded once as what it became, and then the budget's rest is asked."""
+    search_dir, first = _searcher(tmp_path, num_samples=6)
+    params = {t: first.suggest(t) for t in "abcd"}
+    for epoch in (1, 2, 3):
+        first.on_trial_result("a", _result(epoch, 0.1 * epoch))
+    first.on_trial_complete("a", _result(3, 0.3))
+    first.on_trial_result("b", _result(1, 0.2))
+    first.on_trial_result("b", _result(2, 0.4))
+    first.on_trial_result("c", _result(1, 0.5))
+    first.on_trial_complete("c", error=True)
+    del first  # the driver dies
+
+    resumed = make_searcher(_config(num_samples=6), search_dir, create=False)
+    assert resumed.continue_unfinished() == (3, 2)  # b, c, d run again; 6 - 4 asked = 2 new
+    again = {new: resumed.suggest(new) for new in ("b2", "c2", "d2")}
+    for old, new in (("b", "b2"), ("c", "c2"), ("d", "d2")):
+        assert T.sampled_values(again[new]) == T.sampled_values(params[old])
+        assert again[new][T.OPTUNA_NUMBER] == params[old][T.OPTUNA_NUMBER]
+        assert again[new][T.EARLIER_RUNS] == [f"trial_{old}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns when a step is reported twice
+        resumed.on_trial_result("b2", _result(2, 0.4))  # replayed from its checkpoint's epoch: not again
+        resumed.on_trial_result("b2", _result(3, 0.6))
+        resumed.on_trial_complete("b2", _result(3, 0.6))
+    resumed.on_trial_result("c2", _result(2, 0.7))
+    resumed.on_trial_complete("c2", _result(3, 0.8))
+    resumed.on_trial_complete("d2", error=True)  # fails again: its FAIL stands
+    fresh = resumed.suggest("e")
+    assert fresh[T.OPTUNA_NUMBER] not in {p[T.OPTUNA_NUMBER] for p in params.values()} and T.EARLIER_RUNS not in fresh
+
+    from search.records import RAY_TRIALS_ATTR, RETRY_OF_ATTR, own_trials
+
+    own = own_trials(resumed.study)
+    assert sorted(own) == [0, 1, 2, 3, fresh[T.OPTUNA_NUMBER]]  # one entry per trial, c's retry in c's place
+    b, c, d = (own[params[t][T.OPTUNA_NUMBER]] for t in "bcd")
+    assert b.state == TrialState.COMPLETE and b.intermediate_values == {1: 0.2, 2: 0.4, 3: 0.6}
+    assert b.user_attrs[RAY_TRIALS_ATTR] == ["b", "b2"] and b.user_attrs[RAY_TRIAL_ATTR] == "b2"
+    assert c.state == TrialState.COMPLETE and c.value == pytest.approx(0.8)
+    assert c.user_attrs[RETRY_OF_ATTR] == params["c"][T.OPTUNA_NUMBER] and c.user_attrs[RAY_TRIALS_ATTR] == ["c", "c2"]
+    assert c.intermediate_values == {1: 0.5, 2: 0.7, 3: 0.8}
+    assert c.params == {"classifier.lr": pytest.approx(params["c"]["classifier.lr"])}
+    assert d.state == TrialState.FAIL
 
 
 def test_the_study_is_stored_in_the_search_folder_named_after_it(tmp_path):
@@ -95,35 +127,17 @@ def test_the_study_is_stored_in_the_search_folder_named_after_it(tmp_path):
     assert [t.state for t in load_study(search_dir).trials] == [TrialState.COMPLETE]
 
 
-def test_a_restored_searcher_continues_the_stored_study_from_json_state(tmp_path):
-    """Tune keeps the searcher and saves its state now and then; what happened after the last save is in the
-    database only. The state is JSON, and the restored searcher works on the database's study."""
+def test_tunes_saved_searcher_state_is_a_note_and_never_restores(tmp_path):
+    """Tune saves its searcher with the experiment; this searcher writes JSON there and refuses to be
+    restored from it: a resume reads optuna.db (test above), never Tune's pickles."""
     _, searcher = _searcher(tmp_path)
     searcher.suggest("a")
-    searcher.suggest("d")
-    searcher.on_trial_result("a", _result(1, 0.3))
-    searcher.on_trial_result("d", _result(1, 0.2))
     saved = tmp_path / "searcher-state.pkl"  # Tune's file name; the content is ours
     searcher.save(str(saved))
-    kept = pickle.dumps(searcher)  # what Tune holds of it: no study, no live trials
-    assert json.loads(saved.read_text())["number"] == {"a": 0, "d": 1}
-    searcher.on_trial_result("a", _result(2, 0.4))
-    searcher.on_trial_complete("a", _result(3, 0.5))  # a ends after the save ...
-    searcher.suggest("b")  # ... and b is asked but never run: the driver dies here.
-
-    restored = pickle.loads(kept)
-    assert restored.study is None
-    restored.restore(str(saved))
-    restored.on_trial_complete("a", _result(3, 0.5))  # Tune replays a's end: the study has it already
-    restored.on_trial_result("d", _result(2, 0.6))  # d runs on: reported to its own Optuna trial
-    restored.on_trial_complete("d", _result(3, 0.7))
-    trials = restored.study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
-    assert trials[1].intermediate_values == {1: pytest.approx(0.2), 2: pytest.approx(0.6), 3: pytest.approx(0.7)}
-    assert "abandoned" in trials[2].user_attrs  # b
-    with pytest.raises(ValueError, match="not a searcher state"):
-        (tmp_path / "other.pkl").write_text("[]")
-        restored.restore(str(tmp_path / "other.pkl"))
+    assert json.loads(saved.read_text())["optuna_db"] == "optuna.db"
+    assert pickle.loads(pickle.dumps(searcher)).study is None  # what Tune holds of it: no study, no live trials
+    with pytest.raises(ValueError, match="search --resume"):
+        searcher.restore(str(saved))
 
 
 def test_tpe_models_after_a_quarter_of_the_search(tmp_path):

@@ -180,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                cache_dir=args.cache_dir, progress=not args.no_progress,
                                lm_report=_epoch_printer("lm"), models_dir=args.models_dir,
                                directions=args.directions, resume=not args.restart,
-                               announce=lambda line: print(line, flush=True))
-    model = Path(args.out) if args.directions and len(set(args.directions)) > 1 else Path(args.out) / "classifier"
+                               announce=lambda line: print(line, flush=True), tokenizers=args.tokenizers)
+    members = len(set(args.directions or [None])) * len(set(args.tokenizers or [None]))
+    model = Path(args.out) if members > 1 else Path(args.out) / "classifier"
     _print_metrics(f"recipe finished; model in {model}, metrics in {Path(args.out) / 'metrics.json'}", result)
     return 0
 
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, "runs/recipe")
     p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
                    help="fwd, bwd or both (ULMFiT's forward + backward ensemble; default: the config's lm.backwards)")
+    p.add_argument("--tokenizers", nargs="+", choices=["words", "subwords"], metavar="TOK",
+                   help="words, subwords or both: a classifier per tokenizer (and direction), averaged as one "
+                        "ensemble (default: the config's text.tokenizer; docs/SUBWORDS.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("lr-find", help="fastai's learning-rate range test for the lm or classifier stage")

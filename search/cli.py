@@ -57,6 +57,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], metavar="DIR",
                    help="fwd, bwd or both: both trains the forward and backward classifiers and registers their "
                         "averaged ensemble as one model (default: the exported direction)")
+    p.add_argument("--tokenizers", nargs="+", choices=["words", "subwords"], metavar="TOK",
+                   help="words, subwords or both: a classifier per tokenizer (and direction), registered as one "
+                        "averaged ensemble (default: the exported text.tokenizer)")
     p.add_argument("--out", default=None,
                    help="model folder (default runs/retrain/<experiment>-<trial>: one per exported trial)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the search's)")
@@ -202,7 +205,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     log = LibraryLog(RETRAIN_LOG, verbose=args.verbose)
     res = _logged(log, lambda log: retrain(
         args.config, args.out, tracking_uri=args.tracking_uri, model_name=args.model_name, data_dir=args.data_dir,
-        cache_dir=args.cache_dir, models_dir=args.models_dir, overrides=args.set, directions=args.directions,
+        cache_dir=args.cache_dir, models_dir=args.models_dir, overrides=args.set, directions=args.directions, tokenizers=args.tokenizers,
         allow_edits=args.allow_edits, report=epoch_printer("classifier"), lm_report=epoch_printer("lm"),
         announce=lambda line: print(line, flush=True), log=log))
     if res is None:

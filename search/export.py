@@ -219,10 +219,10 @@ def retrain_tracking_uri(tracking_uri: str | None, meta: Mapping[str, Any]) -> t
 def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, tracking_uri: str | None = None,
             model_name: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
             models_dir: str | None = None, overrides: Sequence[str] = (), directions: Sequence[str] | None = None,
-            allow_edits: bool = False, report: ReportFn | None = None, lm_report: ReportFn | None = None,
+            tokenizers: Sequence[str] | None = None, allow_edits: bool = False, report: ReportFn | None = None, lm_report: ReportFn | None = None,
             announce: Callable[[str], None] | None = None, log: LibraryLog | None = None) -> dict[str, Any]:
     """Retrain a ``best.yaml`` with ``stages.run_recipe`` (LM, classifier, test evaluation; with
-    ``directions`` ``["fwd", "bwd"]`` both and their ensemble), log the run to MLflow with its plots and
+    ``directions`` ``["fwd", "bwd"]`` both and their ensemble; ``tokenizers`` likewise), log the run to MLflow with its plots and
     register the model (the ensemble as one) as a pyfunc model. The tracking store and every direction's
     pretrained start are checked before any training; ``announce`` receives the lines saying which store
     and which starts are used. Returns the final metrics, the registered version, the output folder, and how
@@ -262,10 +262,10 @@ def retrain(best_yaml: str | Path, out_dir: str | Path | None = None, *, trackin
                                 data_dir=data_dir or _local_or_none(meta.get("data_dir")),
                                 cache_dir=cache_dir or _local_or_none(meta.get("cache_dir")),
                                 models_dir=models_dir or _local_or_none(meta.get("models_dir")),
-                                directions=directions, announce=announce)
+                                directions=directions, announce=announce, tokenizers=tokenizers)
     members = classifier_dirs(out)
     ran = artifacts.read_json(out / artifacts.METRICS_FILE)
-    ran_directions = "+".join(ran.get("directions") or [])
+    ran_directions = "+".join(ran.get("members") or ran.get("directions") or [])
     version_tags = {"search_dir": portable.relative(meta.get("search_dir"), Path(meta.get("project_root") or ".")),
                     "trial_id": meta.get("trial_id"), "data_fingerprint": ran.get("data_fingerprint"),
                     "preset": cfg.model.preset, "directions": ran_directions,

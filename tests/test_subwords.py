@@ -104,20 +104,51 @@ def test_a_word_level_zoo_model_with_subwords_is_refused_before_anything_runs():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, datasets_dir):
-    """Words and subwords, each forward and backward: four tiny classifiers on 300 TREC-6 questions."""
+    """Words and subwords, each forward and backward: four tiny classifiers on 300 TREC-6 questions, from one
+    ``run --tokenizers words subwords --directions fwd bwd``. Returns the run's folder and each member's."""
     root = tmp_path_factory.mktemp("subwords")
-    cache = root / "cache"
-    out = {}
-    for name, sets in (("words", []), ("subwords", SUBWORDS)):
-        args = ["run", *[a for s in [*TINY, *sets] for a in ("--set", s)], "--directions", "fwd", "bwd",
-                "--data-dir", str(datasets_dir), "--cache-dir", str(cache), "--out", str(root / name), "--no-progress"]
-        assert launch.main(args) == 0
-        out[name] = root / name
-    return out
+    out = root / "four"
+    args = ["run", *[a for s in [*TINY, SUBWORDS[1]] for a in ("--set", s)], "--tokenizers", "words", "subwords",
+            "--directions", "fwd", "bwd", "--data-dir", str(datasets_dir), "--cache-dir", str(root / "cache"),
+            "--out", str(out), "--no-progress"]
+    assert launch.main(args) == 0
+    return {"four": out, "words": {"classifier": out / "classifier", "classifier_bwd": out / "classifier_bwd"},
+            "subwords": {"classifier": out / "classifier_subwords_fwd", "classifier_bwd": out / "classifier_subwords_bwd",
+                         "lm": out / "lm_subwords_fwd"}}
+
+
+def test_one_run_trains_every_tokenizer_and_direction_and_tests_their_ensemble(trained, datasets_dir):
+    """The ensemble's test score is what `evaluate` gets from the raw test file, each member in its own units."""
+    from ulmfit_core import inference
+
+    out = trained["four"]
+    ran = artifacts.read_json(out / artifacts.METRICS_FILE)
+    assert ran["members"] == ["fwd", "bwd", "subwords_fwd", "subwords_bwd"] and ran["tokenizers"] == ["words", "subwords"]
+    final = ran["final"]
+    for prefix in ("", "bwd_", "subwords_fwd_", "subwords_bwd_", "ensemble_"):
+        assert 0.0 < final[f"{prefix}test_accuracy"] <= 1.0, prefix
+    assert [Path(m).name for m in inference.classifier_dirs(out)] == \
+        ["classifier", "classifier_bwd", "classifier_subwords_fwd", "classifier_subwords_bwd"]
+    got = inference.evaluate(out, datasets_dir / "trec" / "test.csv", device="cpu")
+    assert got["accuracy"] == pytest.approx(final["ensemble_test_accuracy"], abs=1e-9)
+    assert got["loss"] == pytest.approx(final["ensemble_test_loss"], rel=1e-4)
+
+
+def test_a_pretrained_word_model_does_not_start_the_subword_members_unless_told_it_may_not():
+    from ulmfit_core import stages
+
+    cfg = load_recipe(None, ["data.dataset=trec", "lm.pretrained=general-en-tiny-fwd"])
+    with pytest.raises(ValueError, match=r"--tokenizers words subwords: lm\.pretrained general-en-tiny-fwd holds words "
+                                         r"units.*set lm\.pretrained_required: false"):
+        stages.plan_members(cfg, ["fwd"], ["words", "subwords"])
+    relaxed = load_recipe(None, ["data.dataset=trec", "lm.pretrained=general-en-tiny-fwd", "lm.pretrained_required=false"])
+    plans = stages.plan_members(relaxed, ["fwd"], ["subwords", "words"], models_dir="/nonexistent")
+    assert [name for name, _, _ in plans] == ["fwd", "subwords_fwd"]  # the config's own tokenizer first
+    assert plans[1][1].lm.pretrained is None and plans[1][1].text.tokenizer == "subwords"
 
 
 def test_a_pretrained_subword_model_is_fine_tuned_with_its_own_units(trained, tmp_path, datasets_dir, capsys):
-    pretrained = trained["subwords"] / "lm"  # a subword LM (pretrain writes the same folder layout)
+    pretrained = trained["subwords"]["lm"]  # a subword LM (pretrain writes the same folder layout)
     out = tmp_path / "fine-tuned"
     args = [*[a for s in [*TINY, "text.tokenizer=subwords", "text.subword_vocab=100", f"lm.pretrained={pretrained}"]
               for a in ("--set", s)], "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
@@ -130,9 +161,9 @@ def test_a_pretrained_subword_model_is_fine_tuned_with_its_own_units(trained, tm
 
 
 def test_a_subword_classifier_folder_holds_its_units_and_predicts_the_same_in_a_fresh_process(trained):
-    folder = trained["subwords"] / "classifier"
+    folder = trained["subwords"]["classifier"]
     units = (folder / artifacts.SUBWORD_FILE).read_bytes()
-    assert units == (trained["subwords"] / "lm" / artifacts.SUBWORD_FILE).read_bytes()  # the LM's units
+    assert units == (trained["subwords"]["lm"] / artifacts.SUBWORD_FILE).read_bytes()  # the LM's units
     here = Predictor.from_dirs(folder, device="cpu")
     assert isinstance(here.classifiers[0].tokenizer, SubwordTokenizer)
     probs = here.predict_proba(QUESTIONS)
@@ -147,7 +178,7 @@ def test_a_classifier_folder_with_another_runs_subword_model_is_refused(trained,
     import shutil
 
     mixed = tmp_path / "mixed"
-    shutil.copytree(trained["subwords"] / "classifier", mixed, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.copytree(trained["subwords"]["classifier"], mixed, ignore=shutil.ignore_patterns("checkpoint"))
     (mixed / artifacts.SUBWORD_FILE).write_bytes(learn_subwords(["other text entirely"] * 50, "unigram", 40))
     with pytest.raises(artifacts.ArtifactError, match=r"subwords\.model: not the subword model model\.pt was trained "
                                                       r"with; copy the classifier folder whole"):
@@ -155,7 +186,7 @@ def test_a_classifier_folder_with_another_runs_subword_model_is_refused(trained,
 
 
 def test_a_word_and_subword_forward_and_backward_ensemble_is_the_mean_of_its_members(trained):
-    members = [trained[name] / sub for name in ("words", "subwords") for sub in ("classifier", "classifier_bwd")]
+    members = [trained[name][sub] for name in ("words", "subwords") for sub in ("classifier", "classifier_bwd")]
     assert all((m / artifacts.MODEL_FILE).is_file() for m in members)
     ensemble = Predictor.from_dirs(members, device="cpu")
     tokenizers = {type(c.tokenizer).__name__ for c in ensemble.classifiers}
@@ -172,7 +203,7 @@ def test_the_served_model_of_a_word_and_subword_ensemble_tokenizes_each_member_i
 
     from search import serving
 
-    members = [trained["words"] / "classifier", trained["subwords"] / "classifier"]
+    members = [trained["words"]["classifier"], trained["subwords"]["classifier"]]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("subwords", artifact_location=(tmp_path / "artifacts").as_uri())

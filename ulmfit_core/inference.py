@@ -172,16 +172,22 @@ def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, de
     return m
 
 
-def report_split(model_dirs: str | Path | Sequence[str | Path], split: Split, device: str = "auto") -> dict[str, Any]:
+def report_split(model_dirs: str | Path | Sequence[str | Path], split: Split | Sequence[Split],
+                 device: str = "auto") -> dict[str, Any]:
     """Accuracy, loss, macro-F1, ``labels`` and ``confusion_matrix`` of saved classifier(s) on an
     already-numericalized split (e.g. ``corpus.test``); several folders (or an ensemble folder) are
-    averaged as :class:`Predictor` does. All must share the corpus's vocabulary (as the directions of
-    one ``run_recipe`` do)."""
+    averaged as :class:`Predictor` does. One split serves members that share its vocabulary (the directions
+    of one tokenizer); members of different tokenizers each get the same documents in their own units
+    (a list of splits, one per member)."""
     classifiers = [load_classifier(d, device) for d in expand(model_dirs)]
+    splits = list(split) if isinstance(split, (list, tuple)) else [split] * len(classifiers)
+    if len(splits) != len(classifiers) or any(not np.array_equal(s.labels, splits[0].labels) for s in splits):
+        raise ValueError("report_split: one split per member, all of the same documents")
+    split = splits[0]
     if len(classifiers) == 1:
         scores = _logits(classifiers[0], split.ids, split.labels)
     else:
-        probs = sum(_softmax(_logits(c, split.ids, split.labels)) for c in classifiers) / len(classifiers)
+        probs = sum(_softmax(_logits(c, s.ids, s.labels)) for c, s in zip(classifiers, splits)) / len(classifiers)
         scores = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
     labels = classifiers[0].labels
     report: dict[str, Any] = classification_metrics(scores, split.labels, len(labels), prefix="")

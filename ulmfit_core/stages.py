@@ -347,6 +347,40 @@ def _direction_dirs(out: Path, direction: str, first: bool) -> tuple[Path, Path]
     return out / f"lm{suffix}", out / f"classifier{suffix}"
 
 
+TOKENIZERS = ("words", "subwords")
+
+
+def with_tokenizer(cfg: RecipeConfig, tokenizer: str) -> RecipeConfig:
+    """``cfg`` with ``tokenizer``'s units. A language model is pretrained with one tokenizer's units, so the
+    other tokenizer's members start from random weights; with ``lm.pretrained`` set that needs
+    ``lm.pretrained_required: false``, else it is refused here, before anything trains."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    if tokenizer == cfg.text.tokenizer:
+        return cfg
+    if cfg.lm.pretrained is not None and cfg.lm.pretrained_required:
+        raise ValueError(f"--tokenizers {cfg.text.tokenizer} {tokenizer}: lm.pretrained {cfg.lm.pretrained} holds "
+                         f"{cfg.text.tokenizer} units, and a language model works with its own units only, so the "
+                         f"{tokenizer} members would start from random weights; set lm.pretrained_required: false to "
+                         f"accept that, or train them in a run of their own from a {tokenizer} LM (lm.pretrained)")
+    return build_recipe(to_dict(cfg), {"text.tokenizer": tokenizer, "lm.pretrained": None,
+                                       "lm.pretrained_vocab": None})
+
+
+def plan_members(cfg: RecipeConfig, directions: Sequence[str] | None = None, tokenizers: Sequence[str] | None = None,
+                 models_dir: str | Path | None = None) -> list[tuple[str, RecipeConfig, str]]:
+    """``(member, its recipe, the line saying where its LM starts)`` for every tokenizer x direction (defaults:
+    the config's own), the config's own tokenizer first. A member of the config's tokenizer is named by its
+    direction (``fwd``, ``bwd``), another by both (``subwords_fwd``). Everything is checked before training."""
+    own = cfg.text.tokenizer
+    recipes = {t: with_tokenizer(cfg, t) for t in sorted(dict.fromkeys(tokenizers or [own]), key=lambda t: t != own)}
+    plans = []
+    for tokenizer, tcfg in recipes.items():  # the config's own first
+        for direction, dcfg, line in plan_directions(tcfg, directions, models_dir):
+            plans.append((direction if tokenizer == own else f"{tokenizer}_{direction}", dcfg, line))
+    return plans
+
+
 def plan_directions(cfg: RecipeConfig, directions: Sequence[str] | None = None,
                     models_dir: str | Path | None = None) -> list[tuple[str, RecipeConfig, str]]:
     """``(direction, its recipe, the line saying which language model it starts from)`` for each direction
@@ -366,13 +400,16 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
                data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                progress: bool = False, lm_report: ReportFn | None = None,
                models_dir: str | Path | None = None, directions: Sequence[str] | None = None,
-               resume: bool = True, announce: Callable[[str], None] | None = None) -> dict[str, Any]:
+               resume: bool = True, announce: Callable[[str], None] | None = None,
+               tokenizers: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune the LM, train the classifier, evaluate on the test set; writes ``metrics.json``.
 
     ``directions`` (default: the config's own) trains one classifier per direction, each on the
-    language model of its own direction (ULMFiT's forward + backward). The first direction's metrics
-    are unprefixed, another's carry its name (``bwd_test_accuracy``), and with two the averaged
-    ensemble's test metrics are ``ensemble_test_*``; ``out_dir/ensemble.json`` then lists the members,
+    language model of its own direction (ULMFiT's forward + backward); ``tokenizers`` (default: the config's
+    own) does so for each tokenizer, word and subword members alike (:func:`plan_members`). The first
+    member's metrics are unprefixed, another's carry its name (``bwd_test_accuracy``,
+    ``subwords_fwd_test_accuracy``), and with several the averaged ensemble's test metrics are
+    ``ensemble_test_*``; ``out_dir/ensemble.json`` then lists the members,
     so ``predict``/``evaluate --model out_dir`` use the ensemble. ``report`` runs after each classifier
     epoch, ``lm_report`` after each language-model epoch. ``resume=False`` starts over in ``out_dir``
     instead of continuing its checkpoints (which must otherwise belong to this run, or it refuses).
@@ -381,19 +418,22 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     """
     out = Path(out_dir)
     resolve_device(cfg.device)  # a missing CUDA device fails before the data is read
-    plans = plan_directions(cfg, directions, models_dir)
-    directions = [d for d, _, _ in plans]
+    plans = plan_members(cfg, directions, tokenizers, models_dir)
+    names = [name for name, _, _ in plans]
     if announce:
-        for direction, _, line in plans:
-            announce(line if len(plans) == 1 else f"[{direction}] {line}")
+        for name, _, line in plans:
+            announce(line if len(plans) == 1 else f"[{name}] {line}")
     times: dict[str, float] = {}
     t = time.perf_counter()
-    corpus = prepare_corpus(cfg, data_dir, cache_dir, progress=progress)
+    corpora = {tok: prepare_corpus(next(c for _, c, _ in plans if c.text.tokenizer == tok), data_dir, cache_dir,
+                                   progress=progress) for tok in dict.fromkeys(c.text.tokenizer for _, c, _ in plans)}
+    corpus = corpora[plans[0][1].text.tokenizer]
     times["data_seconds"] = time.perf_counter() - t
     result: dict[str, Any] = {}
-    reports: dict[str, Any] = {}  # direction (or "ensemble") -> test labels, confusion matrix, scores
-    members = []
+    reports: dict[str, Any] = {}  # member (or "ensemble") -> test labels, confusion matrix, scores
+    members, test_splits = [], []
     for i, (direction, dcfg, _) in enumerate(plans):
+        corpus = corpora[dcfg.text.tokenizer]
         lm_out, clf_out = _direction_dirs(out, direction, first=i == 0)
         prefix = "" if i == 0 else f"{direction}_"
         lm_dir, lm_metrics = None, {}
@@ -413,15 +453,19 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
             metrics.update({f"test_{k}": v for k, v in reports[direction].items() if isinstance(v, float)})
         result.update({f"{prefix}{k}": v for k, v in metrics.items()})
         members.append(clf_out)
+        test_splits.append(corpus.test)
     if len(members) > 1:
         write_ensemble(out, members)
-        if corpus.test is not None:
-            reports["ensemble"] = report_split(members, corpus.test, cfg.device)
+        if corpus.test is not None:  # each member reads the test set in its own units
+            reports["ensemble"] = report_split(members, test_splits, cfg.device)
             result.update({f"ensemble_test_{k}": v for k, v in reports["ensemble"].items() if isinstance(v, float)})
     result.update(times)
     if reports:
         artifacts.write_json(out / TEST_REPORT_FILE, reports)
-    # The first direction's recipe as it ran (``pretrained: null`` where it started from random weights).
-    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": corpus.stats, "config": to_dict(plans[0][1]),
-                                              "directions": directions, "data_fingerprint": corpus.fingerprint})
+    first = corpora[plans[0][1].text.tokenizer]
+    # The first member's recipe as it ran (``pretrained: null`` where it started from random weights).
+    artifacts.write_json(out / METRICS_FILE, {"final": result, "corpus": first.stats, "config": to_dict(plans[0][1]),
+                                              "directions": list(dict.fromkeys(n.rsplit("_", 1)[-1] for n in names)),
+                                              "tokenizers": list(corpora), "members": names,
+                                              "data_fingerprint": first.fingerprint})
     return result

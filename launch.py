@@ -138,7 +138,7 @@ def _lm_command(args: argparse.Namespace, extra: list[str], lm_only: bool) -> in
 
     cfg = _recipe(args, extra, announce=not lm_only)
     prepare = corpora.prepare_lm_corpus if lm_only else corpora.prepare_corpus
-    corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    corpus = prepare(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress, models_dir=args.models_dir)
     res = stages.finetune_lm(cfg, corpus, args.out, report=_epoch_printer("lm"), progress=not args.no_progress,
                              models_dir=args.models_dir, resume=not args.restart)
     _print_metrics(f"language model saved to {res.lm_dir} ({res.seconds:.0f} s)", res.metrics)
@@ -151,7 +151,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
     extra = [] if args.lm else ["classifier.from_scratch=true"]
     cfg = _recipe(args, extra)
-    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress,
+                            models_dir=args.models_dir)
     res = stages.train_classifier(cfg, corpus, args.lm, args.out, report=_epoch_printer("classifier"),
                                   progress=not args.no_progress, resume=not args.restart)
     metrics = dict(res.metrics)
@@ -198,7 +199,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     start = cfg.lm.pretrained if args.stage == "lm" else args.lm
     if start:  # said only when there is a start: the test itself trains a throwaway copy, nothing is saved
         print(f"range test of the {args.stage} stage starting from {start}", flush=True)
-    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress)
+    corpus = prepare_corpus(cfg, args.data_dir, args.cache_dir, progress=not args.no_progress,
+                            models_dir=args.models_dir)
     res = lr_find(cfg, corpus, args.stage, lm_dir=args.lm, num_it=args.num_it, models_dir=args.models_dir,
                   start_lr=args.start_lr, end_lr=args.end_lr)
     out = Path(args.out)

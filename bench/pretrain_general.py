@@ -2,12 +2,14 @@
 
 For every model folder given (``launch.py pretrain`` output, e.g. the zoo's ``general-en-*`` models),
 the perplexity and next-token accuracy on the general-en corpus's ``valid.txt.gz`` (the same held-out
-documents for every model, read in the model's own direction), and from its ``metrics.json`` the
+documents for every model, read in the model's own direction and units; perplexity also per word, so word
+and subword models compare), and from its ``metrics.json`` the
 training time, tokens seen and tokens/s. ``--train`` first pretrains the preset in each direction with
 ``configs/pretrain_general_<preset>.yaml`` (long: about an hour an epoch for ``small`` on 2 CPU cores).
 
     python bench/pretrain_general.py --models models/general-en-small-fwd models/general-en-small-bwd ...
     python bench/pretrain_general.py --train --preset small --directions fwd bwd --out-dir models
+    python bench/pretrain_general.py --train --preset tiny --subwords --directions fwd --out-dir models
     python bench/pretrain_general.py --models models/general-en-small-bwd --add   # one more, the others kept
     python bench/pretrain_general.py --smoke      # seconds: a tiny model on a slice of the corpus
 """
@@ -36,17 +38,19 @@ def evaluate(model_dir: Path, texts: list[str], cache: Path, bptt: int = 70, bs:
     """Perplexity and next-token accuracy of the language model in ``model_dir`` on ``texts``."""
     import torch
 
-    from ulmfit_core.artifacts import load_language_model
+    from ulmfit_core.artifacts import load_language_model, read_subwords
     from ulmfit_core.awd_lstm import build_language_model
     from ulmfit_core.config import Dropouts, LMConfig, ModelConfig
     from ulmfit_core.pretrained import infer_sizes
     from ulmfit_core.tasks import LanguageModelTask
-    from ulmfit_core.text import Tokenizer, Vocab, tokenize_cached
+    from ulmfit_core.text import SubwordTokenizer, Tokenizer, Vocab, tokenize_cached
 
     state, itos, config = load_language_model(model_dir)
     backwards = bool((config.get("lm") or {}).get("backwards"))
     vocab = Vocab(itos)
-    ids = [vocab.numericalize(t) for t in tokenize_cached(texts, Tokenizer(), cache)]
+    units = read_subwords(model_dir)  # a subword model reads the text in its own units
+    tokenizer = SubwordTokenizer(units) if units else Tokenizer()
+    ids = [vocab.numericalize(t) for t in tokenize_cached(texts, tokenizer, cache)]
     no_drop = Dropouts(embed_p=0, input_p=0, weight_p=0, hidden_p=0, output_p=0)
     model = build_language_model(len(itos), ModelConfig(**infer_sizes(state)), no_drop)
     model.load_state_dict(state)
@@ -57,8 +61,13 @@ def evaluate(model_dir: Path, texts: list[str], cache: Path, bptt: int = 70, bs:
     with torch.no_grad():
         m = task.evaluate(model)
     tokens = sum(len(x) for x in ids)
-    return {"valid_perplexity": m["valid_perplexity"], "valid_accuracy": m["valid_accuracy"],
-            "valid_tokens": tokens, "direction": "bwd" if backwards else "fwd",
+    # Per word (whitespace-separated words of the same documents), so word and subword models compare: the
+    # text's total negative log-likelihood is the same whatever the units, the count it is divided by is not.
+    words = sum(len(t.split()) for t in texts)
+    per_word = math.exp(math.log(m["valid_perplexity"]) * tokens / words)
+    return {"valid_perplexity": m["valid_perplexity"], "valid_perplexity_per_word": per_word,
+            "valid_accuracy": m["valid_accuracy"], "units": "subwords" if units else "words",
+            "valid_tokens": tokens, "valid_words": words, "direction": "bwd" if backwards else "fwd",
             "unknown_share": float(sum(int((x == 0).sum()) for x in ids) / max(tokens, 1)),
             "eval_seconds": time.perf_counter() - t0}
 
@@ -79,11 +88,12 @@ def training_cost(model_dir: Path) -> dict[str, Any]:
             "own_valid_perplexity": (m.get("final") or {}).get("valid_perplexity")}
 
 
-def pretrain(preset: str, direction: str, out_dir: Path, overrides: list[str]) -> Path:
+def pretrain(preset: str, direction: str, out_dir: Path, overrides: list[str], subwords: bool = False) -> Path:
     import launch
 
-    target = out_dir / f"general-en-{preset}-{direction}"
-    args = ["pretrain", "--config", str(ROOT / "configs" / f"pretrain_general_{preset}.yaml"), "--out", str(target),
+    target = out_dir / f"general-en-{preset}-{'sp-' if subwords else ''}{direction}"
+    config = ROOT / "configs" / f"pretrain_general_{preset}{'_subwords' if subwords else ''}.yaml"
+    args = ["pretrain", "--config", str(config), "--out", str(target),
             "--no-progress", "--set", f"lm.backwards={'true' if direction == 'bwd' else 'false'}",
             # the config names the corpus relative to the project root; this script may run from anywhere
             "--set", f"data.unlabeled={CORPUS / 'train.txt.gz'}", "--set", f"data.unlabeled_valid={CORPUS / 'valid.txt.gz'}"]
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", action="store_true", help="pretrain --preset in each of --directions first")
     ap.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
     ap.add_argument("--directions", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    ap.add_argument("--subwords", action="store_true",
+                    help="--train with configs/pretrain_general_<preset>_subwords.yaml (subword units)")
     ap.add_argument("--out-dir", default=str(ROOT / "models"), help="where --train writes its models")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--threads", type=int, default=2)
@@ -124,8 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
             overrides += ["model.preset=tiny", "data.max_unlabeled_rows=300", "lm.bs=16", "text.max_vocab=2000"]
         if args.train or args.smoke:
             out_dir = Path(tmp) if args.smoke else Path(args.out_dir)
-            preset = "small" if args.smoke else args.preset  # the smoke run shrinks the small config
-            models += [pretrain(preset, d, out_dir, overrides) for d in args.directions]
+            # the smoke run shrinks the small config (the tiny one for subwords: the only subword config)
+            preset = ("tiny" if args.subwords else "small") if args.smoke else args.preset
+            if args.smoke and args.subwords:
+                overrides += ["text.subword_vocab=300"]
+            models += [pretrain(preset, d, out_dir, overrides, args.subwords) for d in args.directions]
         texts = valid_texts(limit=40 if args.smoke else None)
         if old and old.get("valid_documents") != len(texts):
             raise SystemExit(f"--add: {out_path} measured {old.get('valid_documents')} held-out documents, this run "
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         for model in models:
             row = {"model": model.name, **evaluate(model, texts, Path(tmp) / "cache"), **training_cost(model)}
             rows.append(row)
-            print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f}, next-token accuracy "
+            print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f} per {row['units'][:-1]} "
+                  f"({row['valid_perplexity_per_word']:.1f} per word), next-token accuracy "
                   f"{row['valid_accuracy']:.3f}" + (f", {row['training_minutes']:.0f} min of training at "
                   f"{row['tokens_per_second']:.0f} tokens/s" if row.get("tokens_per_second") else ""), flush=True)
     payload = {"corpus": str(CORPUS.relative_to(ROOT.parent)), "valid_documents": len(texts), "models": rows,

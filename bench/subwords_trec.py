@@ -7,11 +7,15 @@ of each direction on TREC-6's training questions only (the subword units are lea
 test text), trains both classifiers and evaluates them and their ensemble on the test set; the four
 classifiers of a seed are then evaluated as one ensemble (``inference.evaluate``).
 
-Both tokenizers start from random weights: no general-domain subword language model exists yet, and a
-word model pretrained on 5M words against a subword model that never saw them would measure the
-pretraining, not the units.
+By default both tokenizers start from random weights (a word model pretrained on 5M words against a subword
+model that never saw them would measure the pretraining, not the units). ``--pretrained-words DIR
+--pretrained-subwords DIR`` starts each tokenizer from a general-domain LM of its own units instead (e.g.
+the zoo's ``general-en-tiny-fwd`` and ``configs/pretrain_general_tiny_subwords.yaml``'s model); the subword
+members then use that model's units.
 
     python bench/subwords_trec.py                  # seeds 0 1 2: ~25 min on 2 cores (--jobs 2)
+    python bench/subwords_trec.py --directions fwd --pretrained-words models/general-en-tiny-fwd \
+        --pretrained-subwords models/general-en-tiny-sp-fwd --out bench/results/subwords_trec_pretrained.json
     python bench/subwords_trec.py --smoke          # a minute: a slice, one epoch each
 """
 from __future__ import annotations
@@ -29,33 +33,40 @@ DEFAULT_OUT = RESULTS / "subwords_trec.json"
 TOKENIZERS = ("words", "subwords")
 
 
-def run_one(config: str, overrides: list[str], seed: int, tokenizer: str, data_dir: str, work: Path) -> dict[str, Any]:
+def run_one(config: str, overrides: list[str], seed: int, tokenizer: str, data_dir: str, work: Path,
+            directions: tuple[str, ...] = ("fwd", "bwd"), pretrained: str | None = None) -> dict[str, Any]:
     from ulmfit_core import artifacts, stages
     from ulmfit_core.config import load_recipe
 
-    cfg = load_recipe(config, [*overrides, f"text.tokenizer={tokenizer}", "lm.pretrained=null", f"seed={seed}",
-                               "device=cpu"])
+    cfg = load_recipe(config, [*overrides, f"text.tokenizer={tokenizer}", f"lm.pretrained={pretrained or 'null'}",
+                               f"seed={seed}", "device=cpu"])
     out = work / f"{tokenizer}-seed{seed}"
     t0 = time.perf_counter()
-    res = stages.run_recipe(cfg, out, data_dir=data_dir, cache_dir=work / "cache", directions=["fwd", "bwd"])
-    row = {"seed": seed, "tokenizer": tokenizer, "total_seconds": time.perf_counter() - t0, "folder": str(out),
-           "vocab_size": None, "test_accuracy": {"fwd": res["test_accuracy"], "bwd": res["bwd_test_accuracy"],
-                                                 "ensemble": res["ensemble_test_accuracy"]},
-           "lm_valid_perplexity": {"fwd": res.get("lm_valid_perplexity"), "bwd": res.get("bwd_lm_valid_perplexity")}}
+    res = stages.run_recipe(cfg, out, data_dir=data_dir, cache_dir=work / "cache", directions=list(directions))
+    first, *rest = directions
+    accuracy = {first: res["test_accuracy"], **{d: res[f"{d}_test_accuracy"] for d in rest}}
+    if rest:
+        accuracy["ensemble"] = res["ensemble_test_accuracy"]
+    row = {"seed": seed, "tokenizer": tokenizer, "pretrained": pretrained, "total_seconds": time.perf_counter() - t0,
+           "folder": str(out), "vocab_size": None, "test_accuracy": accuracy,
+           "lm_valid_perplexity": {first: res.get("lm_valid_perplexity"),
+                                   **{d: res.get(f"{d}_lm_valid_perplexity") for d in rest}}}
     row["vocab_size"] = len(artifacts.read_vocab(out / "classifier" / "vocab.json"))
-    print(f"{tokenizer} seed {seed}: test fwd {row['test_accuracy']['fwd']:.4f}  bwd {row['test_accuracy']['bwd']:.4f}"
-          f"  ensemble {row['test_accuracy']['ensemble']:.4f}  ({row['total_seconds'] / 60:.1f} min)", flush=True)
+    print(f"{tokenizer} seed {seed}: test " + "  ".join(f"{k} {v:.4f}" for k, v in accuracy.items())
+          + f"  ({row['total_seconds'] / 60:.1f} min)", flush=True)
     return row
 
 
 def four_member_accuracy(rows: list[dict[str, Any]], test_csv: Path) -> dict[int, float]:
-    """Per seed: the words fwd + bwd and subwords fwd + bwd classifiers averaged, on the test set."""
+    """Per seed: every word and subword classifier of the seed (each direction run) averaged, on the test set."""
     from ulmfit_core import inference
 
     out = {}
     for seed in sorted({r["seed"] for r in rows}):
-        folders = [Path(r["folder"]) / sub for r in rows if r["seed"] == seed for sub in ("classifier", "classifier_bwd")]
-        if len(folders) == 4:
+        mine = [r for r in rows if r["seed"] == seed]
+        folders = [Path(r["folder"]) / ("classifier" if i == 0 else f"classifier_{d}")
+                   for r in mine for i, d in enumerate(d for d in r["test_accuracy"] if d != "ensemble")]
+        if len(mine) == len(TOKENIZERS):
             out[seed] = inference.evaluate(folders, test_csv, device="cpu")["accuracy"]
     return out
 
@@ -71,9 +82,10 @@ def summarize(runs: list[dict[str, Any]], four: dict[int, float]) -> dict[str, A
         if rows:
             out[tok] = {"seeds": [r["seed"] for r in rows], "vocab_size": rows[0]["vocab_size"],
                         "minutes_per_seed": statistics.mean(r["total_seconds"] for r in rows) / 60,
-                        **{v: _stats([r["test_accuracy"][v] for r in rows]) for v in ("fwd", "bwd", "ensemble")}}
+                        **{v: _stats([r["test_accuracy"][v] for r in rows]) for v in rows[0]["test_accuracy"]}}
     if four:
-        out["words+subwords fwd+bwd"] = {"seeds": sorted(four), **_stats(list(four.values()))}
+        directions = "+".join(d for d in runs[0]["test_accuracy"] if d != "ensemble")
+        out[f"words+subwords {directions}"] = {"seeds": sorted(four), **_stats(list(four.values()))}
     return out
 
 
@@ -87,7 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
     ap.add_argument("--out", help=f"result JSON (default {DEFAULT_OUT})")
     ap.add_argument("--smoke", action="store_true", help="a slice, one epoch each: checks the script runs")
+    ap.add_argument("--directions", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    ap.add_argument("--pretrained-words", help="a word-level general-domain LM (folder or zoo name) to start from")
+    ap.add_argument("--pretrained-subwords", help="a subword general-domain LM folder to start from")
     args = ap.parse_args(argv)
+    pretrained = {"words": args.pretrained_words, "subwords": args.pretrained_subwords}
 
     overrides = list(args.overrides)
     if args.smoke:
@@ -96,12 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = Path(args.out) if args.out else DEFAULT_OUT
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="subwords-trec-") as tmp:
-        todo = [(args.config, overrides, seed, tok, args.data_dir, Path(tmp)) for seed in args.seeds for tok in TOKENIZERS]
+        todo = [(args.config, overrides, seed, tok, args.data_dir, Path(tmp), tuple(args.directions), pretrained[tok])
+                for seed in args.seeds for tok in TOKENIZERS]
         runs = list(run_jobs(run_one, todo, args.jobs, args.threads))
         four = four_member_accuracy(runs, Path(args.data_dir) / "trec" / "test.csv")
     for r in runs:
         r.pop("folder")
     payload = {"config": args.config, "overrides": overrides, "threads": args.threads, "jobs": args.jobs,
+               "directions": args.directions, "pretrained": pretrained,
                "runs": sorted(runs, key=lambda r: (r["tokenizer"], r["seed"])),
                "four_member_test_accuracy": {str(k): v for k, v in four.items()}, "summary": summarize(runs, four)}
     if not args.smoke or args.out:

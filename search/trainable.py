@@ -66,7 +66,8 @@ def train_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(run["threads"]))
     cfg = build_recipe(config[RECIPE], sampled_values(config))
     memory.for_training_on(cfg.device)  # a trial's process trains: reuse freed memory (ulmfit_core/memory.py)
-    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
+    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"),
+                            models_dir=run.get("models_dir"))
     extra: dict[str, Any] = {EPOCHS_TOTAL: cfg.classifier.epochs, LM_TRAINED: 0.0, LM_SECONDS: 0.0,
                              LM_SAVED: 0.0, NODE_ID: ray.get_runtime_context().get_node_id()}
     lm_dir = None
@@ -121,7 +122,8 @@ def train_shared_lm(recipe: dict[str, Any], run: Mapping[str, Any]) -> dict[str,
     torch.set_num_threads(int(run["threads"]))
     cfg = build_recipe(recipe)
     memory.for_training_on(cfg.device)
-    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"))
+    corpus = prepare_corpus(cfg, data_dir=run.get("data_dir"), cache_dir=run.get("cache_dir"),
+                            models_dir=run.get("models_dir"))
     lm = stages.ensure_lm(cfg, corpus, Path(run["lm_root"]), models_dir=run.get("models_dir"))
     seconds = lm.seconds if lm.trained else stages.lm_training_seconds(lm.lm_dir)
     return {"lm_key": lm.lm_dir.name, "trained": lm.trained, "seconds": seconds,

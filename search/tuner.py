@@ -312,7 +312,8 @@ def prepare_data_first(cfg: SearchConfig) -> Corpus:
     from ulmfit_core.corpus import prepare_corpus
 
     run = param_space(cfg)[T.RUN]
-    return prepare_corpus(build_recipe(cfg.recipe), data_dir=run["data_dir"], cache_dir=run["cache_dir"])
+    return prepare_corpus(build_recipe(cfg.recipe), data_dir=run["data_dir"], cache_dir=run["cache_dir"],
+                          models_dir=run["models_dir"])
 
 
 def train_shared_lm_first(cfg: SearchConfig, corpus: Corpus | None = None) -> dict[str, Any] | None:

@@ -401,6 +401,12 @@ def test_pretrain_general_smoke(bench, tmp_path):
     merged = _check_provenance(out, "pretrain_general")
     assert [m["direction"] for m in merged["models"]] == ["bwd", "fwd"]
     assert merged["models"][0] == bwd and len(merged["earlier_commands"]) == 1
+    # --subwords: a subword model, read in its own units; per word, its perplexity compares with a word model's
+    bench("pretrain_general").main(["--smoke", "--subwords", "--directions", "fwd", "--add", "--out", str(out)])
+    sp = _check_provenance(out, "pretrain_general")["models"][-1]
+    assert sp["model"] == "general-en-tiny-sp-fwd" and sp["units"] == "subwords" and fwd["units"] == "words"
+    assert sp["valid_tokens"] > sp["valid_words"]  # a word is one or more units
+    assert sp["valid_perplexity_per_word"] > sp["valid_perplexity"] > 1
 
 
 def test_imdb_lowshot_add_compares_recipes(bench):

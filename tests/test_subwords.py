@@ -134,16 +134,18 @@ def test_one_run_trains_every_tokenizer_and_direction_and_tests_their_ensemble(t
     assert got["loss"] == pytest.approx(final["ensemble_test_loss"], rel=1e-4)
 
 
-def test_a_pretrained_word_model_does_not_start_the_subword_members_unless_told_it_may_not():
+def test_a_pretrained_word_model_does_not_start_the_subword_members_unless_told_it_may_not(tmp_path):
+    """A word LM folder has no subword twin: the subword members would start from random weights."""
     from ulmfit_core import stages
 
-    cfg = load_recipe(None, ["data.dataset=trec", "lm.pretrained=general-en-tiny-fwd"])
-    with pytest.raises(ValueError, match=r"--tokenizers words subwords: lm\.pretrained general-en-tiny-fwd holds words "
+    cfg = load_recipe(None, ["data.dataset=trec", f"lm.pretrained={tmp_path / 'my-word-lm'}"])
+    with pytest.raises(ValueError, match=r"--tokenizers words subwords: lm\.pretrained .*my-word-lm holds words "
                                          r"units.*set lm\.pretrained_required: false"):
         stages.plan_members(cfg, ["fwd"], ["words", "subwords"])
     relaxed = load_recipe(None, ["data.dataset=trec", "lm.pretrained=general-en-tiny-fwd", "lm.pretrained_required=false"])
     plans = stages.plan_members(relaxed, ["fwd"], ["subwords", "words"], models_dir="/nonexistent")
     assert [name for name, _, _ in plans] == ["fwd", "subwords_fwd"]  # the config's own tokenizer first
+    # a zoo model's subword twin takes its place, dropped here like any start not fetched (not required)
     assert plans[1][1].lm.pretrained is None and plans[1][1].text.tokenizer == "subwords"
 
 
@@ -158,6 +160,39 @@ def test_a_pretrained_subword_model_is_fine_tuned_with_its_own_units(trained, tm
     # the pretrained model's units and vocabulary, not 100 units learnt anew
     assert (out / "classifier" / artifacts.SUBWORD_FILE).read_bytes() == (pretrained / artifacts.SUBWORD_FILE).read_bytes()
     assert artifacts.read_vocab(out / "lm" / "vocab.json") == artifacts.read_vocab(pretrained / "vocab.json")
+
+
+def test_a_subword_zoo_model_is_fetched_with_its_units_and_starts_the_subword_members(trained, tmp_path, datasets_dir,
+                                                                                      capsys):
+    """``general-en-tiny-sp-fwd`` from a mirror (here: the tiny subword LM trained above, in its place): fetch
+    needs its subwords.model; a subword recipe fine-tunes it with those units; ``--tokenizers words subwords``
+    starts the subword members from it when the words start from ``general-en-tiny-fwd``."""
+    import shutil
+
+    from ulmfit_core import stages, zoo
+
+    mirror = tmp_path / "mirror" / "general-en-tiny-sp-fwd"
+    shutil.copytree(trained["subwords"]["lm"], mirror, ignore=shutil.ignore_patterns("checkpoint"))
+    models = tmp_path / "models"
+    (mirror / artifacts.SUBWORD_FILE).rename(tmp_path / "units.model")
+    with pytest.raises(zoo.ZooError, match=r"subwords\.model missing"):
+        zoo.fetch("general-en-tiny-sp-fwd", models, mirror=mirror.parent, progress=False)
+    (tmp_path / "units.model").rename(mirror / artifacts.SUBWORD_FILE)
+    zoo.fetch("general-en-tiny-sp-fwd", models, mirror=mirror.parent, progress=False)
+
+    with pytest.raises(ConfigError, match=r"words with lm\.pretrained 'general-en-tiny-sp-fwd', a subword zoo model"):
+        load_recipe(None, ["data.dataset=trec", "lm.pretrained=general-en-tiny-sp-fwd"])
+    out = tmp_path / "from-zoo"
+    args = [*[a for s in [*TINY, "text.tokenizer=subwords", "lm.pretrained=general-en-tiny-sp-fwd"] for a in ("--set", s)],
+            "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"), "--models-dir", str(models),
+            "--out", str(out), "--no-progress"]
+    assert launch.main(["run", *args]) == 0
+    assert "starting from general-en-tiny-sp-fwd" in capsys.readouterr().out
+    assert (out / "classifier" / artifacts.SUBWORD_FILE).read_bytes() == (mirror / artifacts.SUBWORD_FILE).read_bytes()
+
+    words = load_recipe(None, [*TINY, "lm.pretrained=general-en-tiny-fwd", "lm.pretrained_required=false"])
+    plans = stages.plan_members(words, ["fwd"], ["words", "subwords"], models_dir=models)
+    assert [(n, c.lm.pretrained) for n, c, _ in plans] == [("fwd", None), ("subwords_fwd", "general-en-tiny-sp-fwd")]
 
 
 def test_a_subword_classifier_folder_holds_its_units_and_predicts_the_same_in_a_fresh_process(trained):
@@ -292,3 +327,12 @@ def test_any_language_end_to_end_from_a_subword_model_pretrained_on_its_own_text
     tok = SubwordTokenizer((lm / artifacts.SUBWORD_FILE).read_bytes())
     units = tok.tokenize([samples["food"][1]])[0]
     assert "xxunk" not in units and len(units) < len(samples["food"][1])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_the_subword_pretraining_configs_make_the_zoos_subword_models(preset):
+    from ulmfit_core.zoo import ZOO
+
+    cfg = load_recipe(ROOT / "configs" / f"pretrain_general_{preset}_subwords.yaml")
+    assert (cfg.text.tokenizer, cfg.text.subword_vocab, cfg.model.preset) == ("subwords", 15000, preset)
+    assert ZOO[f"general-en-{preset}-sp-fwd"].preset == preset and ZOO[f"general-en-{preset}-sp-fwd"].units == "subwords"

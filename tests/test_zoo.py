@@ -73,7 +73,9 @@ def leftovers(dest: Path) -> list[str]:
 
 def test_registry_records_fastai_urls_and_our_models():
     assert list(ZOO) == ["wt103-fwd", "wt103-bwd", "general-en-small-fwd", "general-en-tiny-fwd",
-                         "general-en-small-bwd", "general-en-tiny-bwd"]
+                         "general-en-small-bwd", "general-en-tiny-bwd", "general-en-tiny-sp-fwd",
+                         "general-en-tiny-sp-bwd", "general-en-small-sp-fwd", "general-en-small-sp-bwd"]
+    assert {n for n, e in ZOO.items() if e.units == "subwords"} == {n for n in ZOO if "-sp-" in n}
     assert ZOO["wt103-fwd"].url == "https://s3.amazonaws.com/fast-ai-modelzoo/wt103-fwd.tgz"
     assert ZOO["wt103-bwd"].url == "https://s3.amazonaws.com/fast-ai-modelzoo/wt103-bwd.tgz"
     for e in ZOO.values():

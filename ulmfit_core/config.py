@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .zoo_registry import is_zoo_name  # a leaf module: the zoo itself depends on the recipe's modules
+from .zoo_registry import units_of as zoo_units
 
 
 class ConfigError(ValueError):
@@ -387,11 +388,16 @@ class RecipeConfig:
         if self.classifier.backwards != self.lm.backwards and not self.classifier.from_scratch:
             _fail("classifier.backwards", "must equal lm.backwards: a backwards classifier needs a backwards "
                   "language model (set lm.backwards alone; classifier.backwards follows it)")
-        if self.text.tokenizer == "subwords" and is_zoo_name(self.lm.pretrained):
+        units = zoo_units(self.lm.pretrained) if is_zoo_name(self.lm.pretrained) else None
+        if units == "words" and self.text.tokenizer == "subwords":
             _fail("text.tokenizer", f"subwords with lm.pretrained {self.lm.pretrained!r}, a word-level zoo model (its "
-                  "vocabulary is words): give lm.pretrained a subword language model folder (`launch.py pretrain "
-                  "--set text.tokenizer=subwords` writes one), null to train one on this data, or set "
-                  "text.tokenizer: words")
+                  "vocabulary is words): give lm.pretrained a subword language model (a zoo name with -sp-, or a "
+                  "folder `launch.py pretrain --set text.tokenizer=subwords` writes), null to train one on this "
+                  "data, or set text.tokenizer: words")
+        if units == "subwords" and self.text.tokenizer == "words":
+            _fail("text.tokenizer", f"words with lm.pretrained {self.lm.pretrained!r}, a subword zoo model (its "
+                  "vocabulary is subword units): set text.tokenizer: subwords, or give lm.pretrained a word model "
+                  "(the same name without -sp-)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -54,14 +54,23 @@ class Corpus:
         return self.tokenizer.model if isinstance(self.tokenizer, SubwordTokenizer) else None
 
 
-def pretrained_units(cfg: RecipeConfig) -> Path | None:
+def pretrained_units(cfg: RecipeConfig, models_dir: str | Path | None = None) -> Path | None:
     """The SentencePiece file a subword recipe fine-tunes with: its pretrained language model's (None without
     one). A word model for a subword recipe, or a subword model for a word recipe, is a ConfigError naming both:
-    the vocabulary of a language model is its tokenizer's."""
+    the vocabulary of a language model is its tokenizer's. A zoo name is its fetched folder in ``models_dir``
+    (config.py has already matched its units to the tokenizer)."""
     lm = cfg.lm
     pretrained = lm.pretrained_backwards if lm.backwards and lm.pretrained_backwards else lm.pretrained
-    if not pretrained or is_zoo_name(pretrained):  # every zoo model is a word model (config.py refuses subwords)
+    if not pretrained or cfg.text.tokenizer == "words" and is_zoo_name(pretrained):
         return None
+    if is_zoo_name(pretrained):  # a subword zoo model: its own units, from where it was fetched
+        from . import zoo
+
+        name = zoo.for_direction(pretrained, lm.backwards)
+        found = zoo.fetched(name, models_dir)
+        if found is None:
+            raise ConfigError(f"lm.pretrained: {name} is not fetched; {zoo.fetch_command(name, models_dir)}")
+        pretrained = str(found)
     folder = Path(pretrained).expanduser()
     units = folder / SUBWORD_FILE
     if cfg.text.tokenizer == "words" and units.is_file():
@@ -75,12 +84,13 @@ def pretrained_units(cfg: RecipeConfig) -> Path | None:
     return units if cfg.text.tokenizer == "subwords" else None
 
 
-def make_tokenizer(cfg: RecipeConfig, lm_texts: list[str], cache_dir: Path) -> Tokenizer:
+def make_tokenizer(cfg: RecipeConfig, lm_texts: list[str], cache_dir: Path,
+                   models_dir: str | Path | None = None) -> Tokenizer:
     """Word tokens, or subword units: a pretrained subword model's own (fine-tuning keeps its vocabulary, as
     MultiFiT and fastai do), else learnt from ``lm_texts``, the language model's own training text (never
     validation or test text)."""
     t = cfg.text
-    units = pretrained_units(cfg)
+    units = pretrained_units(cfg, models_dir)
     if t.tokenizer == "words":
         return Tokenizer()
     if units is not None:
@@ -145,7 +155,7 @@ def check_validation_size(n_valid: int, n_classes: int, n_labeled: int, where: s
 
 
 def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                   progress: bool = False) -> Corpus:
+                   progress: bool = False, models_dir: str | Path | None = None) -> Corpus:
     """Read, split, tokenize (disk-cached, locked) and numericalize the data ``cfg.data`` names."""
     d = cfg.data
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -186,7 +196,7 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
     # documents (for perplexity) are not learnt from either: neither its vocabulary nor its subword units.
     lm_texts = train_texts + unlabeled
     lm_tr_idx, lm_va_idx = split_validation([0] * len(lm_texts), cfg.lm.valid_pct, cfg.seed)
-    tok = make_tokenizer(cfg, [lm_texts[i] for i in lm_tr_idx], cache)
+    tok = make_tokenizer(cfg, [lm_texts[i] for i in lm_tr_idx], cache, models_dir)
 
     def toks(texts: list[str]) -> list[list[str]]:
         return tokenize_cached(texts, tok, cache, progress=progress) if texts else []
@@ -219,7 +229,7 @@ def prepare_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_
 
 
 def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                      progress: bool = False) -> Corpus:
+                      progress: bool = False, models_dir: str | Path | None = None) -> Corpus:
     """Text for language-model pretraining alone: ``data.unlabeled`` plus any labeled texts' text.
 
     Labels are ignored; the returned corpus has empty classifier splits.
@@ -243,7 +253,7 @@ def prepare_lm_corpus(cfg: RecipeConfig, data_dir: str | Path | None = None, cac
     # held out: a file (e.g. the corpus's valid.txt.gz, and every training document trains), else a share
     tr_idx, va_idx = (list(range(len(texts))), []) if valid_texts else \
         split_validation([0] * len(texts), cfg.lm.valid_pct, cfg.seed)
-    tok = make_tokenizer(cfg, [texts[i] for i in tr_idx], cache)
+    tok = make_tokenizer(cfg, [texts[i] for i in tr_idx], cache, models_dir)
     tokens = tokenize_cached(texts, tok, cache, progress=progress)
     lm_fingerprint = content_hash(texts, valid_texts, tok.settings_key(), text_settings(to_dict(cfg.text)), cfg.lm.valid_pct)
     if valid_texts:

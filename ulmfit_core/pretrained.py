@@ -152,7 +152,7 @@ def describe_start(cfg: RecipeConfig, models_dir: str | Path | None = None) -> t
         return recipe_from_dict(values), (f"language model: random weights, because {name} is not fetched "
                                           f"({e}); lm.pretrained_required is false, so the run goes on without it")
     assert source is not None
-    pretrained_units(cfg)  # a word model for subwords, or the other way round: refused before the sizes
+    pretrained_units(cfg, models_dir)  # a word model for subwords, or the other way round: refused before the sizes
     check_fits(source, cfg)
     what = source.name or str(source.path)
     return cfg, f"language model: starting from {what} ({source.path})"
@@ -186,7 +186,7 @@ def check_fits(source: LocalModel, cfg: RecipeConfig) -> None:
     fix = f"set model.preset: {preset}" if preset else \
         f"set model.emb_sz/n_hid/n_layers to {sizes['emb_sz']}/{sizes['n_hid']}/{sizes['n_layers']}"
     same_size = [e.name for e in zoo.ZOO.values() if e.preset == cfg.model.preset and e.direction == (
-        "bwd" if cfg.lm.backwards else "fwd")]
+        "bwd" if cfg.lm.backwards else "fwd") and e.units == cfg.text.tokenizer]
     other = f", or use a {cfg.model.preset} model ({', '.join(same_size)})" if same_size else ""
     raise PretrainedError(
         f"lm.pretrained: {what} is {_sizes_text(sizes)}{f' (preset {preset})' if preset else ''} but the configured "

@@ -351,13 +351,20 @@ TOKENIZERS = ("words", "subwords")
 
 
 def with_tokenizer(cfg: RecipeConfig, tokenizer: str) -> RecipeConfig:
-    """``cfg`` with ``tokenizer``'s units. A language model is pretrained with one tokenizer's units, so the
-    other tokenizer's members start from random weights; with ``lm.pretrained`` set that needs
-    ``lm.pretrained_required: false``, else it is refused here, before anything trains."""
+    """``cfg`` with ``tokenizer``'s units. A language model is pretrained with one tokenizer's units: a zoo
+    model's family member of the other units takes its place (``general-en-tiny-fwd`` ->
+    ``general-en-tiny-sp-fwd``, checked like any start: fetched, or dropped under ``lm.pretrained_required:
+    false``). Without one, the other tokenizer's members start from random weights, which needs
+    ``lm.pretrained_required: false``; else it is refused here, before anything trains."""
+    from .zoo_registry import is_zoo_name, of_units
+
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
     if tokenizer == cfg.text.tokenizer:
         return cfg
+    sibling = of_units(cfg.lm.pretrained, tokenizer) if is_zoo_name(cfg.lm.pretrained) else None
+    if sibling is not None:
+        return build_recipe(to_dict(cfg), {"text.tokenizer": tokenizer, "lm.pretrained": sibling})
     if cfg.lm.pretrained is not None and cfg.lm.pretrained_required:
         raise ValueError(f"--tokenizers {cfg.text.tokenizer} {tokenizer}: lm.pretrained {cfg.lm.pretrained} holds "
                          f"{cfg.text.tokenizer} units, and a language model works with its own units only, so the "
@@ -426,7 +433,7 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     times: dict[str, float] = {}
     t = time.perf_counter()
     corpora = {tok: prepare_corpus(next(c for _, c, _ in plans if c.text.tokenizer == tok), data_dir, cache_dir,
-                                   progress=progress) for tok in dict.fromkeys(c.text.tokenizer for _, c, _ in plans)}
+                                   progress=progress, models_dir=models_dir) for tok in dict.fromkeys(c.text.tokenizer for _, c, _ in plans)}
     corpus = corpora[plans[0][1].text.tokenizer]
     times["data_seconds"] = time.perf_counter() - t
     result: dict[str, Any] = {}

@@ -317,14 +317,15 @@ def _check_fastai(folder: Path) -> None:
 
 
 def _check_ulmfit(entry: ZooEntry, folder: Path) -> None:
-    from .artifacts import load_language_model
+    from .artifacts import SUBWORD_FILE, load_language_model
     from .config import MODEL_PRESETS
     from .lm_weights import infer_sizes
 
-    missing = [f for f in ULMFIT_FILES if not (folder / f).is_file()]
+    needed = (*ULMFIT_FILES, SUBWORD_FILE) if entry.units == "subwords" else ULMFIT_FILES
+    missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise ZooError(f"{folder}: {', '.join(missing)} missing; a model of this project is a folder with "
-                       f"{', '.join(ULMFIT_FILES)} (what launch.py pretrain --out writes)")
+                       f"{', '.join(needed)} (what launch.py pretrain --out writes)")
     state, itos, config = load_language_model(folder)
     embedding = state.get("encoder.embedding.weight") if isinstance(state, dict) else None
     if getattr(embedding, "ndim", None) != 2:

@@ -28,6 +28,7 @@ class ZooEntry:
     url: str | None  # the public archive; None: only from a mirror
     description: str
     source: str
+    units: str = "words"  # the text.tokenizer it was trained with: "words", or "subwords" (it holds subwords.model)
 
     @property
     def archive(self) -> str:
@@ -49,8 +50,12 @@ def _wt103(direction: str) -> ZooEntry:
                     _FASTAI_SOURCE)
 
 
-def _general_en(preset: str, direction: str) -> ZooEntry:
+def _general_en(preset: str, direction: str, units: str = "words") -> ZooEntry:
     order = "forwards" if direction == "fwd" else "backwards"
+    if units == "subwords":  # configs/pretrain_general_<preset>_subwords.yaml
+        return ZooEntry(f"general-en-{preset}-sp-{direction}", direction, preset, "ulmfit", None,
+                        f"AWD-LSTM ({preset}) of 15k SentencePiece units trained {order} on 5.07M words of "
+                        f"mixed-genre English", _GENERAL_EN_SOURCE, units)
     return ZooEntry(f"general-en-{preset}-{direction}", direction, preset, "ulmfit", None,
                     f"AWD-LSTM ({preset}) trained {order} on 5.07M words of mixed-genre English",
                     _GENERAL_EN_SOURCE)
@@ -60,12 +65,19 @@ ZOO: Mapping[str, ZooEntry] = MappingProxyType({e.name: e for e in (
     _wt103("fwd"), _wt103("bwd"),
     _general_en("small", "fwd"), _general_en("tiny", "fwd"),
     _general_en("small", "bwd"), _general_en("tiny", "bwd"),
+    _general_en("tiny", "fwd", "subwords"), _general_en("tiny", "bwd", "subwords"),
+    _general_en("small", "fwd", "subwords"), _general_en("small", "bwd", "subwords"),
 )})
 
 
 def is_zoo_name(value: str | None) -> bool:
     """Whether ``lm.pretrained`` names a zoo model rather than a path."""
     return value in ZOO
+
+
+def units_of(name: str) -> str:
+    """``words`` or ``subwords``: the units a zoo model was trained with."""
+    return get(name).units
 
 
 def get(name: str) -> ZooEntry:
@@ -91,5 +103,13 @@ def of_preset(name: str, preset: str) -> str | None:
     (``general-en-small-fwd`` at ``tiny`` is ``general-en-tiny-fwd``; fastai's WikiText-103 models come in
     one size only)."""
     entry = get(name)
-    return next((e.name for e in ZOO.values()
-                 if e.source == entry.source and e.direction == entry.direction and e.preset == preset), None)
+    return next((e.name for e in ZOO.values() if e.source == entry.source and e.direction == entry.direction
+                 and e.preset == preset and e.units == entry.units), None)
+
+
+def of_units(name: str, units: str) -> str | None:
+    """The model of ``name``'s family (same source, size and direction) trained with ``units`` (``words`` or
+    ``subwords``), or None (``general-en-tiny-fwd`` in subwords is ``general-en-tiny-sp-fwd``)."""
+    entry = get(name)
+    return next((e.name for e in ZOO.values() if e.source == entry.source and e.direction == entry.direction
+                 and e.preset == entry.preset and e.units == units), None)

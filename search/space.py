@@ -68,6 +68,9 @@ PAPER = "paper"  # the name of PAPER_POINT in search.points_to_evaluate
 #: Keys the language-model stage depends on (what its sharing key ``stages.lm_key`` hashes: an explicit
 #: ``precision`` included). Searching them gives each trial its own LM, so it needs ``search.search_lm: true``.
 LM_STAGE_PREFIXES = ("data.", "text.", "model.", "lm.", "seed", "precision")
+#: LM-stage keys a ``search_lm: false`` search may still search as a choice: one language model per value (per
+#: combination) is trained before the trials, and each trial loads the one of its values.
+UP_FRONT_KEYS = ("text.tokenizer", "text.subword_vocab", "text.subword_model")
 
 _TYPES = {"loguniform", "uniform", "int", "choice", "categorical"}
 _FIELDS = {
@@ -285,6 +288,18 @@ class SearchSpace:
         """Searched keys that change the language-model stage (and so its sharing key)."""
         return [k for k in self.keys if k.startswith(LM_STAGE_PREFIXES)]
 
+    def up_front(self) -> list[Param]:
+        """The LM-stage parameters whose every value gets a language model before the trials
+        (:data:`UP_FRONT_KEYS`, unconditional choices)."""
+        return [p for p in self.params if p.key in UP_FRONT_KEYS and p.type == "choice" and not p.when]
+
+    def lm_settings(self) -> list[dict[str, Any]]:
+        """Every combination of the :meth:`up_front` parameters' values (``[{}]`` without any)."""
+        import itertools
+
+        params = self.up_front()
+        return [dict(zip((p.key for p in params), values)) for values in itertools.product(*(p.values for p in params))]
+
     def sample(self, trial: Any, base: Mapping[str, Any]) -> dict[str, Any]:
         """Optuna define-by-run: draw the active parameters in order; returns ``{key: value}``."""
         values: dict[str, Any] = {}
@@ -303,11 +318,14 @@ class SearchSpace:
             base_values = to_dict(build_recipe(base))
         except ConfigError as e:
             raise ConfigError(f"recipe: {e}") from None
-        if not search_lm and self.touches_lm_stage():
+        up_front = {p.key for p in self.up_front()}
+        blocking = [k for k in self.touches_lm_stage() if k not in up_front]
+        if not search_lm and blocking:
             raise SpaceError(
-                f"space: {', '.join(self.touches_lm_stage())} change the language-model stage, but "
-                f"search.search_lm is false (all trials share one fine-tuned LM). Set search.search_lm: true "
-                f"to search them, or fix their values in the recipe: section")
+                f"space: {', '.join(blocking)} change the language-model stage, but search.search_lm is false "
+                f"(all trials share one fine-tuned LM; only a choice of {', '.join(UP_FRONT_KEYS)} gets one LM per "
+                f"value, trained before the trials). Set search.search_lm: true to search them, or fix their "
+                f"values in the recipe: section")
         searched = {q.key: q for q in self.params}
         for p in self.params:
             for k, allowed in p.when:

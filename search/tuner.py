@@ -316,25 +316,34 @@ def prepare_data_first(cfg: SearchConfig) -> Corpus:
                           models_dir=run["models_dir"])
 
 
-def train_shared_lm_first(cfg: SearchConfig, corpus: Corpus | None = None) -> dict[str, Any] | None:
+def train_shared_lm_first(cfg: SearchConfig, corpus: Corpus | None = None) -> list[dict[str, Any]] | None:
     """With ``search_lm: false`` every trial uses one language model: train it now, as a Ray task with one
     trial's resources, before any trial starts; trials then only load it, so none waits for it holding an
-    accelerator. When the LM cache already holds it (``corpus`` given: the driver's own), the driver
-    finds it itself and starts no task (a worker process and its imports, seconds per search). None
-    when trials need no LM or train their own."""
+    accelerator. A space that searches the tokenizer (``space.UP_FRONT_KEYS``) gets one LM per value, each
+    its own task, run side by side as resources allow. When the LM cache already holds the base recipe's
+    (``corpus`` given: the driver's own), the driver finds it itself and starts no task (a worker process and
+    its imports, seconds per search). None when trials need no LM or train their own."""
     recipe = build_recipe(cfg.recipe)
     if cfg.search.search_lm or recipe.classifier.from_scratch:
         return None
     run = param_space(cfg)[T.RUN]
-    info = _shared_lm_in_cache(recipe, corpus, run) if corpus is not None else None
-    if info is None:
+    settings = cfg.space.lm_settings()
+    found = _shared_lm_in_cache(recipe, corpus, run) if corpus is not None and settings == [{}] else None
+    if found is not None:
+        infos = [found]
+    else:
         res = cfg.search.resources
         task = ray.remote(T.train_shared_lm).options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)
-        print("language model: preparing the one all trials share (trained once, before the trials)", flush=True)
-        info = ray.get(task.remote(cfg.recipe, run))
-    print(f"language model: {'trained' if info['trained'] else 'found in the cache'} ({info['lm_key']}, "
-          f"{info['seconds']:.0f} s of training)", flush=True)
-    return info
+        which = "the one all trials share" if settings == [{}] else \
+            f"one per value of {', '.join(settings[0])} ({len(settings)})"
+        print(f"language model: preparing {which} (trained once, before the trials)", flush=True)
+        recipes = [to_dict(build_recipe(cfg.recipe, values)) for values in settings]
+        infos = ray.get([task.remote(r, run) for r in recipes])
+    for values, info in zip(settings, infos):
+        shown = " ".join(f"{k}={v}" for k, v in values.items())
+        print(f"language model{' ' + shown if shown else ''}: {'trained' if info['trained'] else 'found in the cache'}"
+              f" ({info['lm_key']}, {info['seconds']:.0f} s of training)", flush=True)
+    return infos
 
 
 def _shared_lm_in_cache(recipe: RecipeConfig, corpus: Corpus, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -529,14 +538,16 @@ def leaderboard(trials: Sequence[records.TrialRecord], cfg: SearchConfig,
     return outcome.ranked(rows, s.metric, s.mode)
 
 
-def summarize(board: list[dict[str, Any]], cfg: SearchConfig, shared_lm: dict[str, Any] | None = None) -> dict[str, float]:
+def summarize(board: list[dict[str, Any]], cfg: SearchConfig,
+              shared_lm: list[dict[str, Any]] | dict[str, Any] | None = None) -> dict[str, float]:
     """Counts, the best value, and the LM compute that sharing saved: for each trial that reused an
     LM, the seconds that LM's training took (``stages.lm_training_seconds``). ``shared_lm``: the LM
     trained before the trials (``train_shared_lm_first``), counted as a training when it was one."""
     trained = {row["lm_key"]: float(row.get("lm_seconds") or 0.0) for row in board
                if row.get("lm_trained") and row.get("lm_key")}
-    if shared_lm and shared_lm.get("trained"):
-        trained[shared_lm["lm_key"]] = float(shared_lm["seconds"])
+    for info in [shared_lm] if isinstance(shared_lm, dict) else shared_lm or []:  # a dict: one LM (search.json)
+        if info.get("trained"):
+            trained[info["lm_key"]] = float(info["seconds"])
     count = {status: sum(r["status"] == status for r in board) for status in outcome.RANK}
     out = {"trials": len(board), "trials_completed": count[outcome.COMPLETED],
            "trials_stopped_by_asha": count[outcome.STOPPED], "trials_errored": count[outcome.ERRORED],

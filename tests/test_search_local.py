@@ -92,7 +92,7 @@ def test_trials_share_one_language_model(searched):
     keys = {r.data.tags["lm_key"] for r in runs}
     assert len(keys) == 1  # one LM key for the whole search (search_lm: false)
     # trained once, before the trials (search.json records it); every trial reused it
-    shared = json.loads((outcome.search_dir / "search.json").read_text())["shared_lm"]
+    (shared,) = json.loads((outcome.search_dir / "search.json").read_text())["shared_lm"]
     assert shared["trained"] and shared["lm_key"] in keys
     assert all(r.data.tags["lm_trained"] == "false" for r in runs)
     lm_dirs = [p for p in (tmp / "runs" / "_lm_cache").iterdir() if p.is_dir()]

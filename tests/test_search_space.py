@@ -67,6 +67,13 @@ def test_lm_keys_are_searchable_when_asked():
     # precision is part of the shared LM's key: searched with one shared LM, every trial would train its own
     with pytest.raises(SearchConfigError, match="precision change the language-model stage"):
         config({"precision": ["fp32", "bf16"]})
+    # the tokenizer as a choice: one shared LM per value, trained before the trials; as a range it is refused
+    shared = config({"text.tokenizer": ["words", "subwords"], "text.subword_vocab": [4000, 8000]})
+    assert shared.space.lm_settings() == [
+        {"text.tokenizer": t, "text.subword_vocab": v} for t in ("words", "subwords") for v in (4000, 8000)]
+    with pytest.raises(SearchConfigError, match=r"text\.subword_vocab change the language-model stage.*only a "
+                                                r"choice of text\.tokenizer"):
+        config({"text.subword_vocab": {"type": "int", "low": 4000, "high": 8000}})
 
 
 def test_apply_sets_list_elements_dropouts_and_presets_without_freezing_defaults():

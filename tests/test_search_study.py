@@ -102,8 +102,8 @@ def test_a_second_search_on_the_same_storage_finds_the_shared_lm_on_its_driver(s
     import json
 
     first, cfg, second, *_ = searches
-    trained = json.loads((first.search_dir / "search.json").read_text())["shared_lm"]
-    found = json.loads((second.search_dir / "search.json").read_text())["shared_lm"]
+    (trained,) = json.loads((first.search_dir / "search.json").read_text())["shared_lm"]
+    (found,) = json.loads((second.search_dir / "search.json").read_text())["shared_lm"]
     assert trained["trained"] and trained["node_id"]
     assert not found["trained"] and found["node_id"] is None and found["lm_key"] == trained["lm_key"]
     assert found["seconds"] == pytest.approx(trained["seconds"])

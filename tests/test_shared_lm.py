@@ -24,7 +24,7 @@ def test_shared_lm_is_trained_before_the_trials_with_a_trials_gpu(tmp_path, data
                                       "search.resources={cpu: 1, gpu: 0.5}", "recipe.device=cpu"])
         outcome = tuner.run_search(cfg)
     meta = json.loads((outcome.search_dir / "search.json").read_text())
-    shared = meta["shared_lm"]
+    (shared,) = meta["shared_lm"]
     assert shared["trained"] and shared["seconds"] > 0
     client = MlflowClient(cfg.mlflow.tracking_uri)
     runs = child_runs(cfg.mlflow.tracking_uri, "shared")

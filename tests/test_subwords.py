@@ -258,12 +258,15 @@ def test_the_served_model_of_a_word_and_subword_ensemble_tokenizes_each_member_i
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_search_over_the_tokenizer_trains_and_records_both(tmp_path):
+@pytest.mark.parametrize("search_lm", [True, False])
+def test_a_search_over_the_tokenizer_trains_and_records_both(tmp_path, search_lm):
+    """With search_lm true the trials train their LMs (one per tokenizer, shared); with false one LM per
+    tokenizer is trained before the trials, which only load theirs."""
     from conftest_search import child_runs, ray_environment, smoke_config
 
     from search import tuner
 
-    overrides = ["search.num_samples=2", "search.name=tokenizers", "search.search_lm=true",
+    overrides = ["search.num_samples=2", "search.name=tokenizers", f"search.search_lm={str(search_lm).lower()}",
                  "search.scheduler={type: fifo}", "recipe.classifier.epochs=1", "recipe.classifier.unfreeze=[]",
                  "recipe.text.subword_vocab=400",
                  "space={text.tokenizer: [words, subwords], classifier.lr: {type: loguniform, low: 0.01, high: 0.05}}",
@@ -278,6 +281,11 @@ def test_a_search_over_the_tokenizer_trains_and_records_both(tmp_path):
     runs = child_runs(cfg.mlflow.tracking_uri, cfg.experiment)
     assert sorted(r.data.params["text.tokenizer"] for r in runs) == ["subwords", "words"]
     assert "text.tokenizer" in (outcome.search_dir / "leaderboard.csv").read_text().splitlines()[0]
+    assert outcome.summary["lm_trainings"] == 2
+    if not search_lm:  # trained up front, one per tokenizer; no trial trained one
+        up_front = json.loads((outcome.search_dir / "search.json").read_text())["shared_lm"]
+        assert sorted(i["lm_key"] for i in up_front) == sorted(row["lm_key"] for row in board)
+        assert all(i["trained"] for i in up_front) and not any(row["lm_trained"] for row in board)
 
 
 #: Two tiny labeled samples in languages spaCy's English rules do not serve: German (weather vs. food) and

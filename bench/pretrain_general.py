@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         for model in models:
             row = {"model": model.name, **evaluate(model, texts, Path(tmp) / "cache"), **training_cost(model)}
             rows.append(row)
-            print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f} per {row['units'][:-1]} "
-                  f"({row['valid_perplexity_per_word']:.1f} per word), next-token accuracy "
+            unit = "subword unit" if row["units"] == "subwords" else "word token"
+            print(f"{model.name}: valid perplexity {row['valid_perplexity']:.1f} per {unit} "
+                  f"({row['valid_perplexity_per_word']:.1f} per whitespace word), next-token accuracy "
                   f"{row['valid_accuracy']:.3f}" + (f", {row['training_minutes']:.0f} min of training at "
                   f"{row['tokens_per_second']:.0f} tokens/s" if row.get("tokens_per_second") else ""), flush=True)
     payload = {"corpus": str(CORPUS.relative_to(ROOT.parent)), "valid_documents": len(texts), "models": rows,

@@ -306,43 +306,52 @@ def transfer_trec(r: dict[str, Any]) -> list[str]:
 
 
 def subwords_trec(r: dict[str, Any]) -> list[str]:
-    rows = ["| tokenizer | units in the vocabulary | forward: test accuracy % | backward | forward + backward | seeds | "
-            "minutes a seed (both directions) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    summary = r["summary"]
+    rows = ["| tokenizer | language model starts from | units in the vocabulary | forward: test accuracy % | backward | "
+            "forward + backward | seeds | minutes a seed (all directions) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary, pretrained = r["summary"], r.get("pretrained") or {}
     for tok in ("words", "subwords"):
         if tok in summary:
             s = summary[tok]
-            cells = [_pct(s[v]) for v in ("fwd", "bwd", "ensemble")]
-            rows.append(f"| {tok} | {s['vocab_size']:,} | {' | '.join(cells)} | {len(s['seeds'])} | "
+            start = f"`{Path(pretrained[tok]).name}`" if pretrained.get(tok) else "random weights"
+            cells = [_pct(s[v]) if v in s else "–" for v in ("fwd", "bwd", "ensemble")]
+            rows.append(f"| {tok} | {start} | {s['vocab_size']:,} | {' | '.join(cells)} | {len(s['seeds'])} | "
                         f"{s['minutes_per_seed']:.0f} |")
-    four = summary.get("words+subwords fwd+bwd")
-    if four:
-        rows.append(f"| **words + subwords**, four members | – | – | – | **{_pct(four)}** "
-                    f"| {len(four['seeds'])} | – |")
+    both = next(((k, v) for k, v in summary.items() if k.startswith("words+subwords")), None)
+    if both:
+        members = 2 * len(both[0].split(" ", 1)[1].split("+"))
+        rows.append(f"| **words + subwords**, {members} members | – | – | – | – | **{_pct(both[1])}** "
+                    f"| {len(both[1]['seeds'])} | – |")
     if r.get("jobs", 1) > 1:
         rows += ["", f"{r['jobs']} runs went at a time, each on {r['threads']} thread(s), so the minutes are those of a "
                  "machine the runs shared."]
-    rows += ["", "Per seed (test accuracy %, forward / backward / ensemble; then the four-member ensemble):", ""]
+    rows += ["", "Per seed (test accuracy %, " + " / ".join(r["runs"][0]["test_accuracy"])
+             + "; then the word + subword ensemble):", ""]
     for run in sorted(r["runs"], key=lambda x: (x["tokenizer"], x["seed"])):
-        a = run["test_accuracy"]
-        rows.append(f"- {run['tokenizer']}, seed {run['seed']}: {100 * a['fwd']:.1f} / {100 * a['bwd']:.1f} / "
-                    f"{100 * a['ensemble']:.1f}")
+        rows.append(f"- {run['tokenizer']}, seed {run['seed']}: "
+                    + " / ".join(f"{100 * v:.1f}" for v in run["test_accuracy"].values()))
     for seed, acc in sorted(r.get("four_member_test_accuracy", {}).items()):
         rows.append(f"- words + subwords, seed {seed}: {100 * acc:.1f}")
     return rows
 
 
 def pretrain_general(r: dict[str, Any]) -> list[str]:
-    rows = ["| model | direction | held-out perplexity | next-token accuracy | training | tokens/s (2 CPU threads) | "
-            "tokens per epoch × epochs |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | units | direction | held-out perplexity per unit | per whitespace word | next-token accuracy | "
+            "training | tokens/s (2 CPU threads) | tokens per epoch × epochs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in r["models"]:
         train = f"{m['training_minutes']:.0f} min" if m.get("training_minutes") else "–"
         speed = f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "–"
         tokens = f"{m['tokens_per_epoch']:,} × {m['epochs']}" if m.get("tokens_per_epoch") else "–"
-        rows.append(f"| `{m['model']}` | {m['direction']} | {m['valid_perplexity']:.1f} | {m['valid_accuracy']:.3f} | "
-                    f"{train} | {speed} | {tokens} |")
+        per_word = f"{m['valid_perplexity_per_word']:.0f}" if m.get("valid_perplexity_per_word") else "–"
+        rows.append(f"| `{m['model']}` | {m.get('units', 'words')} | {m['direction']} | {m['valid_perplexity']:.1f} | "
+                    f"{per_word} | {m['valid_accuracy']:.3f} | {train} | {speed} | {tokens} |")
     rows += ["", f"Held-out text: the {r['valid_documents']} documents of `{r['corpus']}/valid.txt.gz` (never trained on), "
-                 "each model reading them in its own direction with its own vocabulary (words it lacks count as `xxunk`)."]
+                 "each model reading them in its own direction with its own vocabulary (words a word model lacks count "
+                 "as `xxunk`, which makes its perplexity look better than it is: it never has to spell out a rare "
+                 "word, which a subword model does). Per whitespace word: the same total log-likelihood divided by the "
+                 "documents' whitespace-separated words, so word and subword models compare (a word model's token "
+                 "also counts punctuation and fastai's markers); measured for the models run since that column existed."]
     return rows
 
 
@@ -713,6 +722,13 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "language model exists yet, so neither side is pretrained (the transfer sections above show what pretraining "
      "adds to words). The last row averages the four classifiers of a seed "
      "(`python bench/subwords_trec.py`; docs/SUBWORDS.md).",
+     subwords_trec),
+    ("subwords_trec_pretrained", "Words against subword units on TREC-6, each from a general-domain LM of its own units (CPU)",
+     "As above, but each tokenizer's language models start from a general-domain model of its own units: the word "
+     "pair `general-en-tiny-fwd` / `-bwd` (2 epochs on general-en) and the subword pair `general-en-tiny-sp-fwd` / "
+     "`-sp-bwd` (1 epoch on the same corpus in 15,000 unigram units, `configs/pretrain_general_tiny_subwords.yaml`; "
+     "the subword members then use those units, not TREC-6's). `python bench/subwords_trec.py --pretrained-words "
+     "... --pretrained-subwords ... --out bench/results/subwords_trec_pretrained.json`.",
      subwords_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "

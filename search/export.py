@@ -72,7 +72,7 @@ def _best_from_search_dir(search_dir: Path) -> dict[str, Any]:
     cfg, meta = store.read_search_json(search_dir)
     s = cfg.search
     rows = [{"status": r.status, s.metric: r.result.get(s.metric), "record": r}
-            for r in records.read_trials(search_dir, store.open_study_checked(search_dir))]
+            for r in records.read_trials(search_dir, store.open_study_checked(search_dir), cfg)]
     found = outcome.best_completed(rows, s.metric, s.mode)
     if found is None:
         raise SearchConfigError(f"{search_dir}: {_NOTHING_TO_EXPORT.format(dir=search_dir)}")

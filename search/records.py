@@ -1,15 +1,19 @@
 """A search's trials as its own files record them: the one reader the leaderboard, export and a resume use.
 
-Two sources, both plain data (nothing here unpickles, and Ray's experiment state is never read):
+Only what is written straight into the search folder counts (nothing here unpickles, and Ray's experiment
+state is never read):
 
-* the Optuna study in ``optuna.db``: which trials the search asked, how each ended (the searcher tells it
-  as trials end: COMPLETE, PRUNED by ASHA, FAIL; RUNNING when the search stopped first), and the Ray trial
-  ids each trial ran as (a resumed trial runs again under a new id);
-* each run's folder ``trial_<ray id>``: ``params.json`` (the trial's config, carrying its Optuna number),
-  ``result.json`` (one JSON line per epoch reported) and ``error.txt`` (Tune's, when it failed), written by
-  Tune's JSON logger as the trial runs.
+* the Optuna study in ``optuna.db``, which the driver writes as trials are asked and end: which trials the
+  search asked, their sampled values, how each ended (COMPLETE, PRUNED by ASHA, FAIL; RUNNING when the search
+  stopped first), and the Ray trial ids each ran as (a resumed trial runs again under a new id);
+* ``search.json``: the base recipe and run settings, which with the sampled values make a trial's config;
+* each run's checkpoints (``trial_<ray id>/checkpoint_*``), which the trial persists before it reports the
+  epoch: their metadata holds that epoch's metrics.
 
-A trial's identity is its Optuna number; its last result is the latest epoch any of its runs reported.
+Tune's own ``result.json`` and ``error.txt`` are read too when they are there, but they are written on the
+driver and copied into the search folder only now and then, so after a killed driver (or a full disk) they
+can be behind or missing: they never decide anything alone. A trial's identity is its Optuna number; its
+last result is the latest epoch any of its runs saved.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from search import trainable as T
 if TYPE_CHECKING:
     import optuna
 
+    from search.settings import SearchConfig
+
 logger = logging.getLogger(__name__)
 
 #: User attributes the searcher sets on each Optuna trial: the Ray trial it runs as now, every Ray trial it
@@ -37,7 +43,7 @@ class TrialRecord:
     number: int  # the trial's number in the search's Optuna study
     status: str  # an outcome (search/outcome.py)
     trial_id: str | None = None  # the Ray trial id of its latest run
-    config: dict[str, Any] = field(default_factory=dict)  # its latest run's config (params.json)
+    config: dict[str, Any] = field(default_factory=dict)  # its config: search.json's recipe and run, its values
     result: dict[str, Any] = field(default_factory=dict)  # the latest epoch it reported
     error: str | None = None  # the one line of its error (errored trials)
     folders: list[Path] = field(default_factory=list)  # its runs' folders, oldest first
@@ -69,22 +75,30 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
             TrialState.FAIL: outcome.ERRORED}.get(trial.state, outcome.INTERRUPTED)
 
 
-def read_trials(search_dir: str | Path, study: optuna.Study | None = None) -> list[TrialRecord]:
-    """Every trial of the search in ``search_dir``, by Optuna number (none without a study)."""
+def read_trials(search_dir: str | Path, study: optuna.Study | None = None,
+                cfg: SearchConfig | None = None) -> list[TrialRecord]:
+    """Every trial of the search in ``search_dir``, by Optuna number (none without a study). ``cfg``: the
+    search's config (default: read from its ``search.json``)."""
     search_dir = Path(search_dir)
     study = study if study is not None else store.load_study(search_dir)
     if study is None:
         return []
+    if cfg is None:
+        cfg, _ = store.read_search_json(search_dir)
+    from ulmfit_core.config import build_recipe, to_dict
+
+    fixed, base = T.param_space(cfg, search_dir), to_dict(build_recipe(cfg.recipe))
     records = []
     for number, trial in own_trials(study).items():
-        record = TrialRecord(number, status_of(trial))
-        for ray_id in ray_trial_ids(trial):
+        ids = ray_trial_ids(trial)
+        config = {**fixed, **cfg.space.sample(trial, base), T.OPTUNA_NUMBER: number}
+        record = TrialRecord(number, status_of(trial), ids[-1] if ids else None, config)
+        for ray_id in ids:
             folder = search_dir / T.trial_dirname(ray_id)
-            config, result, error = read_run(folder)
-            if config is None:
+            if not folder.is_dir():
                 continue  # asked, but the search stopped before this run started
             record.folders.append(folder)
-            record.trial_id, record.config = ray_id, config
+            result, error = read_run(folder)
             if result and int(result.get(T.EPOCH) or 0) >= int(record.result.get(T.EPOCH) or 0):
                 record.result = result
             if error and record.status == outcome.ERRORED:  # (a failure Tune retried past is no error)
@@ -93,16 +107,12 @@ def read_trials(search_dir: str | Path, study: optuna.Study | None = None) -> li
     return records
 
 
-def read_run(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any], str | None]:
-    """``(config, last result, error text)`` of one run's folder; config None when it has no params.json.
+def read_run(folder: Path) -> tuple[dict[str, Any], str | None]:
+    """``(last result, error text)`` of one run's folder.
 
-    The last result is the latest epoch in ``result.json`` or in a checkpoint's metadata (the metrics the
-    trial saved with it): Tune's logger can lose a line (a full disk) that the checkpoint, persisted before
-    the result was delivered, still holds. A line cut short by a kill is skipped."""
-    try:
-        config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, {}, None
+    The last result is the latest epoch of its checkpoints' metadata (persisted by the trial before it
+    reported the epoch) or of ``result.json`` (more fields, but copied from the driver now and then); a line
+    cut short by a kill is skipped."""
     results: list[Any] = []
     try:
         results += [_json(line) for line in (folder / "result.json").read_text(encoding="utf-8").splitlines()]
@@ -122,7 +132,7 @@ def read_run(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any], str |
         error = (folder / "error.txt").read_text(encoding="utf-8", errors="replace")
     except OSError:
         error = None
-    return (config if isinstance(config, dict) else None), last, error
+    return last, error
 
 
 def _json(text: str) -> Any:

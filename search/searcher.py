@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: User attribute of each Optuna trial: its MLflow run.
 MLFLOW_RUN_ATTR = "mlflow_run_id"
+#: A trial asked as the search stopped and never handed to Tune, told FAIL by the resume.
+ABANDONED_ATTR = "abandoned"
 #: How long a trial's end waits for the MLflow writer to have created its run (normally long done).
 RUN_ID_WAIT_S = 5.0
 
@@ -160,7 +162,13 @@ class StudySearcher(Searcher):
     # -- a resume ------------------------------------------------------------------------------------------
     def continue_unfinished(self) -> tuple[int, int]:
         """A resumed search: queue its trials that had not finished (RUNNING in the study) and those that
-        failed, to be handed out first. Returns ``(trials to run again, trials of the budget not yet asked)``."""
+        failed, to be handed out first. Returns ``(trials to run again, trials of the budget not yet asked)``.
+        A trial the search stopped in the middle of asking (Ctrl-C or a kill inside ``suggest``: RUNNING, never
+        handed to Tune) is told FAIL, marked abandoned, and not counted against the budget."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if RAY_TRIAL_ATTR not in trial.user_attrs:
+                self._open(trial.number).set_user_attr(ABANDONED_ATTR, "asked as the search stopped; never ran")
+                self.study.tell(trial.number, state=TrialState.FAIL)
         own = records.own_trials(self.study)
         self.pending = [t for t in own.values() if t.state in (TrialState.RUNNING, TrialState.FAIL)]
         return len(self.pending), max(0, self.sampler[2] - len(own))

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
 from search.outcome import EPOCH, EPOCHS_TOTAL, stopped_early  # noqa: F401  (a trial's clock)
-from ulmfit_core import memory
+from ulmfit_core import memory, zoo
 from ulmfit_core.config import build_recipe
 from ulmfit_core.train import ResumeMismatch
+
+if TYPE_CHECKING:
+    from search.settings import SearchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,32 @@ def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """The searched values of a trial config (everything but the base recipe, the run settings, the
     trial's Optuna number and its earlier runs)."""
     return {k: v for k, v in config.items() if k not in (RECIPE, RUN, OPTUNA_NUMBER, EARLIER_RUNS)}
+
+
+def param_space(cfg: SearchConfig, search_dir: Path | None = None) -> dict[str, Any]:
+    """What every trial's config holds besides its sampled values: the base recipe and the run settings."""
+    storage = Path(cfg.search.storage).expanduser().resolve()
+    return {
+        RECIPE: cfg.recipe,
+        RUN: {
+            # Where each trial's checkpoints land (<search_dir>/trial_<id>): a resumed trial looks there too.
+            "search_dir": str(search_dir) if search_dir is not None else None,
+            "lm_root": str(Path(cfg.search.lm_root).expanduser().resolve() if cfg.search.lm_root
+                           else storage / "_lm_cache"),
+            "cache_dir": str(Path(cfg.search.cache_dir).expanduser().resolve() if cfg.search.cache_dir
+                             else storage / "_corpus_cache"),
+            # Resolved here: a trial runs in its own working directory (on a cluster, on another node).
+            "data_dir": str(Path(cfg.search.data_dir or os.environ.get("ULMFIT_DATA") or "data")
+                            .expanduser().resolve()),
+            "models_dir": str(models_dir(cfg)),
+            "threads": cfg.search.resources.threads,
+        },
+    }
+
+
+def models_dir(cfg: SearchConfig) -> Path:
+    """Where trials find zoo models: resolved on the driver (a trial runs in its own working directory)."""
+    return Path(cfg.search.models_dir or zoo.default_models_dir()).expanduser().resolve()
 
 
 def train_trial(config: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ from search.schedulers import Asha, make_scheduler
 from search.searcher import make_searcher
 from search.settings import SearchConfig
 from search.shared_storage import check_storage_shared
-from ulmfit_core import zoo
+from search.trainable import models_dir, param_space  # noqa: F401  (tuner.param_space: the trials' config)
 from ulmfit_core.config import RecipeConfig, build_recipe, to_dict
 from ulmfit_core.corpus import Corpus
 from ulmfit_core.metrics import METRICS
@@ -193,26 +193,6 @@ def make_trainable(cfg: SearchConfig) -> Any:
     return tune.with_resources(T.train_trial, res)
 
 
-def param_space(cfg: SearchConfig, search_dir: Path | None = None) -> dict[str, Any]:
-    storage = Path(cfg.search.storage).expanduser().resolve()
-    return {
-        T.RECIPE: cfg.recipe,
-        T.RUN: {
-            # Where each trial's checkpoints land (<search_dir>/trial_<id>): a resumed trial looks there too.
-            "search_dir": str(search_dir) if search_dir is not None else None,
-            "lm_root": str(Path(cfg.search.lm_root).expanduser().resolve() if cfg.search.lm_root
-                           else storage / "_lm_cache"),
-            "cache_dir": str(Path(cfg.search.cache_dir).expanduser().resolve() if cfg.search.cache_dir
-                             else storage / "_corpus_cache"),
-            # Resolved here: a trial runs in its own working directory (on a cluster, on another node).
-            "data_dir": str(Path(cfg.search.data_dir or os.environ.get("ULMFIT_DATA") or "data")
-                            .expanduser().resolve()),
-            "models_dir": str(models_dir(cfg)),
-            "threads": cfg.search.resources.threads,
-        },
-    }
-
-
 def build_tuner(cfg: SearchConfig, search_dir: Path, callbacks: Sequence[tune.Callback],
                 earlier: Sequence[warm_start.EarlierSearch] = (),
                 run_id_of: Callable[[str, float], str | None] | None = None) -> tune.Tuner:
@@ -278,11 +258,6 @@ class SearchOutcome:
     status: str = "finished"  # or "interrupted": continue with resume_search(search_dir)
     experiment_id: str | None = None
     tracking_failures: list[str] = field(default_factory=list)  # MLflow writes that finally failed
-
-
-def models_dir(cfg: SearchConfig) -> Path:
-    """Where trials find zoo models: resolved on the driver (a trial runs in its own working directory)."""
-    return Path(cfg.search.models_dir or zoo.default_models_dir()).expanduser().resolve()
 
 
 def check_language_model_start(cfg: SearchConfig) -> str:
@@ -449,10 +424,12 @@ def _fit_and_finish(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
 
 def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Path, meta: dict) -> SearchOutcome:
     uri, parent = meta["tracking_uri"], meta["parent_run_id"]
-    status = "failed"
+    status, errors_now = "failed", {}
     try:
         if tuner is not None:  # None: a resume with nothing left to run
-            tuner.fit()
+            # This run's errors as Tune holds them in memory: its error.txt copies can lag (or fail, disk full).
+            errors_now = {int(r.config[T.OPTUNA_NUMBER]): outcome.error_line(r.error) for r in tuner.fit()
+                          if r.error is not None and (r.config or {}).get(T.OPTUNA_NUMBER) is not None}
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -464,7 +441,10 @@ def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
             except Exception as e:  # noqa: BLE001
                 logger.warning("MLflow: could not mark the search %s: %s", status, e)
     # The search's own records first (leaderboard, best.yaml, plots): an MLflow outage now loses none of them.
-    trials = records.read_trials(search_dir)
+    trials = records.read_trials(search_dir, cfg=cfg)
+    for t in trials:
+        if t.status == outcome.ERRORED and t.number in errors_now:
+            t.error = errors_now[t.number]
     board = leaderboard(trials, cfg, _trial_runs(uri, meta["experiment_id"], parent))
     # Ctrl-C makes Tune return normally, with trials left unfinished.
     # A trial that failed on a full disk is unfinished too: a resume runs it again.

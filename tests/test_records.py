@@ -12,15 +12,16 @@ from optuna.trial import TrialState, create_trial
 import search  # noqa: F401  (Ray's environment defaults before ray is imported)
 from search import records
 from search import trainable as T
+from search.settings import search_config_from_dict
 
 DIST = {"classifier.lr": FloatDistribution(1e-3, 1e-1, log=True)}
 
 
 def _run(search_dir, ray_id, number, epochs, *, checkpoint_epoch=None, cut_last=False, error=None):
+    """A run's folder as the search folder holds it: Tune's result.json and error.txt (copied from the driver,
+    so possibly behind), and a checkpoint's metadata (persisted by the trial itself)."""
     folder = search_dir / f"trial_{ray_id}"
     folder.mkdir()
-    (folder / "params.json").write_text(json.dumps({T.RECIPE: {}, T.RUN: {}, "classifier.lr": 0.01,
-                                                    T.OPTUNA_NUMBER: number}))
     lines = [json.dumps({T.EPOCH: e, "valid_accuracy": 0.1 * e, "trial_id": ray_id}) for e in epochs]
     if cut_last:
         lines[-1] = lines[-1][: len(lines[-1]) // 2]
@@ -56,10 +57,17 @@ def test_each_trial_once_with_its_latest_epoch_and_how_the_study_says_it_ended(t
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9, params={"classifier.lr": 0.02},
                                  distributions=DIST))  # a warm-start trial of another search: not this one's
 
-    found = {r.number: r for r in records.read_trials(tmp_path)}
+    cfg = search_config_from_dict({"recipe": {"data": {"dataset": "trec"}, "model": {"preset": "tiny"}},
+                                   "space": {"classifier.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}},
+                                   "search": {"storage": str(tmp_path)}})
+    _run(tmp_path, "x", 9, [1])  # a folder no trial of the study names: not a trial
+    found = {r.number: r for r in records.read_trials(tmp_path, cfg=cfg)}
     assert sorted(found) == [0, 1, 2, 3]
     assert (found[0].status, found[0].result[T.EPOCH]) == ("completed", 3)
     assert (found[1].status, found[1].result[T.EPOCH], found[1].trial_id) == ("completed", 3, "b2")
     assert found[1].error is None and [f.name for f in found[1].folders] == ["trial_b", "trial_b2"]
     assert (found[2].status, found[2].result[T.EPOCH]) == ("interrupted", 1)
     assert (found[3].status, found[3].error) == ("errored", "ValueError: loss is nan")
+    # each trial's config is search.json's recipe and run settings with the study's values, whatever the folders
+    assert T.sampled_values(found[2].config) == {"classifier.lr": 0.01} and found[2].config[T.OPTUNA_NUMBER] == 2
+    assert found[2].config[T.RUN]["search_dir"] == str(tmp_path)

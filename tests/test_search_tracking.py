@@ -239,7 +239,7 @@ def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_searc
     monkeypatch.setattr(tracking, "child_runs", down)
     monkeypatch.setattr(tracking, "finish_parent", down)
     meta = {"tracking_uri": "http://127.0.0.1:9", "parent_run_id": "p-outage", "experiment_id": "1", "experiment": "x"}
-    out = tuner._fit_and_finish(SimpleNamespace(fit=lambda: None), cfg, tmp_path, meta)
+    out = tuner._fit_and_finish(SimpleNamespace(fit=lambda: []), cfg, tmp_path, meta)
     board = (tmp_path / "leaderboard.csv").read_text()
     assert "stopped_by_asha" in board and out.leaderboard[0]["trial"] == 0
     assert out.tracking_failures and "parent run at the end" in out.tracking_failures[-1]

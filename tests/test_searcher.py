@@ -83,10 +83,13 @@ def test_a_resumed_searcher_runs_unfinished_and_failed_trials_again_and_counts_e
     first.on_trial_result("b", _result(2, 0.4))
     first.on_trial_result("c", _result(1, 0.5))
     first.on_trial_complete("c", error=True)
+    interrupted = first.study.ask()  # Ctrl-C inside suggest: asked, never handed to Tune
     del first  # the driver dies
 
     resumed = make_searcher(_config(num_samples=6), search_dir, create=False)
     assert resumed.continue_unfinished() == (3, 2)  # b, c, d run again; 6 - 4 asked = 2 new
+    abandoned = resumed.study.get_trials()[interrupted.number]
+    assert abandoned.state == TrialState.FAIL and "abandoned" in abandoned.user_attrs  # and not in the budget
     again = {new: resumed.suggest(new) for new in ("b2", "c2", "d2")}
     for old, new in (("b", "b2"), ("c", "c2"), ("d", "d2")):
         assert T.sampled_values(again[new]) == T.sampled_values(params[old])

@@ -718,9 +718,8 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("subwords_trec", "Words against subword units on TREC-6, and their ensemble (CPU)",
      "The whole recipe (`configs/trec_tiny.yaml`, the `tiny` model, 8 + 8 epochs) per seed with word tokens and with "
      "SentencePiece units (`text.tokenizer: subwords`, unigram, at most 4,000 units learnt from TREC-6's training "
-     "questions, never test text), both directions, **both from random weights**: no general-domain subword "
-     "language model exists yet, so neither side is pretrained (the transfer sections above show what pretraining "
-     "adds to words). The last row averages the four classifiers of a seed "
+     "questions, never test text), both directions, **both from random weights**, so the units are compared "
+     "without pretraining (the next section starts each from a general-domain LM of its own units). The last row averages the four classifiers of a seed "
      "(`python bench/subwords_trec.py`; docs/SUBWORDS.md).",
      subwords_trec),
     ("subwords_trec_pretrained", "Words against subword units on TREC-6, each from a general-domain LM of its own units (CPU)",

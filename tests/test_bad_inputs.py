@@ -382,7 +382,7 @@ CASES = [
     Case("config-subwords-with-a-zoo-word-model",
          lambda w: w.training("run", "text.tokenizer=subwords", "lm.pretrained=wt103-fwd"),
          ("text.tokenizer: subwords with lm.pretrained 'wt103-fwd', a word-level zoo model",
-          "give lm.pretrained a subword language model folder")),
+          "give lm.pretrained a subword language model (a zoo name with -sp-")),
     Case("pretrained-subword-model-for-words",
          lambda w: w.training("finetune-lm", f"lm.pretrained={w.file('sub-lm/subwords.model', b'units').parent}"),
          ("sub-lm is a subword language model (it holds subwords.model) but text.tokenizer is words",

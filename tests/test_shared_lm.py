@@ -91,7 +91,7 @@ def test_a_shared_lm_already_in_the_cache_is_found_by_the_driver_without_a_task(
     run = tuner.param_space(cfg)[tuner.T.RUN]
     lm = stages.ensure_lm(build_recipe(cfg.recipe), corpus, Path(run["lm_root"]), models_dir=run["models_dir"])
     assert lm.trained
-    shared = tuner.train_shared_lm_first(cfg, corpus)
+    (shared,) = tuner.train_shared_lm_first(cfg, corpus)
     assert tasks == ["train_shared_lm"]  # only the first call asked for a task
     assert shared["lm_key"] == lm.lm_dir.name and not shared["trained"]
     assert shared["seconds"] == pytest.approx(stages.lm_training_seconds(lm.lm_dir))

@@ -341,6 +341,21 @@ def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
     return run.info.run_id
 
 
+def finish_ended_runs(uri: str, runs: Mapping[str, Any], board: Sequence[Mapping[str, Any]]) -> int:
+    """End the MLflow runs of trials that ended but whose run still says RUNNING: the driver died between a
+    trial's end and its run's (a resume does not run such a trial again). ``runs``: the runs by Optuna number;
+    ``board``: the leaderboard rows (the study's outcomes). Returns how many were ended."""
+    client, ended = _client(uri), 0
+    for row in board:
+        run = runs.get(str(row.get("trial")))
+        if run is None or run.info.status != "RUNNING" or row["status"] not in (COMPLETED, STOPPED, ERRORED):
+            continue
+        client.set_tag(run.info.run_id, STATUS_TAG, row["status"])
+        client.set_terminated(run.info.run_id, "FAILED" if row["status"] == ERRORED else "FINISHED")
+        ended += 1
+    return ended
+
+
 def finish_parent(uri: str, parent_run_id: str, status: str, leaderboard: list[dict[str, Any]],
                   summary: Mapping[str, float], best_yaml: Path | None, plots: Sequence[Path] = ()) -> None:
     """Leaderboard table, best config, plots and final status; of the summary, the best value as the run's one

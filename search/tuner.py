@@ -415,6 +415,8 @@ def _fit_and_finish(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
         problem = storage_problem(e)
         if problem is None:
             raise
+        if ray.is_initialized():  # now, while its late messages (trials cut off) still go to the search log
+            ray.shutdown()
         raise storage_error(portable.shown(search_dir), problem) from None
     problem = next(filter(None, (storage_problem(row.get("error")) for row in result.leaderboard)), None)
     if problem is not None:  # trials failed writing their checkpoints: a resume runs them again
@@ -445,7 +447,8 @@ def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
     for t in trials:
         if t.status == outcome.ERRORED and t.number in errors_now:
             t.error = errors_now[t.number]
-    board = leaderboard(trials, cfg, _trial_runs(uri, meta["experiment_id"], parent))
+    runs = _trial_runs(uri, meta["experiment_id"], parent)
+    board = leaderboard(trials, cfg, runs)
     # Ctrl-C makes Tune return normally, with trials left unfinished.
     # A trial that failed on a full disk is unfinished too: a resume runs it again.
     unfinished = any(row["status"] == outcome.INTERRUPTED or storage_problem(row.get("error")) for row in board)
@@ -462,6 +465,7 @@ def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
     failures = tracking.write_failures(parent)
     summary["tracking_write_failures"] = len(failures)
     try:
+        tracking.finish_ended_runs(uri, runs, board)
         tracking.finish_parent(uri, parent, status, board, summary, best_yaml, made)
     except Exception as e:  # noqa: BLE001 (the store is down: what MLflow misses is said, nothing is lost)
         failures.append(f"the search's parent run at the end: {type(e).__name__}: {e}")

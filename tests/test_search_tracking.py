@@ -243,3 +243,21 @@ def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_searc
     board = (tmp_path / "leaderboard.csv").read_text()
     assert "stopped_by_asha" in board and out.leaderboard[0]["trial"] == 0
     assert out.tracking_failures and "parent run at the end" in out.tracking_failures[-1]
+
+
+def test_a_run_whose_trial_ended_while_the_driver_died_is_ended_at_the_search_end(store):
+    """The driver died after tagging a trial stopped but before ending its run; the resumed search does not run
+    that trial again, so its end reconciles MLflow with the study's outcome."""
+    from mlflow.tracking import MlflowClient
+
+    uri, exp, parent = store
+    client = MlflowClient(uri)
+    run = client.create_run(exp, tags={tracking.PARENT_TAG: parent, tracking.OPTUNA_TRIAL_TAG: "41",
+                                       tracking.STATUS_TAG: "stopped_by_asha"})
+    done = client.create_run(exp, tags={tracking.PARENT_TAG: parent, tracking.OPTUNA_TRIAL_TAG: "42"})
+    client.set_terminated(done.info.run_id, "FINISHED")
+    runs = {"41": client.get_run(run.info.run_id), "42": client.get_run(done.info.run_id)}
+    board = [{"trial": 41, "status": "stopped_by_asha"}, {"trial": 42, "status": "completed"}]
+    assert tracking.finish_ended_runs(uri, runs, board) == 1  # the finished one is left alone
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "FINISHED" and ended.data.tags[tracking.STATUS_TAG] == "stopped_by_asha"

@@ -64,8 +64,7 @@ def four_member_accuracy(rows: list[dict[str, Any]], test_csv: Path) -> dict[int
     out = {}
     for seed in sorted({r["seed"] for r in rows}):
         mine = [r for r in rows if r["seed"] == seed]
-        folders = [Path(r["folder"]) / ("classifier" if i == 0 else f"classifier_{d}")
-                   for r in mine for i, d in enumerate(d for d in r["test_accuracy"] if d != "ensemble")]
+        folders = [d for r in mine for d in inference.classifier_dirs(r["folder"])]  # each run's members
         if len(mine) == len(TOKENIZERS):
             out[seed] = inference.evaluate(folders, test_csv, device="cpu")["accuracy"]
     return out

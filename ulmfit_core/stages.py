@@ -434,7 +434,6 @@ def run_recipe(cfg: RecipeConfig, out_dir: str | Path, report: ReportFn | None =
     t = time.perf_counter()
     corpora = {tok: prepare_corpus(next(c for _, c, _ in plans if c.text.tokenizer == tok), data_dir, cache_dir,
                                    progress=progress, models_dir=models_dir) for tok in dict.fromkeys(c.text.tokenizer for _, c, _ in plans)}
-    corpus = corpora[plans[0][1].text.tokenizer]
     times["data_seconds"] = time.perf_counter() - t
     result: dict[str, Any] = {}
     reports: dict[str, Any] = {}  # member (or "ensemble") -> test labels, confusion matrix, scores

@@ -45,6 +45,12 @@ class _QuietFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         self.dropped = getattr(self, "dropped", 0) + 1
 
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last buffered lines could not be written (a full disk): dropped, like the others
+            self.dropped = getattr(self, "dropped", 0) + 1
+
 
 class LibraryLog:
     """The log file of one command. ``start()`` routes the libraries' logging there (nothing when

@@ -10,6 +10,7 @@ training time, tokens seen and tokens/s. ``--train`` first pretrains the preset 
     python bench/pretrain_general.py --models models/general-en-small-fwd models/general-en-small-bwd ...
     python bench/pretrain_general.py --train --preset small --directions fwd bwd --out-dir models
     python bench/pretrain_general.py --train --preset tiny --subwords --directions fwd --out-dir models
+    python bench/pretrain_general.py --train --preset tiny --subwords --subword-vocab 8000 --directions fwd --add
     python bench/pretrain_general.py --models models/general-en-small-bwd --add   # one more, the others kept
     python bench/pretrain_general.py --smoke      # seconds: a tiny model on a slice of the corpus
 """
@@ -26,6 +27,7 @@ from common import RESULTS, ROOT, command_history, earlier_result, write_result
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "general-en"
 DEFAULT_OUT = RESULTS / "pretrain_general.json"
+DEFAULT_SUBWORD_VOCAB = 15_000  # configs/pretrain_general_*_subwords.yaml
 
 
 def valid_texts(limit: int | None = None) -> list[str]:
@@ -88,10 +90,23 @@ def training_cost(model_dir: Path) -> dict[str, Any]:
             "own_valid_perplexity": (m.get("final") or {}).get("valid_perplexity")}
 
 
-def pretrain(preset: str, direction: str, out_dir: Path, overrides: list[str], subwords: bool = False) -> Path:
+def model_name(preset: str, direction: str, subwords: bool = False, subword_vocab: int | None = None) -> str:
+    """The zoo's names (``general-en-tiny-sp-fwd``: the config's 15,000 units), with the size in the name for
+    another number of units (``general-en-tiny-sp8k-fwd``), so a vocabulary sweep's models sit side by side."""
+    units = ""
+    if subwords:
+        v = subword_vocab or DEFAULT_SUBWORD_VOCAB
+        units = "sp-" if v == DEFAULT_SUBWORD_VOCAB else f"sp{v // 1000}k-" if v % 1000 == 0 else f"sp{v}-"
+    return f"general-en-{preset}-{units}{direction}"
+
+
+def pretrain(preset: str, direction: str, out_dir: Path, overrides: list[str], subwords: bool = False,
+             subword_vocab: int | None = None) -> Path:
     import launch
 
-    target = out_dir / f"general-en-{preset}-{'sp-' if subwords else ''}{direction}"
+    target = out_dir / model_name(preset, direction, subwords, subword_vocab)
+    if subword_vocab is not None:
+        overrides = [*overrides, f"text.subword_vocab={subword_vocab}"]
     config = ROOT / "configs" / f"pretrain_general_{preset}{'_subwords' if subwords else ''}.yaml"
     args = ["pretrain", "--config", str(config), "--out", str(target),
             "--no-progress", "--set", f"lm.backwards={'true' if direction == 'bwd' else 'false'}",
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--directions", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--subwords", action="store_true",
                     help="--train with configs/pretrain_general_<preset>_subwords.yaml (subword units)")
+    ap.add_argument("--subword-vocab", type=int,
+                    help=f"--subwords with this many units instead of {DEFAULT_SUBWORD_VOCAB:,} (the model's name says so)")
     ap.add_argument("--out-dir", default=str(ROOT / "models"), help="where --train writes its models")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--threads", type=int, default=2)
@@ -140,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
             preset = ("tiny" if args.subwords else "small") if args.smoke else args.preset
             if args.smoke and args.subwords:
                 overrides += ["text.subword_vocab=300"]
-            models += [pretrain(preset, d, out_dir, overrides, args.subwords) for d in args.directions]
+            models += [pretrain(preset, d, out_dir, overrides, args.subwords, args.subword_vocab)
+                       for d in args.directions]
         texts = valid_texts(limit=40 if args.smoke else None)
         if old and old.get("valid_documents") != len(texts):
             raise SystemExit(f"--add: {out_path} measured {old.get('valid_documents')} held-out documents, this run "

@@ -335,6 +335,26 @@ def subwords_trec(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def subword_vocab_trec(r: dict[str, Any]) -> list[str]:
+    general = {m["model"]: m for m in (_load("pretrain_general") or {}).get("models", [])}
+    rows = ["| units learnt (general-en) | units in the vocabulary | general LM: held-out perplexity per whitespace word "
+            "| forward: test accuracy % | seeds | minutes a seed |", "| --- | --- | --- | --- | --- | --- |"]
+    for vocab, s in sorted(r["summary"].items(), key=lambda kv: int(kv[0])):
+        ppl = general.get(s["pretrained"], {}).get("valid_perplexity_per_word")
+        rows.append(f"| {int(vocab):,} (`{s['pretrained']}`) | {s['vocab_size']:,} | "
+                    f"{f'{ppl:,.0f}' if ppl else '–'} | {_pct(s['fwd'])} | {len(s['seeds'])} | "
+                    f"{s['minutes_per_seed']:.0f} |")
+    words = ((_load("subwords_trec_pretrained") or {}).get("summary") or {}).get("words")
+    if words:
+        rows.append(f"| words (`general-en-tiny-fwd`) | {words['vocab_size']:,} | "
+                    f"{general.get('general-en-tiny-fwd', {}).get('valid_perplexity_per_word', 0):,.0f} | "
+                    f"{_pct(words['fwd'])} | {len(words['seeds'])} | – |")
+    rows += ["", "Per seed (test accuracy %):", ""]
+    for run in r["runs"]:
+        rows.append(f"- {run['subword_vocab']:,} units, seed {run['seed']}: {100 * run['test_accuracy']['fwd']:.1f}")
+    return rows
+
+
 def pretrain_general(r: dict[str, Any]) -> list[str]:
     rows = ["| model | units | direction | held-out perplexity per unit | per whitespace word | next-token accuracy | "
             "training | tokens/s (2 CPU threads) | tokens per epoch × epochs |",
@@ -729,10 +749,21 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "the subword members then use those units, not TREC-6's). `python bench/subwords_trec.py --pretrained-words "
      "... --pretrained-subwords ... --out bench/results/subwords_trec_pretrained.json`.",
      subwords_trec),
+    ("subword_vocab_trec", "Subword vocabulary size on TREC-6 (CPU)",
+     "The forward subword classifier of `configs/trec_tiny.yaml` with its language model starting from a general-domain "
+     "subword LM of 8,000, 15,000 (the default, MultiFiT's size) or 30,000 unigram units, each "
+     "`configs/pretrain_general_tiny_subwords.yaml` trained one epoch on general-en with `text.subword_vocab` set "
+     "(`python bench/pretrain_general.py --train --preset tiny --subwords --subword-vocab N --directions fwd`); "
+     "fine-tuning keeps the general model's units. Only the forward direction, to fit the sweep in a session "
+     "(`python bench/subword_vocab_trec.py`). The last row is the word-level forward model of the section above, "
+     "for reference.",
+     subword_vocab_trec),
     ("pretrain_general", "General-domain language models: cost and held-out perplexity",
      "The models `lm.pretrained` can name from the zoo, made by this project's `launch.py pretrain` on the general-en "
      "corpus (5.07M words, mixed genres; `configs/pretrain_general_*.yaml`), measured on the corpus's held-out "
-     "documents (`python bench/pretrain_general.py --models ...`).",
+     "documents (`python bench/pretrain_general.py --models ...`). The models were made in different sessions; "
+     "training minutes compare only where nothing else shared the machine (`general-en-tiny-sp-fwd` trained while "
+     "a test run did: its backward twin, alone, ran at 12,154 tokens/s).",
      pretrain_general),
     ("search_efficiency", "Search efficiency on TREC-6: ways to search against random search",
      "The demo search as it runs by default (`configs/search_trec_demo.yaml`: tiny model, its language model "

@@ -384,6 +384,29 @@ def test_subwords_trec_smoke(bench, tmp_path, datasets_dir):
     assert 0.0 < four <= 1.0 and r["summary"]["words+subwords fwd+bwd"]["mean"] == pytest.approx(four)
 
 
+def test_subword_vocab_trec_smoke(bench, tmp_path, datasets_dir):
+    """Each size's general-domain LM is pretrained with that many units, and its classifier keeps them."""
+    corpus = ROOT.parent / "shared" / "corpora" / "general-en" / "train.txt.gz"
+    if not corpus.exists():
+        pytest.skip(f"general-en corpus not found at {corpus}")
+    out = tmp_path / "vocab.json"
+    bench("subword_vocab_trec").main(["--smoke", "--seeds", "0", "--jobs", "1", "--data-dir", str(datasets_dir),
+                                      "--out", str(out)])
+    r = _check_provenance(out, "subword_vocab_trec")
+    assert [run["pretrained"] for run in r["runs"]] == ["general-en-tiny-sp200-fwd", "general-en-tiny-sp300-fwd"]
+    small, large = r["summary"]["200"], r["summary"]["300"]
+    # the classifier's vocabulary is its general LM's units (plus the special tokens), not TREC-6's own
+    assert 200 <= small["vocab_size"] <= 208 < 300 <= large["vocab_size"] <= 308
+    assert all(0.0 < s["fwd"]["mean"] <= 1.0 for s in (small, large))
+
+
+def test_subword_vocab_trec_names_the_command_for_a_missing_model(bench, tmp_path):
+    with pytest.raises(SystemExit, match=r"8,000 units in .*--subword-vocab N"):
+        bench("subword_vocab_trec").general_models([8000], tmp_path)
+    assert bench("pretrain_general").model_name("tiny", "bwd", True, 30000) == "general-en-tiny-sp30k-bwd"
+    assert bench("pretrain_general").model_name("tiny", "fwd", True, 15000) == "general-en-tiny-sp-fwd"  # the zoo's
+
+
 def test_pretrain_general_smoke(bench, tmp_path):
     corpus = ROOT.parent / "shared" / "corpora" / "general-en" / "train.txt.gz"
     if not corpus.exists():

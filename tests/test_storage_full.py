@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest_search import PYTHON, ROOT, SHARED_DATASETS, SMOKE, child_runs, ray_environment, stop_group
 from optuna.trial import TrialState
 
-from conftest_search import PYTHON, ROOT, SHARED_DATASETS, SMOKE, child_runs, ray_environment, stop_group
 from search.searcher import ABANDONED_ATTR, load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -17,6 +17,7 @@ training time, tokens seen and tokens/s. ``--train`` first pretrains the preset 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import math
 import time
@@ -25,9 +26,12 @@ from typing import Any
 
 from common import RESULTS, ROOT, command_history, earlier_result, write_result
 
+from ulmfit_core.config import TextConfig
+
 CORPUS = ROOT.parent / "shared" / "corpora" / "general-en"
 DEFAULT_OUT = RESULTS / "pretrain_general.json"
-DEFAULT_SUBWORD_VOCAB = 15_000  # configs/pretrain_general_*_subwords.yaml
+#: The recipe's default number of units, which configs/pretrain_general_*_subwords.yaml also set: the zoo's ``-sp-`` models.
+DEFAULT_SUBWORD_VOCAB = next(f.default for f in dataclasses.fields(TextConfig) if f.name == "subword_vocab")
 
 
 def valid_texts(limit: int | None = None) -> list[str]:

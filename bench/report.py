@@ -371,8 +371,8 @@ def subword_vocab_trec(r: dict[str, Any]) -> list[str]:
                     f"{s['minutes_per_seed']:.0f} |")
     words = ((_load("subwords_trec_pretrained") or {}).get("summary") or {}).get("words")
     if words:
-        rows.append(f"| words (`general-en-tiny-fwd`) | {words['vocab_size']:,} | "
-                    f"{general.get('general-en-tiny-fwd', {}).get('valid_perplexity_per_word', 0):,.0f} | "
+        ppl = general.get("general-en-tiny-fwd", {}).get("valid_perplexity_per_word")
+        rows.append(f"| words (`general-en-tiny-fwd`) | {words['vocab_size']:,} | {f'{ppl:,.0f}' if ppl else '–'} | "
                     f"{_pct(words['fwd'])} | {len(words['seeds'])} | – |")
     rows += ["", "Per seed (test accuracy %):", ""]
     for run in r["runs"]:

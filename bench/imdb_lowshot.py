@@ -26,6 +26,10 @@ The run, all through ``ulmfit_core`` (corpus, stages, inference):
     python bench/imdb_lowshot.py --pretrained general-en-tiny-fwd --methods general --add
                                                   # one more method, merged into the earlier result
 
+Every kept run records its test probabilities (``test_probability_of_second_label``), so runs of other
+directions or tokenizers (``--set lm.backwards=true`` with a backward ``--pretrained`` model, or
+``--set text.tokenizer=subwords``) can be averaged afterwards by ``bench/imdb_ensembles.py``.
+
 With ``--add`` the run keeps the earlier result's other methods (a method run again replaces its runs);
 the draws, sizes, budgets, seeds, rate grid and the tokenized corpus must be the same, or it stops before
 training anything.
@@ -86,6 +90,21 @@ def _write_csv(path: Path, part: dict[str, list[str]]) -> str:
         w.writerow(["label", "text"])
         w.writerows(zip(part["labels"], part["texts"]))
     return str(path)
+
+
+#: A kept run's test probabilities of the second label (``pos``), 6 decimals each, as one string: what
+#: bench/imdb_ensembles.py averages across runs (forward and backward, words and subwords) afterwards.
+PROBABILITIES = "test_probability_of_second_label"
+
+
+def encode_probabilities(probs: Any) -> str:
+    if probs.shape[1] != 2:
+        raise ValueError(f"IMDb is binary; got {probs.shape[1]} classes")
+    return " ".join(f"{p:.6f}" for p in probs[:, 1])
+
+
+def decode_probabilities(text: str) -> list[float]:
+    return [float(p) for p in text.split()]
 
 
 def budget_indices(n_pool: int, budget: int, seed: int) -> list[int]:
@@ -253,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         corpus = prepare_corpus(cfg, data_dir=args.data_dir, cache_dir=cache / "corpus")
         result["data_seconds"] = time.perf_counter() - t0
         result["corpus"] = corpus.stats
+        # What bench/imdb_ensembles.py grades the averaged members against (and checks members share).
+        result["label_names"] = list(corpus.label_names)
+        result["test_labels"] = "".join(str(int(y)) for y in corpus.test.labels)
         result["config"] = cfg.to_dict()
         print(f"corpus: {corpus.stats}  ({result['data_seconds']:.0f} s)", flush=True)
         if old and old.get("corpus") != corpus.stats:
@@ -314,12 +336,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clf = stages.train_classifier(ccfg, c_b, lm_dirs.get(method), out)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            test = inference.evaluate_split(out, corpus.test, device="cpu")
+            test, probs = inference.split_report_and_proba(out, corpus.test, device="cpu")
             shutil.rmtree(out, ignore_errors=True)
             run = {"method": method, "budget": budget, "seed": seed, "lr": lr, "epochs": n_ep,
                    "from_scratch": ccfg.classifier.from_scratch,
                    "n_pos": int(sum(1 for i in idx if corpus.label_names[corpus.train.labels[i]] == "pos")),
                    "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                   PROBABILITIES: encode_probabilities(probs),
                    "valid_accuracy": clf.metrics["valid_accuracy"],
                    "valid_accuracy_by_epoch": [h["valid_accuracy"] for h in clf.history],
                    "train_loss_by_epoch": [h["train_loss"] for h in clf.history],
@@ -336,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # first seed; its test accuracy is recorded but plays no part in the choice.
                 tried = [train_one(method, budget, seeds[0], lr) for lr in args.lr_grid]
                 best = max(tried, key=lambda r: r["valid_accuracy"])
-                grid.extend({**r, "chosen": r is best} for r in tried)
+                grid.extend({**{k: v for k, v in r.items() if k != PROBABILITIES}, "chosen": r is best} for r in tried)
                 result["chosen_lr"][f"{method}/{budget}"] = best["lr"]
                 runs.append(best)
                 save()

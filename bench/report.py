@@ -185,6 +185,21 @@ def imdb_lowshot_subwords(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def imdb_ensembles(r: dict[str, Any]) -> list[str]:
+    budgets = sorted({s["budget"] for s in r["summary"]})
+    names = list(dict.fromkeys(s["name"] for s in r["summary"]))
+    by = {(s["budget"], s["name"]): s for s in r["summary"]}
+    rows = ["| model | " + " | ".join(f"{b:,} labeled reviews: test accuracy %" for b in budgets) + " | seeds |",
+            "| --- | " + " | ".join("---" for _ in budgets) + " | --- |"]
+    for name in names:
+        cells = [_acc(by[(b, name)]) if (b, name) in by else "–" for b in budgets]
+        ensemble = by[(budgets[0], name)]["ensemble"]
+        label = f"**{name.replace('+', ' + ')}**" if ensemble else name
+        rows.append(f"| {label} | {' | '.join(cells)} | {by[(budgets[0], name)]['n_seeds']} |")
+    rows += ["", "Members: " + ", ".join(f"{n} `{_repo_path(p)}`" for n, p in r["members"].items()) + "."]
+    return rows
+
+
 def accuracy_vs_fastai(r: dict[str, Any]) -> list[str]:
     rows = ["| method | test accuracy % (mean ± sd) | seeds | LM stage (s) | classifier stage (s) | total per seed (s) |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -357,6 +372,18 @@ def subwords_trec(r: dict[str, Any]) -> list[str]:
                     + " / ".join(f"{100 * v:.1f}" for v in run["test_accuracy"].values()))
     for seed, acc in sorted(r.get("four_member_test_accuracy", {}).items()):
         rows.append(f"- words + subwords, seed {seed}: {100 * acc:.1f}")
+    return rows
+
+
+def subwords_trec_small(r: dict[str, Any]) -> list[str]:
+    """The small preset's subword run, with the word-level models of the same config and seeds beside it
+    (``transfer_trec``'s general start: the words were measured there, not run again)."""
+    rows = subwords_trec(r)
+    words = ((_load("transfer_trec") or {}).get("summary") or {}).get("general")
+    if words and "words" not in r["summary"]:
+        cells = [_pct(words[v]) if v in words else "–" for v in ("fwd", "bwd", "ensemble")]
+        rows.insert(2, f"| words (from the section on transfer) | `general-en-small-fwd` / `-bwd` | TREC-6's words (about 3,000) | "
+                       f"{' | '.join(cells)} | {len(words['seeds'])} | {words['minutes_per_seed']:.0f} |")
     return rows
 
 
@@ -758,6 +785,15 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "took 11 minutes each alone, 17 while tests shared the cores. Perplexity per unit does not compare across "
      "units.",
      imdb_lowshot_subwords),
+    ("imdb_ensembles", "Low-resource IMDb: forward + backward, words + subwords ensembles (CPU)",
+     "The `general` method of the two sections above in each direction and tokenizer, each member a separate "
+     "`bench/imdb_lowshot.py` run with the same draws, budgets, seeds and rate grid (a backward member: "
+     "`--pretrained general-en-tiny-bwd --set lm.backwards=true`, or the `-sp-bwd` model with "
+     "`--set text.tokenizer=subwords`); every kept run records its test probabilities, and "
+     "`python bench/imdb_ensembles.py --member words-fwd=... --member words-bwd=... --member subwords-fwd=... "
+     "--member subwords-bwd=...` averages them per budget and seed (fixed combinations, none chosen on test "
+     "accuracy). The forward runs above predate the recorded probabilities and must run again for this table.",
+     imdb_ensembles),
     ("transfer_trec", "Transfer on TREC-6: a general-domain start, forward, backward and their ensemble (CPU)",
      "The whole recipe (`configs/trec_small.yaml`, the `small` model) per seed, its language model starting from random "
      "weights or from this project's general-domain model, in both directions (`stages.run_recipe` with `directions "
@@ -786,6 +822,15 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "the subword members then use those units, not TREC-6's). `python bench/subwords_trec.py --pretrained-words "
      "... --pretrained-subwords ... --out bench/results/subwords_trec_pretrained.json`.",
      subwords_trec),
+    ("subwords_trec_small", "Words against subword units on TREC-6, the small preset (CPU)",
+     "The `small` model (`configs/trec_small.yaml`) with its language model starting from `general-en-small-sp-fwd`, "
+     "one epoch on general-en in 15,000 unigram units (`python bench/pretrain_general.py --train --preset small "
+     "--subwords --directions fwd`); fine-tuning keeps its units and reads TREC-6's training questions only. The word "
+     "row is the general-domain start of the transfer section above (same config, seeds, split and threads), not run "
+     "again. Forward only: the small backward subword LM (another hour on 2 cores) is not made yet. `python "
+     "bench/subwords_trec.py --config configs/trec_small.yaml --tokenizers subwords --directions fwd "
+     "--pretrained-subwords models/general-en-small-sp-fwd --out bench/results/subwords_trec_small.json`.",
+     subwords_trec_small),
     ("subword_vocab_trec", "Subword vocabulary size on TREC-6 (CPU)",
      "The forward subword classifier of `configs/trec_tiny.yaml` with its language model starting from a general-domain "
      "subword LM of 8,000, 15,000 (the default, MultiFiT's size) or 30,000 unigram units, each "
@@ -836,7 +881,9 @@ def render() -> str:
         r = _load(name)
         out += [f"## {title}", "", blurb, ""]
         if r is None:
-            out += [f"_Not measured yet: run `python bench/{name}.py`._", ""]
+            script = Path(__file__).resolve().parent / f"{name}.py"
+            out += [f"_Not measured yet: run `python bench/{name}.py`._" if script.exists()
+                    else "_Not measured yet: run the command above._", ""]
             continue
         out += table(r) + ["", _provenance(r, name), ""]
     return "\n".join(out)

@@ -16,6 +16,9 @@ members then use that model's units.
     python bench/subwords_trec.py                  # seeds 0 1 2: ~25 min on 2 cores (--jobs 2)
     python bench/subwords_trec.py --directions fwd --pretrained-words models/general-en-tiny-fwd \
         --pretrained-subwords models/general-en-tiny-sp-fwd --out bench/results/subwords_trec_pretrained.json
+    python bench/subwords_trec.py --config configs/trec_small.yaml --tokenizers subwords --directions fwd \
+        --pretrained-subwords models/general-en-small-sp-fwd --out bench/results/subwords_trec_small.json
+                                                   # the small preset's subword model (its words: transfer_trec.py)
     python bench/subwords_trec.py --smoke          # a minute: a slice, one epoch each
 """
 from __future__ import annotations
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help=f"result JSON (default {DEFAULT_OUT})")
     ap.add_argument("--smoke", action="store_true", help="a slice, one epoch each: checks the script runs")
     ap.add_argument("--directions", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    ap.add_argument("--tokenizers", nargs="+", default=list(TOKENIZERS), choices=TOKENIZERS,
+                    help="which tokenizers to run (the four-member ensemble needs both)")
     ap.add_argument("--pretrained-words", help="a word-level general-domain LM (folder or zoo name) to start from")
     ap.add_argument("--pretrained-subwords", help="a subword general-domain LM folder to start from")
     args = ap.parse_args(argv)
@@ -112,13 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="subwords-trec-") as tmp:
         todo = [(args.config, overrides, seed, tok, args.data_dir, Path(tmp), tuple(args.directions), pretrained[tok])
-                for seed in args.seeds for tok in TOKENIZERS]
+                for seed in args.seeds for tok in args.tokenizers]
         runs = list(run_jobs(run_one, todo, args.jobs, args.threads))
         four = four_member_accuracy(runs, Path(args.data_dir) / "trec" / "test.csv")
     for r in runs:
         r.pop("folder")
     payload = {"config": args.config, "overrides": overrides, "threads": args.threads, "jobs": args.jobs,
-               "directions": args.directions, "pretrained": pretrained,
+               "directions": args.directions, "tokenizers": args.tokenizers,
+               "pretrained": {tok: pretrained[tok] for tok in args.tokenizers},
                "runs": sorted(runs, key=lambda r: (r["tokenizer"], r["seed"])),
                "four_member_test_accuracy": {str(k): v for k, v in four.items()}, "summary": summarize(runs, four)}
     if not args.smoke or args.out:

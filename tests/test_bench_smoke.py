@@ -440,3 +440,47 @@ def test_imdb_lowshot_add_compares_recipes(bench):
                       "seed": 0, "precision": "fp32"}) == []
     assert diff(old, {"data": {}, "lm": {"lr": 0.03}, "seed": 0, "precision": "auto"}) == ["precision: 'fp32' -> 'auto'"]
     assert diff(old, {"data": {}, "lm": {"lr": 0.01}, "seed": 0, "precision": "fp32"}) == ["lm.lr: 0.03 -> 0.01"]
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than.*tokens")  # the smoke cuts reviews short on purpose
+def test_imdb_ensembles_average_separate_runs(bench, tmp_path, datasets_dir):
+    """A forward and a backward low-shot run keep their test probabilities; bench/imdb_ensembles.py averages
+    them per budget and seed, and refuses members that ran other draws."""
+    if not (datasets_dir / "imdb" / "train.csv.gz").exists():
+        pytest.skip("IMDb not in the shared datasets")
+    args = ["--smoke", "--threads", "1", "--data-dir", str(datasets_dir), "--cache-dir", str(tmp_path / "cache"),
+            "--methods", "ulmfit", "--lr-grid", "0.02"]
+    fwd = bench("imdb_lowshot").main(args + ["--out", str(tmp_path / "fwd.json")])
+    bwd = bench("imdb_lowshot").main(args + ["--set", "lm.backwards=true", "--out", str(tmp_path / "bwd.json")])
+    assert bwd["config"]["lm"]["backwards"] and not fwd["config"]["lm"]["backwards"]
+    assert fwd["test_labels"] == bwd["test_labels"] and len(fwd["test_labels"]) == fwd["sizes"]["test"]
+    ens = bench("imdb_ensembles")
+    out = ens.main(["--member", f"words-fwd={tmp_path / 'fwd.json'}", "--member", f"words-bwd={tmp_path / 'bwd.json'}",
+                    "--method", "ulmfit", "--out", str(tmp_path / "ens.json")])
+    assert [(r["budget"], r["seed"]) for r in out["rows"]] == [(b, 0) for b in fwd["budgets"]]
+    mod = bench("imdb_lowshot")
+    for row in out["rows"]:
+        f, b = ([x for x in r["runs"] if x["budget"] == row["budget"]][0] for r in (fwd, bwd))
+        assert row["members"] == {"words-fwd": f["test_accuracy"], "words-bwd": b["test_accuracy"]}
+        mean = [(p + q) / 2 for p, q in zip(mod.decode_probabilities(f[mod.PROBABILITIES]),
+                                            mod.decode_probabilities(b[mod.PROBABILITIES]))]
+        assert row["ensembles"] == {"words-fwd+words-bwd": ens.accuracy(mean, fwd["test_labels"])}
+    table = bench("report").imdb_ensembles(_check_provenance(tmp_path / "ens.json", "imdb_ensembles"))
+    assert any(row.startswith("| **words-fwd + words-bwd** |") for row in table)
+    # A member with itself is that member: the averaging adds nothing of its own.
+    same = ens.main(["--member", f"words-fwd={tmp_path / 'fwd.json'}", "--member", f"words-bwd={tmp_path / 'fwd.json'}",
+                     "--method", "ulmfit", "--out", str(tmp_path / "same.json")])
+    assert all(r["ensembles"]["words-fwd+words-bwd"] == r["members"]["words-fwd"] for r in same["rows"])
+    # Members of other draws are refused, naming what differs.
+    other = json.loads((tmp_path / "bwd.json").read_text())
+    other["seeds"] = [1]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="ran other seeds"):
+        ens.main(["--member", f"words-fwd={tmp_path / 'fwd.json'}", "--member", f"words-bwd={tmp_path / 'other.json'}",
+                  "--method", "ulmfit", "--out", str(tmp_path / "x.json")])
+
+
+def test_imdb_ensembles_combinations(bench):
+    combos = bench("imdb_ensembles").combinations(["words-fwd", "words-bwd", "subwords-fwd", "subwords-bwd"])
+    assert combos == [("words-fwd", "words-bwd"), ("words-fwd", "subwords-fwd"), ("words-bwd", "subwords-bwd"),
+                      ("subwords-fwd", "subwords-bwd"), ("words-fwd", "words-bwd", "subwords-fwd", "subwords-bwd")]

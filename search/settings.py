@@ -221,10 +221,6 @@ class TrackingSettings:
         if self.artifact_location and "://" not in self.artifact_location:
             self.artifact_location = str(Path(self.artifact_location).expanduser().resolve())
 
-    @property
-    def is_remote(self) -> bool:
-        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
-
 
 @dataclass
 class SearchConfig:

@@ -375,18 +375,6 @@ def subwords_trec(r: dict[str, Any]) -> list[str]:
     return rows
 
 
-def subwords_trec_small(r: dict[str, Any]) -> list[str]:
-    """The small preset's subword run, with the word-level models of the same config and seeds beside it
-    (``transfer_trec``'s general start: the words were measured there, not run again)."""
-    rows = subwords_trec(r)
-    words = ((_load("transfer_trec") or {}).get("summary") or {}).get("general")
-    if words and "words" not in r["summary"]:
-        cells = [_pct(words[v]) if v in words else "–" for v in ("fwd", "bwd", "ensemble")]
-        rows.insert(2, f"| words (from the section on transfer) | `general-en-small-fwd` / `-bwd` | TREC-6's words (about 3,000) | "
-                       f"{' | '.join(cells)} | {len(words['seeds'])} | {words['minutes_per_seed']:.0f} |")
-    return rows
-
-
 def subword_vocab_trec(r: dict[str, Any]) -> list[str]:
     general = {m["model"]: m for m in (_load("pretrain_general") or {}).get("models", [])}
     rows = ["| units learnt (general-en) | units in the vocabulary | general LM: held-out perplexity per whitespace word "
@@ -800,13 +788,15 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "fwd bwd`; a zoo name's backward counterpart for the backward run): each LM is fine-tuned on TREC-6's training "
      "questions only, never test text; the ensemble averages the two classifiers' probabilities "
      "(`python bench/transfer_trec.py --jobs 2 --threads 1`). The paper reports 96.4 % (3.6 % error) with WikiText-103 and the ensemble. One "
-     "TREC-6 test score has a standard error of ~1.5 points.",
+     "TREC-6 test score has a standard error of ~1.5 points. Measured with the earlier 1-epoch `general-en-small-fwd` "
+     "and its 1-epoch backward twin; the shared mirror has held 3-epoch small models since 2026-12-06, measured in the "
+     "small-preset subword section below.",
      transfer_trec),
     ("transfer_trec_tiny", "Transfer on TREC-6 with the tiny model (CPU)",
      "The same comparison with `configs/trec_tiny.yaml` (the `tiny` model the demo search uses) and the "
      "general-domain `general-en-tiny-fwd` / `general-en-tiny-bwd` pair (`python bench/transfer_trec.py --config "
      "configs/trec_tiny.yaml --model general-en-tiny-fwd --out bench/results/transfer_trec_tiny.json`; the backward "
-     "models are not in the shared mirror: docs/MODELS.md gives the `launch.py pretrain` commands that made them).",
+     "model was made with the `launch.py pretrain` command docs/MODELS.md gives, and is the one the shared mirror holds).",
      transfer_trec),
     ("subwords_trec", "Words against subword units on TREC-6, and their ensemble (CPU)",
      "The whole recipe (`configs/trec_tiny.yaml`, the `tiny` model, 8 + 8 epochs) per seed with word tokens and with "
@@ -823,14 +813,13 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "... --pretrained-subwords ... --out bench/results/subwords_trec_pretrained.json`.",
      subwords_trec),
     ("subwords_trec_small", "Words against subword units on TREC-6, the small preset (CPU)",
-     "The `small` model (`configs/trec_small.yaml`) with its language model starting from `general-en-small-sp-fwd`, "
-     "one epoch on general-en in 15,000 unigram units (`python bench/pretrain_general.py --train --preset small "
-     "--subwords --directions fwd`); fine-tuning keeps its units and reads TREC-6's training questions only. The word "
-     "row is the general-domain start of the transfer section above (same config, seeds, split and threads), not run "
-     "again. Forward only: the small backward subword LM (another hour on 2 cores) is not made yet. `python "
-     "bench/subwords_trec.py --config configs/trec_small.yaml --tokenizers subwords --directions fwd "
-     "--pretrained-subwords models/general-en-small-sp-fwd --out bench/results/subwords_trec_small.json`.",
-     subwords_trec_small),
+     "As the section above with the `small` model (`configs/trec_small.yaml`): words from `general-en-small-fwd` / "
+     "`-bwd` (the shared mirror's, three epochs of general-en), subwords from `general-en-small-sp-fwd` / `-sp-bwd` (one "
+     "epoch of the same corpus in 15,000 unigram units, a third of the words' pretraining: `python "
+     "bench/pretrain_general.py --train --preset small --subwords`); each fine-tuned on TREC-6's training questions only. `python bench/subwords_trec.py --config "
+     "configs/trec_small.yaml --pretrained-words general-en-small-fwd --pretrained-subwords general-en-small-sp-fwd "
+     "--out bench/results/subwords_trec_small.json`.",
+     subwords_trec),
     ("subword_vocab_trec", "Subword vocabulary size on TREC-6 (CPU)",
      "The forward subword classifier of `configs/trec_tiny.yaml` with its language model starting from a general-domain "
      "subword LM of 8,000, 15,000 (the default, MultiFiT's size) or 30,000 unigram units, each "

@@ -16,9 +16,8 @@ members then use that model's units.
     python bench/subwords_trec.py                  # seeds 0 1 2: ~25 min on 2 cores (--jobs 2)
     python bench/subwords_trec.py --directions fwd --pretrained-words models/general-en-tiny-fwd \
         --pretrained-subwords models/general-en-tiny-sp-fwd --out bench/results/subwords_trec_pretrained.json
-    python bench/subwords_trec.py --config configs/trec_small.yaml --tokenizers subwords --directions fwd \
-        --pretrained-subwords models/general-en-small-sp-fwd --out bench/results/subwords_trec_small.json
-                                                   # the small preset's subword model (its words: transfer_trec.py)
+    python bench/subwords_trec.py --config configs/trec_small.yaml --pretrained-words general-en-small-fwd \
+        --pretrained-subwords general-en-small-sp-fwd --out bench/results/subwords_trec_small.json
     python bench/subwords_trec.py --smoke          # a minute: a slice, one epoch each
 """
 from __future__ import annotations

@@ -834,7 +834,9 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "corpus (5.07M words, mixed genres; `configs/pretrain_general_*.yaml`), measured on the corpus's held-out "
      "documents (`python bench/pretrain_general.py --models ...`). The models were made in different sessions; "
      "training minutes compare only where nothing else shared the machine (`general-en-tiny-sp-fwd` trained while "
-     "a test run did: its backward twin, alone, ran at 12,154 tokens/s).",
+     "a test run did: its backward twin, alone, ran at 12,154 tokens/s; the shared mirror's 3-epoch small pair trained "
+     "side by side, one thread each, on another machine, by its README). The small subword pair had one epoch, a third "
+     "of the small word pair's.",
      pretrain_general),
     ("search_efficiency", "Search efficiency on TREC-6: ways to search against random search",
      "The demo search as it runs by default (`configs/search_trec_demo.yaml`: tiny model, its language model "

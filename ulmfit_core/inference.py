@@ -172,22 +172,6 @@ def evaluate(model_dirs: str | Path | Sequence[str | Path], path: str | Path, de
     return m
 
 
-def _split_scores(model_dirs: str | Path | Sequence[str | Path], split: Split | Sequence[Split],
-                  device: str) -> tuple[list[str], Split, np.ndarray]:
-    """The labels, the (first) split and the (N, C) scores report_split grades: one member's logits, or the
-    log of the members' mean probabilities."""
-    classifiers = [load_classifier(d, device) for d in expand(model_dirs)]
-    splits = list(split) if isinstance(split, (list, tuple)) else [split] * len(classifiers)
-    if len(splits) != len(classifiers) or any(not np.array_equal(s.labels, splits[0].labels) for s in splits):
-        raise ValueError("report_split: one split per member, all of the same documents")
-    if len(classifiers) == 1:
-        scores = _logits(classifiers[0], splits[0].ids, splits[0].labels)
-    else:
-        probs = sum(_softmax(_logits(c, s.ids, s.labels)) for c, s in zip(classifiers, splits)) / len(classifiers)
-        scores = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
-    return classifiers[0].labels, splits[0], scores
-
-
 def report_split(model_dirs: str | Path | Sequence[str | Path], split: Split | Sequence[Split],
                  device: str = "auto") -> dict[str, Any]:
     """Accuracy, loss, macro-F1, ``labels`` and ``confusion_matrix`` of saved classifier(s) on an
@@ -202,7 +186,16 @@ def split_report_and_proba(model_dirs: str | Path | Sequence[str | Path], split:
                            device: str = "auto") -> tuple[dict[str, Any], np.ndarray]:
     """:func:`report_split` and the (N, C) class probabilities it graded, from one pass over the split: what a
     benchmark keeps to average members trained in separate runs afterwards."""
-    labels, split, scores = _split_scores(model_dirs, split, device)
+    classifiers = [load_classifier(d, device) for d in expand(model_dirs)]
+    splits = list(split) if isinstance(split, (list, tuple)) else [split] * len(classifiers)
+    if len(splits) != len(classifiers) or any(not np.array_equal(s.labels, splits[0].labels) for s in splits):
+        raise ValueError("report_split: one split per member, all of the same documents")
+    split, labels = splits[0], classifiers[0].labels
+    if len(classifiers) == 1:
+        scores = _logits(classifiers[0], split.ids, split.labels)
+    else:
+        probs = sum(_softmax(_logits(c, s.ids, s.labels)) for c, s in zip(classifiers, splits)) / len(classifiers)
+        scores = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
     report: dict[str, Any] = classification_metrics(scores, split.labels, len(labels), prefix="")
     report["labels"] = labels
     report["confusion_matrix"] = confusion_matrix(split.labels, scores.argmax(1), len(labels)).tolist()

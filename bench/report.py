@@ -161,7 +161,8 @@ def _acc(s: dict[str, Any]) -> str:
 
 
 def imdb_lowshot_subwords(r: dict[str, Any]) -> list[str]:
-    words = _load("imdb_lowshot") or {}
+    # The word-level forward run made beside it for the ensembles (same threads) where there is one
+    words = _load("imdb_lowshot_words_fwd") or _load("imdb_lowshot") or {}
     sides = {"words": words, "subwords": r}
     by = {(name, x["budget"]): x for name, res in sides.items() for x in res.get("summary", [])
           if x["method"] == "general"}
@@ -197,6 +198,9 @@ def imdb_ensembles(r: dict[str, Any]) -> list[str]:
         label = f"**{name.replace('+', ' + ')}**" if ensemble else name
         rows.append(f"| {label} | {' | '.join(cells)} | {by[(budgets[0], name)]['n_seeds']} |")
     rows += ["", "Members: " + ", ".join(f"{n} `{_repo_path(p)}`" for n, p in r["members"].items()) + "."]
+    missing = [f"{t}-{d}" for t in ("words", "subwords") for d in ("fwd", "bwd") if f"{t}-{d}" not in r["members"]]
+    if missing:
+        rows += ["", f"_Not measured yet: {', '.join(missing)}, and the ensembles with {'it' if len(missing) == 1 else 'them'}._"]
     return rows
 
 
@@ -765,22 +769,30 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "The `general` method of the section above (a general-domain LM fine-tuned on the reviews, then classifiers "
      "from 100 and 1,000 labeled reviews, the learning rate chosen on validation per budget) with subword units: "
      "the general LM is `general-en-tiny-sp-fwd` (15,000 unigram units learnt from general-en; fine-tuning keeps "
-     "them), against the word-level `general-en-tiny-fwd` run above; same draws, seeds, rate grid, epochs and "
-     "float32 (`python bench/imdb_lowshot.py --methods general --budgets 100 1000 --skip-all --pretrained "
-     "models/general-en-tiny-sp-fwd --set text.tokenizer=subwords --set lm.pretrained=models/general-en-tiny-sp-fwd "
-     "--set precision=fp32 --out bench/results/imdb_lowshot_subwords.json`). Forward models only. The subword "
-     "LM's minutes include a 25-minute pause (the run was stopped while a test run had the machine); its epochs "
-     "took 11 minutes each alone, 17 while tests shared the cores. Perplexity per unit does not compare across "
-     "units.",
+     "them), against the word-level `general-en-tiny-fwd` run again beside it for the ensembles below "
+     "(`bench/results/imdb_lowshot_words_fwd.json`); same draws, seeds, rate grid, epochs and float32, one thread "
+     "per run (`python bench/imdb_lowshot.py --methods general --budgets 100 1000 --skip-all --threads 1 "
+     "--pretrained models/general-en-tiny-sp-fwd --set text.tokenizer=subwords --set "
+     "lm.pretrained=models/general-en-tiny-sp-fwd --set precision=fp32 --out bench/results/imdb_lowshot_subwords.json`). "
+     "Forward models only. The subword LM was reused from this section's first run (its minutes include a "
+     "25-minute pause; its epochs took 11 minutes each alone); the word LM's minutes are with up to four runs sharing "
+     "the 2 cores. That first run, 2 threads per run, chose the rate 0.3 at both budgets and scored 68.0 ± 1.9 % "
+     "(100) and 80.9 ± 0.3 % (1,000) (`bench/results/imdb_lowshot_subwords_2threads.json`); with one thread the "
+     "arithmetic differs in its last bits, the 500 validation reviews preferred 0.1, and 1,000 labels scored 2.4 "
+     "points more: at these sizes the rate chosen on validation is itself noisy. Perplexity per unit does not "
+     "compare across units.",
      imdb_lowshot_subwords),
     ("imdb_ensembles", "Low-resource IMDb: forward + backward, words + subwords ensembles (CPU)",
      "The `general` method of the two sections above in each direction and tokenizer, each member a separate "
-     "`bench/imdb_lowshot.py` run with the same draws, budgets, seeds and rate grid (a backward member: "
-     "`--pretrained general-en-tiny-bwd --set lm.backwards=true`, or the `-sp-bwd` model with "
-     "`--set text.tokenizer=subwords`); every kept run records its test probabilities, and "
-     "`python bench/imdb_ensembles.py --member words-fwd=... --member words-bwd=... --member subwords-fwd=... "
-     "--member subwords-bwd=...` averages them per budget and seed (fixed combinations, none chosen on test "
-     "accuracy). The forward runs above predate the recorded probabilities and must run again for this table.",
+     "`bench/imdb_lowshot.py` run with the same draws, budgets, seeds, rate grid and one thread per run (words "
+     "forward: `--pretrained general-en-tiny-fwd --out bench/results/imdb_lowshot_words_fwd.json`; a backward "
+     "member: `--pretrained general-en-tiny-bwd --set lm.backwards=true`, or the `-sp-bwd` model with "
+     "`--set text.tokenizer=subwords`; docs/SUBWORDS.md has the commands). Every kept run records its test "
+     "probabilities, and `python bench/imdb_ensembles.py --member words-fwd=... --member words-bwd=... "
+     "--member subwords-fwd=... --member subwords-bwd=...` averages them per budget and seed (fixed combinations, "
+     "none chosen on test accuracy); each member chose its own rate on validation. At 100 labels each seed draws "
+     "other reviews, which moves every row by several points together: compare rows seed by seed "
+     "(`rows` in the raw file).",
      imdb_ensembles),
     ("transfer_trec", "Transfer on TREC-6: a general-domain start, forward, backward and their ensemble (CPU)",
      "The whole recipe (`configs/trec_small.yaml`, the `small` model) per seed, its language model starting from random "

@@ -198,6 +198,19 @@ def parent_runs(uri: str, experiment: str) -> list[Any]:
     return client.search_runs([exp.experiment_id], "tags.search_role = 'parent'", max_results=100)
 
 
+def assert_missing_trials_abandoned(search_dir: Path, numbers: list[int]) -> None:
+    """Every study trial without a run among ``numbers`` was abandoned: the driver died (a kill, a full disk)
+    inside ``suggest``, between the study's ask and the record of its Ray trial, so that trial never ran,
+    and the resume marked it FAIL + abandoned and asked a new one in its place."""
+    from optuna.trial import TrialState
+
+    from search.searcher import ABANDONED_ATTR, load_study
+
+    for trial in load_study(search_dir).get_trials(deepcopy=False):
+        if trial.number not in numbers and "retry_of" not in trial.user_attrs:
+            assert trial.state == TrialState.FAIL and ABANDONED_ATTR in trial.user_attrs, trial
+
+
 def run_search_cli(tmp: Path, overrides: list[str] = (), timeout: float = 600) -> str:
     """``launch.py search --config configs/search_smoke.yaml --smoke-test`` (2 tiny trials) as a user
     runs it, everything under ``tmp``; returns its stdout and stderr together. Fails the test on a

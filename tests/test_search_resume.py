@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_search import PYTHON, ROOT, SMOKE, base_overrides, child_runs, parent_runs, ray_environment, stop_group
-from optuna.trial import TrialState
-
-from search.searcher import ABANDONED_ATTR, load_study
+from conftest_search import (
+    PYTHON,
+    ROOT,
+    SMOKE,
+    assert_missing_trials_abandoned,
+    base_overrides,
+    child_runs,
+    parent_runs,
+    ray_environment,
+    stop_group,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -140,12 +147,7 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
     runs = child_runs(uri, "resume")
     numbers = sorted(int(r.data.tags["optuna_trial"]) for r in runs)
     assert len(set(numbers)) == len(numbers) == N_TRIALS, numbers  # one run per trial, the whole budget
-    # a number may be missing only where the kill landed inside `suggest`, between the study's ask and the
-    # record of its Ray trial: that trial never ran, and the resume marks it abandoned and asks a new one
-    study = load_study(search_dir)
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number not in numbers and "retry_of" not in trial.user_attrs:
-            assert trial.state == TrialState.FAIL and ABANDONED_ATTR in trial.user_attrs, trial
+    assert_missing_trials_abandoned(search_dir, numbers)  # a number may be missing only where the kill landed in suggest
     assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] in ("completed", "stopped_by_asha")
                for r in runs)
     board = list(csv.DictReader((search_dir / "leaderboard.csv").open()))

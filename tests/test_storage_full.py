@@ -10,10 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest_search import PYTHON, ROOT, SHARED_DATASETS, SMOKE, child_runs, ray_environment, stop_group
-from optuna.trial import TrialState
-
-from search.searcher import ABANDONED_ATTR, load_study
+from conftest_search import (
+    PYTHON,
+    ROOT,
+    SHARED_DATASETS,
+    SMOKE,
+    assert_missing_trials_abandoned,
+    child_runs,
+    ray_environment,
+    stop_group,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -72,12 +78,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_the_printed_resume_finishe
     board = list(csv.DictReader((search_dir / "leaderboard.csv").open()))
     numbers = sorted(int(row["trial"]) for row in board)
     assert len(set(numbers)) == N_TRIALS, board  # the whole budget ran, each trial once
-    # a trial the study could not record its run for (the full disk hit SQLite inside `suggest`) never ran:
-    # the resume marks it abandoned and asks a new one in its place
-    study = load_study(search_dir)
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number not in numbers and "retry_of" not in trial.user_attrs:
-            assert trial.state == TrialState.FAIL and ABANDONED_ATTR in trial.user_attrs, trial
+    assert_missing_trials_abandoned(search_dir, numbers)  # where the full disk hit SQLite inside suggest
     assert all(row["status"] in ("completed", "stopped_by_asha") for row in board), board
     assert all(int(row["epochs"]) == 3 for row in board if row["status"] == "completed"), board
     runs = child_runs(uri, "smoke")

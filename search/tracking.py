@@ -39,7 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,17 +341,30 @@ def start_parent(uri: str, experiment_id: str, run_name: str, search_dir: Path,
     return run.info.run_id
 
 
-def finish_ended_runs(uri: str, runs: Mapping[str, Any], board: Sequence[Mapping[str, Any]]) -> int:
+def finish_ended_runs(uri: str, runs: Mapping[str, Any], board: Sequence[Mapping[str, Any]],
+                      history_of: Callable[[int], Sequence[Mapping[str, Any]]] = lambda number: ()) -> int:
     """End the MLflow runs of trials that ended but whose run still says RUNNING: the driver died between a
-    trial's end and its run's (a resume does not run such a trial again). ``runs``: the runs by Optuna number;
-    ``board``: the leaderboard rows (the study's outcomes). Returns how many were ended."""
+    trial's end and its run's (a resume does not run such a trial again). The epochs it reported that the run
+    lacks (the driver died with them queued) are logged first, from ``history_of(number)``: the per-epoch
+    metrics of the trial's newest checkpoint, so the run shows every epoch the leaderboard counts. ``runs``: the
+    runs by Optuna number; ``board``: the leaderboard rows (the study's outcomes). Returns how many were ended."""
+    from mlflow.entities import Metric
+
     client, ended = _client(uri), 0
     for row in board:
         run = runs.get(str(row.get("trial")))
         if run is None or run.info.status != "RUNNING" or row["status"] not in (COMPLETED, STOPPED, ERRORED):
             continue
-        client.set_tag(run.info.run_id, STATUS_TAG, row["status"])
-        client.set_terminated(run.info.run_id, "FAILED" if row["status"] == ERRORED else "FINISHED")
+        run_id = run.info.run_id
+        logged = max((m.step for m in client.get_metric_history(run_id, EPOCH_METRICS[0])), default=0)
+        now = int(time.time() * 1000)
+        missed = [Metric(k, metric_value(k, entry[k]), now, int(entry[T.EPOCH]))
+                  for entry in history_of(int(row["trial"])) if int(entry.get(T.EPOCH) or 0) > logged
+                  for k in EPOCH_METRICS if _number(entry.get(k))]
+        for i in range(0, len(missed), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=missed[i:i + 1000])
+        client.set_tag(run_id, STATUS_TAG, row["status"])
+        client.set_terminated(run_id, "FAILED" if row["status"] == ERRORED else "FINISHED")
         ended += 1
     return ended
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +168,19 @@ def _checkpoint_history(checkpoint_dir: Path) -> list[dict[str, Any]] | None:
         return list(artifacts.read_json(checkpoint_dir / artifacts.TRAIN_LOG_FILE)["history"])
     except (artifacts.ArtifactError, KeyError, TypeError):
         return None
+
+
+def trial_history(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a trial's newest checkpoint among its runs' folders (``[]`` without one): every
+    epoch it reported, read back when the driver died before MLflow got them (``tracking.finish_ended_runs``)."""
+    newest: tuple[int, list[dict[str, Any]]] = (0, [])
+    for folder in folders:
+        for checkpoint in Path(folder).glob("checkpoint_*"):
+            history = _checkpoint_history(checkpoint) or []
+            last = max((int(h.get(EPOCH) or 0) for h in history), default=0)
+            if last > newest[0]:
+                newest = (last, history)
+    return newest[1]
 
 
 def _earlier(history: list[dict[str, Any]] | None) -> dict[str, str]:

@@ -465,7 +465,8 @@ def _fit_and_record(tuner: tune.Tuner | None, cfg: SearchConfig, search_dir: Pat
     failures = tracking.write_failures(parent)
     summary["tracking_write_failures"] = len(failures)
     try:
-        tracking.finish_ended_runs(uri, runs, board)
+        folders = {t.number: t.folders for t in trials}
+        tracking.finish_ended_runs(uri, runs, board, lambda number: T.trial_history(folders.get(number, [])))
         tracking.finish_parent(uri, parent, status, board, summary, best_yaml, made)
     except Exception as e:  # noqa: BLE001 (the store is down: what MLflow misses is said, nothing is lost)
         failures.append(f"the search's parent run at the end: {type(e).__name__}: {e}")

@@ -124,7 +124,9 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
             second.wait(30)
         finally:
             stop_group(second)  # the Ray processes that driver had started (same process group)
-        before = {r.data.tags["optuna_trial"]: r.data.tags["trial_status"] for r in child_runs(uri, "resume")}
+        killed_runs = child_runs(uri, "resume")
+        before = {r.data.tags["optuna_trial"]: r.data.tags["trial_status"] for r in killed_runs}
+        ran_as = {r.data.tags["optuna_trial"]: r.data.tags["ray_trial_id"] for r in killed_runs}
         assert sum(s in ("completed", "stopped_by_asha") for s in before.values()) < N_TRIALS, before
         # trials the kill interrupted after at least one epoch: the resumed search must continue them from
         # their checkpoints, not from epoch 0
@@ -154,15 +156,19 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
     assert sorted(int(row["trial"]) for row in board) == numbers
     assert all(row["status"] in ("completed", "stopped_by_asha") for row in board)
     client = MlflowClient(uri)
-    for r in runs:  # resumed trials continued their epoch numbering without logging an epoch twice
+    epochs = {row["trial"]: int(row["epochs"]) for row in board}
+    for r in runs:  # every epoch the leaderboard counts is in MLflow, once: resumed trials continued their numbering
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "valid_accuracy")]
-        assert steps == list(range(1, len(steps) + 1))
-    resumed = {r.data.tags["optuna_trial"]: int(r.data.tags.get("resumed_from_epoch", 0)) for r in runs}
-    for number, epochs_before in interrupted.items():
-        # resumed from the trial's newest complete checkpoint: every epoch MLflow showed had its checkpoint
+        assert steps == list(range(1, epochs[r.data.tags["optuna_trial"]] + 1)), (r.data.tags["optuna_trial"], steps)
+    for r in runs:
+        number = r.data.tags["optuna_trial"]
+        if number not in interrupted or r.data.tags["ray_trial_id"] == ran_as[number]:
+            continue  # not interrupted, or it ended before the kill (the study told, MLflow not): not run again
+        # run again from the trial's newest complete checkpoint: every epoch MLflow showed had its checkpoint
         # persisted before it was reported, so at least that one (more when the kill came before MLflow
         # logged the next)
-        assert resumed[number] >= epochs_before, (number, epochs_before, resumed[number])
+        resumed = int(r.data.tags.get("resumed_from_epoch", 0))
+        assert resumed >= interrupted[number], (number, interrupted[number], resumed)
     from mlflow.entities import ViewType
 
     exp = client.get_experiment_by_name("resume")

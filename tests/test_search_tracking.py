@@ -5,6 +5,7 @@ a trial a resumed search runs again under a new Ray id keeps its run. The backgr
 their own (a store that fails, then works)."""
 from __future__ import annotations
 
+import json
 import pickle
 from types import SimpleNamespace
 
@@ -106,7 +107,6 @@ def test_callback_keeps_one_run_per_trial_across_restarts(store):
 def test_epochs_the_driver_died_with_are_logged_from_the_resumed_checkpoint(store):
     """Tune saved the epoch-2 checkpoint, but the driver died before its writer logged epoch 2: the resumed
     trial's first report carries the checkpoint's history, and the run gets epoch 2 before epoch 3."""
-    import json
 
     from mlflow.tracking import MlflowClient
 
@@ -218,7 +218,6 @@ def test_an_mlflow_outage_at_the_end_loses_neither_the_leaderboard_nor_the_searc
 
     cfg = search_config_from_dict({"recipe": BASE, "space": {"classifier.lr": [0.01, 0.02]},
                                    "search": {"num_samples": 1}})
-    import json
 
     import optuna
 
@@ -256,8 +255,35 @@ def test_a_run_whose_trial_ended_while_the_driver_died_is_ended_at_the_search_en
                                        tracking.STATUS_TAG: "stopped_by_asha"})
     done = client.create_run(exp, tags={tracking.PARENT_TAG: parent, tracking.OPTUNA_TRIAL_TAG: "42"})
     client.set_terminated(done.info.run_id, "FINISHED")
+    client.log_metric(run.info.run_id, "valid_accuracy", 0.25, step=1)  # epoch 2 died in the writer's queue
     runs = {"41": client.get_run(run.info.run_id), "42": client.get_run(done.info.run_id)}
     board = [{"trial": 41, "status": "stopped_by_asha"}, {"trial": 42, "status": "completed"}]
-    assert tracking.finish_ended_runs(uri, runs, board) == 1  # the finished one is left alone
+    history = {41: [{"epoch": 1, "valid_accuracy": 0.25, "valid_loss": 1.5},
+                    {"epoch": 2, "valid_accuracy": 0.5, "valid_loss": 1.25, "train_loss": 1.0}],
+               42: [{"epoch": 1, "valid_accuracy": 0.75}]}
+    assert tracking.finish_ended_runs(uri, runs, board, history.__getitem__) == 1  # the finished one is left alone
     ended = client.get_run(run.info.run_id)
     assert ended.info.status == "FINISHED" and ended.data.tags[tracking.STATUS_TAG] == "stopped_by_asha"
+    # the epoch the dead driver never logged is there, from the trial's checkpoint; the logged one is not repeated
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "valid_accuracy")] == [(1, 0.25), (2, 0.5)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")] == [(2, 1.0)]
+    assert not client.get_metric_history(done.info.run_id, "valid_accuracy")
+
+
+def test_a_trials_history_is_its_newest_checkpoints(tmp_path):
+    """What a run that lost its last epochs is completed from: the newest checkpoint among the trial's runs'
+    folders (a retry continues in a new folder), read as data; a checkpoint without a readable log is passed over."""
+    def checkpoint(folder: str, name: str, epochs: int) -> None:
+        path = tmp_path / folder / name
+        path.mkdir(parents=True)
+        (path / "train_log.json").write_text(json.dumps({"history": [
+            {"epoch": e, "valid_accuracy": e / 10} for e in range(1, epochs + 1)]}))
+
+    checkpoint("trial_a", "checkpoint_000000", 1)
+    checkpoint("trial_b", "checkpoint_000000", 3)  # the retry, further on
+    checkpoint("trial_b", "checkpoint_000001", 2)
+    (tmp_path / "trial_b" / "checkpoint_000002").mkdir()
+    (tmp_path / "trial_b" / "checkpoint_000002" / "train_log.json").write_text("{cut short")
+    history = T.trial_history([tmp_path / "trial_a", tmp_path / "trial_b"])
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["valid_accuracy"] == 0.3
+    assert T.trial_history([tmp_path / "no_such_trial"]) == []

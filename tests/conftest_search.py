@@ -50,10 +50,16 @@ def smoke_config(tmp: Path, overrides: list[str] = (), tracking_uri: str | None 
 @contextlib.contextmanager
 def ray_environment():
     """Worker processes find this checkout; Ray's files go to a short private folder; Ray is shut
-    down afterwards (only the instance started inside)."""
+    down afterwards (only the instance started inside).
+
+    Token auth off, as the project's own local Ray starts (search/local_ray.py), for a test's own
+    ``ray.init`` or ``Cluster`` too: Ray keeps the auth mode of the first instance a process starts, so one
+    test's instance with token auth (``ray.init``'s default) made a later in-process search's trials fail to
+    start (their actors cancelled before running)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("OMP_NUM_THREADS", "1")
         tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
         mp.setenv("RAY_TMPDIR", tmp)

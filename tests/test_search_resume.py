@@ -98,7 +98,7 @@ def test_interrupted_and_killed_driver_resume_without_duplicate_runs(tmp_path, d
     storage = tmp_path / "runs"
     args = ["search", "--config", str(SMOKE)]
     for o in base_overrides(tmp_path, uri) + [f"search.num_samples={N_TRIALS}", "search.name=resume",
-                                              "recipe.data.max_train_rows=600", "recipe.classifier.epochs=4"]:
+                                              "recipe.data.max_train_rows=1200", "recipe.classifier.epochs=4"]:
         args += ["--set", o]
     with ray_environment():
         first = _cli(args, tmp_path / "first.log")

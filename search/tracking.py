@@ -310,6 +310,13 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
+def epoch_metrics(values: Mapping[str, Any], step: int, timestamp: int) -> list:
+    """One epoch's learning metrics (:data:`EPOCH_METRICS`, those with a finite value) at ``step``."""
+    from mlflow.entities import Metric
+
+    return [Metric(k, metric_value(k, values[k]), timestamp, step) for k in EPOCH_METRICS if _number(values.get(k))]
+
+
 def log_params(client: Any, run_id: str, values: Mapping[str, Any]) -> None:
     """``values`` as params, 100 per call (MLflow's limit per batch)."""
     params = _params(values)
@@ -348,8 +355,6 @@ def finish_ended_runs(uri: str, runs: Mapping[str, Any], board: Sequence[Mapping
     lacks (the driver died with them queued) are logged first, from ``history_of(number)``: the per-epoch
     metrics of the trial's newest checkpoint, so the run shows every epoch the leaderboard counts. ``runs``: the
     runs by Optuna number; ``board``: the leaderboard rows (the study's outcomes). Returns how many were ended."""
-    from mlflow.entities import Metric
-
     client, ended = _client(uri), 0
     for row in board:
         run = runs.get(str(row.get("trial")))
@@ -358,9 +363,8 @@ def finish_ended_runs(uri: str, runs: Mapping[str, Any], board: Sequence[Mapping
         run_id = run.info.run_id
         logged = max((m.step for m in client.get_metric_history(run_id, EPOCH_METRICS[0])), default=0)
         now = int(time.time() * 1000)
-        missed = [Metric(k, metric_value(k, entry[k]), now, int(entry[T.EPOCH]))
-                  for entry in history_of(int(row["trial"])) if int(entry.get(T.EPOCH) or 0) > logged
-                  for k in EPOCH_METRICS if _number(entry.get(k))]
+        missed = [m for entry in history_of(int(row["trial"])) if int(entry.get(T.EPOCH) or 0) > logged
+                  for m in epoch_metrics(entry, int(entry[T.EPOCH]), now)]
         for i in range(0, len(missed), 1000):  # MLflow's limit per batch
             client.log_batch(run_id, metrics=missed[i:i + 1000])
         client.set_tag(run_id, STATUS_TAG, row["status"])
@@ -659,10 +663,7 @@ class TrialRecorder:
     def _log_epoch(self, run_id: str, values: Mapping[str, Any], step: int, timestamp: int, what: str) -> bool:
         """One epoch's metrics at ``step``; on success (or with nothing to log) the run's last step moves
         to it. False when the write failed after the writer's retries (the writer has said so)."""
-        from mlflow.entities import Metric
-
-        metrics = [Metric(k, metric_value(k, values[k]), timestamp, step) for k in EPOCH_METRICS
-                   if _number(values.get(k))]
+        metrics = epoch_metrics(values, step, timestamp)
         if metrics and not self._done(what, lambda: self.client.log_batch(run_id, metrics=metrics)):
             return False
         self.last_step[run_id] = step

@@ -210,10 +210,11 @@ def assert_missing_trials_abandoned(search_dir: Path, numbers: list[int]) -> Non
     and the resume marked it FAIL + abandoned and asked a new one in its place."""
     from optuna.trial import TrialState
 
+    from search.records import RETRY_OF_ATTR
     from search.searcher import ABANDONED_ATTR, load_study
 
     for trial in load_study(search_dir).get_trials(deepcopy=False):
-        if trial.number not in numbers and "retry_of" not in trial.user_attrs:
+        if trial.number not in numbers and RETRY_OF_ATTR not in trial.user_attrs:
             assert trial.state == TrialState.FAIL and ABANDONED_ATTR in trial.user_attrs, trial
 
 

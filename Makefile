@@ -67,10 +67,10 @@ lint: setup
 	$(BIN)/ruff check .
 
 # Two pytest-xdist workers: a search leaves much of the 2 cores idle (Ray's start-up, subprocesses, MLflow), so
-# two test files at once finish sooner. Each file runs on one worker, the longest first (tests/conftest.py);
-# `pytest tests/test_x.py` alone runs serially.
+# two test files at once finish sooner. Each file runs on one worker, in tests/conftest.py's order (the longest
+# first; --no-loadscope-reorder keeps it); `pytest tests/test_x.py` alone runs serially.
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # docs/CONFIGURATION.md from the configuration dataclasses (tests/test_config_reference.py checks it is current).
 docs: setup

@@ -52,28 +52,19 @@ def cli_search(tmp_path_factory, datasets_dir) -> SimpleNamespace:
     return SimpleNamespace(tmp=tmp, out=run_search_cli(tmp, ["search.verbose=1", "search.name=ui"]))
 
 
-# Running on two workers (`make test`: pytest-xdist, `--dist loadgroup`). A file's tests stay on one worker, so a
-# module-scoped fixture (a finished search several tests read) is built once. Files that share something
-# besides that share a worker too: the guides' runner serves the README's model on port 5001 as written, which
-# the copied-search test's printed serve command also uses; the CLI search fixture is built once for the
-# console-table tests and the browser tests.
-SHARED_WORKER = {
-    "test_docs_run.py": "fixed-ports", "test_portable_search.py": "fixed-ports",
-    "test_search_progress.py": "cli-search", "test_mlflow_ui.py": "cli-search",
-}
-#: Started first, the longest first, so that no worker is left with a long file at the end.
-LONGEST_FIRST = ["fixed-ports", "test_search_resume.py", "test_storage_full.py", "test_bench_smoke.py", "cli-search"]
+
+# `make test` runs two test files at once (pytest-xdist, `--dist loadfile`): each file on one worker, so a
+# module-scoped fixture (a finished search several tests read) is built once, and the files in the order below,
+# the longest first, so that no worker is left with a long file at the end while the other idles. Two files
+# never share a port the docs fix: tests/fixed_ports.py. (`--dist loadgroup` would let files share a worker,
+# but pytest-xdist 3.8 does not group under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+LONGEST_FIRST = ["test_docs_run.py", "test_search_resume.py", "test_storage_full.py", "test_bench_smoke.py",
+                 "test_search_progress.py", "test_mlflow_ui.py"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        name = item.path.name
-        return SHARED_WORKER.get(name, name)
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    slow = {group(item) for item in items if item.get_closest_marker("slow")}
-    # then the other slow files (searches, servers), then the rest; a file's tests stay together and in order
-    items.sort(key=lambda item: (rank.get(group(item), len(rank)), group(item) not in slow))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    # then the other files with slow tests (searches, servers), then the rest; a file's tests stay together
+    # and in order (sorted() is stable)
+    items[:] = sorted(items, key=lambda item: (rank.get(item.path.name, len(rank)), item.path not in slow))

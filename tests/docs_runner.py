@@ -24,6 +24,7 @@ the table never hides a command that changed.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -35,6 +36,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fixed_ports import holding_port
 
 FENCE = re.compile(r"^```(\w*)\s*$")
 FILE_MARKER = re.compile(r"^<!-- file: (\S+) -->$")
@@ -147,8 +150,7 @@ class Runner:
             self.run(Command(f"python {script.name}", doc.name, blocks[0].line))
 
     def run_block(self, block: Block) -> None:
-        servers: list[subprocess.Popen] = []
-        try:
+        with contextlib.ExitStack() as servers:  # each stopped, then its port let go, when the block ends
             for command in block_commands(block):
                 if command.key in self.skip:
                     self.skipped.add(command.key)
@@ -158,10 +160,8 @@ class Runner:
                 if port is None:
                     self.run(command)
                 else:
-                    servers.append(self.start_server(command, port))
-        finally:
-            for proc in servers:
-                stop(proc)
+                    servers.enter_context(holding_port(port))
+                    servers.callback(stop, self.start_server(command, port))
 
     def resolved(self, command: Command) -> str:
         """The command with each ``<time>`` path replaced by the one folder that matches it."""

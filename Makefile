@@ -98,6 +98,7 @@ bench: setup peers
 	$(BIN)/python bench/space_evidence.py
 	$(BIN)/python bench/search_scaling.py
 	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.json
+	$(BIN)/python bench/suite_time.py
 	cd bench && ../$(BIN)/python report.py
 
 peers: setup

@@ -688,6 +688,20 @@ def precision_accuracy(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def suite_time(r: dict[str, Any]) -> list[str]:
+    rows = ["| run | command | wall time | pytest's time | passed | skipped | failed |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for x in r["runs"]:
+        c = x.get("counts", {})
+        rows.append(f"| {x['label']} | `{x['command']}` | **{x['wall_seconds'] / 60:.1f} min** | "
+                    f"{x.get('pytest_seconds', 0) / 60:.1f} min | {c.get('passed', 0)} | {c.get('skipped', 0)} | "
+                    f"{c.get('failed', 0) + c.get('errors', 0) + c.get('error', 0)} |")
+    loads = ", ".join(f"{x['loadavg_after'][0]:.1f}" for x in r["runs"])
+    rows += ["", f"1-minute load average after each run: {loads} on {r['machine']['cores']} cores (the suite itself "
+                 "fills both). The CPU behind this machine varies from day to day: compare runs of one day only."]
+    return rows
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("lm_throughput", "Language-model training speed",
      "Forward + backward + AdamW step on random token ids. fastai's AWD-LSTM measured ~1,750 (small) and "
@@ -868,6 +882,11 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[str]]]] = [
      "A fixed set of demo-recipe trials run directly, then as a search with 1 and with 2 workers on this 2-core "
      "machine (`python bench/search_scaling.py`).",
      search_scaling),
+    ("suite_time", "How long the test suite takes",
+     "The README's test command, `make test` (lint, then the whole suite on two pytest-xdist workers, each test "
+     "file on one), timed as a whole; `--serial` adds the suite on one worker for comparison "
+     "(`python bench/suite_time.py`).",
+     suite_time),
     ("trials_per_gpu", "Trials per hour on one GPU",
      "The demo search with the `small` and `paper` presets on CUDA, 1, 2, 4 and 8 trials sharing one GPU "
      "(`search.resources.gpu` = 1/n), random sampler, no early stopping (`python bench/trials_per_gpu.py` on a GPU "

@@ -20,7 +20,8 @@ from typing import Any
 from common import ROOT, write_result
 
 SERIAL = f"{sys.executable} -m pytest -q -p no:cacheprovider"
-SUMMARY = re.compile(r"=+ (.*) in ([\d.]+)s")  # pytest's last line: "=== 620 passed, 3 skipped, ... in 631.81s (0:10:31) ==="
+# pytest's last line, "620 passed, 3 skipped, 56 warnings in 631.81s (0:10:31)" (between "=" rules unless -q)
+SUMMARY = re.compile(r"^=* ?(\d+ \w+.*?) in ([\d.]+)s", re.MULTILINE)
 
 
 def pytest_summary(output: str) -> dict[str, Any]:
@@ -42,19 +43,20 @@ def run_timed(label: str, command: str) -> dict[str, Any]:
             "loadavg_after": list(os.getloadavg()), **pytest_summary(proc.stdout + proc.stderr)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--command", default="make test", help="the test command to time (default: the README's)")
     ap.add_argument("--serial", action="store_true", help=f"also time the suite on one worker: {SERIAL}")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs = [run_timed("make test" if args.command == "make test" else "command", args.command)]
     if args.serial:
         runs.append(run_timed("serial", SERIAL))
-    write_result("suite_time", {"runs": runs}, args.out)
+    payload = {"runs": runs}
+    write_result("suite_time", payload, args.out)
     if any(r["returncode"] for r in runs):
         sys.exit("a timed run failed: its figures are not a passing suite's (see the counts in the result)")
-
+    return payload
 
 if __name__ == "__main__":
     main()

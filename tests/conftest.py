@@ -52,7 +52,6 @@ def cli_search(tmp_path_factory, datasets_dir) -> SimpleNamespace:
     return SimpleNamespace(tmp=tmp, out=run_search_cli(tmp, ["search.verbose=1", "search.name=ui"]))
 
 
-
 # `make test` runs two test files at once (pytest-xdist, `--dist loadfile`): each file on one worker, so a
 # module-scoped fixture (a finished search several tests read) is built once, and the files in the order below,
 # the longest first, so that no worker is left with a long file at the end while the other idles. Two files
@@ -62,7 +61,7 @@ LONGEST_FIRST = ["test_docs_run.py", "test_search_resume.py", "test_storage_full
                  "test_search_progress.py", "test_mlflow_ui.py"]
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     # then the other files with slow tests (searches, servers), then the rest; a file's tests stay together

@@ -484,3 +484,23 @@ def test_imdb_ensembles_combinations(bench):
     combos = bench("imdb_ensembles").combinations(["words-fwd", "words-bwd", "subwords-fwd", "subwords-bwd"])
     assert combos == [("words-fwd", "words-bwd"), ("words-fwd", "subwords-fwd"), ("words-bwd", "subwords-bwd"),
                       ("subwords-fwd", "subwords-bwd"), ("words-fwd", "words-bwd", "subwords-fwd", "subwords-bwd")]
+
+
+def test_suite_time_counts_what_pytest_ran_and_fails_on_a_failing_suite(bench, tmp_path):
+    """Timed on one small test file instead of the whole suite, and on a file with a failing test."""
+    passing = f"{sys.executable} -m pytest -q -p no:cacheprovider tests/test_outcome.py"
+    out = tmp_path / "suite.json"
+    payload = bench("suite_time").main(["--command", passing, "--out", str(out)])
+    [run] = payload["runs"]
+    assert run["returncode"] == 0 and run["counts"]["passed"] >= 1 and "failed" not in run["counts"]
+    assert 0 < run["pytest_seconds"] <= run["wall_seconds"]
+    r = _check_provenance(out, "suite_time")
+    assert bench("report").suite_time(r)
+
+    failing = tmp_path / "test_fails.py"
+    failing.write_text("def test_ok():\n    pass\n\n\ndef test_broken():\n    assert 1 == 2\n")
+    with pytest.raises(SystemExit, match="a timed run failed"):
+        bench("suite_time").main(["--command", f"{sys.executable} -m pytest -q -p no:cacheprovider {failing}",
+                                  "--out", str(out)])
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["returncode"] == 1 and run["counts"] == {"failed": 1, "passed": 1}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest_search import ROOT, SHARED_DATASETS, SMOKE, ask_served_model, ray_environment
+from docs_runner import server_port
 from fixed_ports import holding_port
 
 import launch
@@ -105,8 +106,9 @@ def serve_and_ask(command: str, cwd: Path, texts: list[str]) -> list[dict]:
            "no_proxy": "127.0.0.1,localhost"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = cwd / "serve.log"
-    with holding_port(5001):  # the port the command names, which the guides' model server uses too
+    port = server_port(command)
+    with holding_port(port):  # the guides' model server asks for the same port
         with open(log, "wb") as out:
             proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        return ask_served_model(proc, "http://127.0.0.1:5001", log, texts, "the printed serve command")
+        return ask_served_model(proc, f"http://127.0.0.1:{port}", log, texts, "the printed serve command")
